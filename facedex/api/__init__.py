@@ -1,0 +1,1 @@
+"""Public REST API: accounts, lists, faces and matching (redirected to the Matcher Proxy)."""

@@ -1,0 +1,45 @@
+"""The API service: FastAPI app with the public routes; matching goes to the Matcher Proxy."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from facedex.api import accounts, faces, lists, matching
+from facedex.api.auth import TokenCache
+from facedex.config import Settings
+from facedex.errors import Errors
+from facedex.faces.store import FacesStore, create_pool
+from facedex.http import create_app
+from facedex.rpc import ServiceClient
+
+
+def build_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        assert settings.database_url, "database_url must be resolved before a service starts"
+        pool = await create_pool(settings.database_url, max_size=20)
+        app.state.store = FacesStore(pool)
+        app.state.tokens = TokenCache(app.state.store)
+        app.state.proxy = ServiceClient(settings.proxy.url, settings.matching.proxy_timeout_s, Errors.MATCHER_UNAVAILABLE)
+        app.state.health["faces_db"] = lambda: pool.fetchval("SELECT 1")
+        yield
+        await app.state.proxy.close()
+        await pool.close()
+
+    app = create_app(
+        "api",
+        title="facedex API",
+        description=(
+            "Lists of faces with descriptors, and 1:N matching against them. "
+            "Authenticate with `Authorization: Bearer <token>`; every request sees only its account's data."
+        ),
+        max_body_bytes=settings.max_body_bytes,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    for module in (accounts, lists, faces, matching):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,78 @@
+"""Faces: an external id, user data, and one descriptor per descriptor version."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Request, Response
+
+from facedex.api.deps import Account, Page, PageSize, Store, parse_descriptor
+from facedex.api.models import DescriptorIn, FaceCreate, FaceCreated, FaceOut, FacesBatchCreate, FacesCreated, FaceUpdate
+from facedex.faces.store import NewFace
+
+router = APIRouter(tags=["faces"])
+
+
+def _new_face(request: Request, body: FaceCreate) -> NewFace:
+    face = NewFace(external_id=body.external_id, user_data=body.user_data, list_ids=list(body.list_ids))
+    if body.descriptor is not None:
+        version, vec = parse_descriptor(request, body.descriptor)
+        face.descriptors[version] = vec
+    return face
+
+
+def _out(row: object) -> FaceOut:
+    return FaceOut.model_validate(row, from_attributes=True)
+
+
+@router.post("/1/faces", status_code=201, response_model=FaceCreated)
+async def create_face(request: Request, body: FaceCreate, account: Account, store: Store) -> FaceCreated:
+    """Create a face, optionally with a descriptor and attached to lists."""
+    ids = await store.create_faces(account, [_new_face(request, body)])
+    return FaceCreated(face_id=ids[0])
+
+
+@router.post("/1/faces/batch", status_code=201, response_model=FacesCreated)
+async def create_faces(request: Request, body: FacesBatchCreate, account: Account, store: Store) -> FacesCreated:
+    """Create up to 1000 faces in one transaction (all or nothing), attached to ``list_ids`` and their own lists."""
+    faces = [_new_face(request, f) for f in body.faces]
+    return FacesCreated(face_ids=await store.create_faces(account, faces, body.list_ids))
+
+
+@router.get("/1/faces", response_model=list[FaceOut])
+async def get_faces(
+    account: Account,
+    store: Store,
+    list_id: uuid.UUID | None = None,
+    external_id: str | None = None,
+    page: Page = 1,
+    page_size: PageSize = 100,
+) -> list[FaceOut]:
+    return [_out(r) for r in await store.get_faces(account, page, page_size, list_id, external_id)]
+
+
+@router.get("/1/faces/{face_id}", response_model=FaceOut)
+async def get_face(face_id: uuid.UUID, account: Account, store: Store) -> FaceOut:
+    return _out(await store.get_face(account, face_id))
+
+
+@router.patch("/1/faces/{face_id}", response_model=FaceOut)
+async def update_face(face_id: uuid.UUID, body: FaceUpdate, account: Account, store: Store) -> FaceOut:
+    return _out(await store.update_face(account, face_id, body.external_id, body.user_data))
+
+
+@router.put("/1/faces/{face_id}/descriptor", status_code=204)
+async def put_descriptor(
+    request: Request, face_id: uuid.UUID, body: DescriptorIn, account: Account, store: Store
+) -> Response:
+    """Set or replace the face's descriptor of ``body.version``; lists holding the face see the new one."""
+    version, vec = parse_descriptor(request, body)
+    await store.put_descriptor(account, face_id, version, vec)
+    return Response(status_code=204)
+
+
+@router.delete("/1/faces/{face_id}", status_code=204)
+async def delete_face(face_id: uuid.UUID, account: Account, store: Store) -> Response:
+    """Delete a face; it is detached from every list first."""
+    await store.delete_faces(account, [face_id])
+    return Response(status_code=204)

@@ -1,0 +1,1 @@
+"""Benchmarks (`facedex bench ...`) and the seeded datasets they, the demo and the tests share."""

@@ -1,0 +1,1 @@
+"""Brute-force Matcher: exact matching, the reference for every similarity facedex returns."""

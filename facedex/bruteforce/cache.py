@@ -1,0 +1,214 @@
+"""In-memory matrices of lists, kept exact by tailing the Faces DB change log.
+
+Each request first asks PostgreSQL for the list's change head (one indexed
+row); if the cached matrix is behind, the missing changes are applied before
+the search. So a face attached or detached before the request was sent is
+always seen as such: the brute-force path is read-your-writes consistent.
+
+Searches run in worker threads (numpy releases the GIL) under a shared lock;
+applying changes takes the lock exclusively, because detaches move rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import numpy as np
+
+from facedex import descriptors
+from facedex.faces.store import FacesStore, ListDelta
+
+log = logging.getLogger(__name__)
+
+
+class RWLock:
+    """Many readers or one writer; a waiting writer blocks new readers so it cannot starve."""
+
+    def __init__(self) -> None:
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+        self._cond = asyncio.Condition()
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._writer and self._writers_waiting == 0)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[None]:
+        async with self._cond:
+            self._writers_waiting += 1
+            try:
+                await self._cond.wait_for(lambda: not self._writer and self._readers == 0)
+            finally:
+                self._writers_waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+class ListMatrix:
+    """Descriptors of one list and one version: rows [0, n) are live, ids[i] is row i's face id."""
+
+    def __init__(self, list_id: uuid.UUID, account_id: uuid.UUID, version: int) -> None:
+        self.list_id = list_id
+        self.account_id = account_id
+        self.version = version
+        self.dim = descriptors.get_version(version).dim
+        self.vectors = np.empty((0, self.dim), np.float32)
+        self.ids = np.empty((0, 16), np.uint8)
+        self.pos: dict[bytes, int] = {}
+        self.n = 0
+        self.head = 0
+        self.lock = RWLock()
+        self.last_used = time.monotonic()
+
+    @property
+    def nbytes(self) -> int:
+        return self.vectors.nbytes + self.ids.nbytes
+
+    def _reserve(self, extra: int) -> None:
+        need = self.n + extra
+        if need <= self.vectors.shape[0]:
+            return
+        cap = max(need, int(self.vectors.shape[0] * 1.5), 1024)
+        vectors = np.empty((cap, self.dim), np.float32)
+        vectors[: self.n] = self.vectors[: self.n]
+        ids = np.empty((cap, 16), np.uint8)
+        ids[: self.n] = self.ids[: self.n]
+        self.vectors, self.ids = vectors, ids
+
+    def append(self, face_ids: list[bytes], vecs: np.ndarray) -> None:
+        self._reserve(len(face_ids))
+        start = self.n
+        self.vectors[start : start + len(face_ids)] = vecs
+        if face_ids:
+            self.ids[start : start + len(face_ids)] = np.frombuffer(b"".join(face_ids), np.uint8).reshape(-1, 16)
+        for i, fid in enumerate(face_ids):
+            self.pos[fid] = start + i
+        self.n += len(face_ids)
+
+    def remove(self, face_id: bytes) -> None:
+        row = self.pos.pop(face_id, None)
+        if row is None:
+            return
+        last = self.n - 1
+        if row != last:
+            self.vectors[row] = self.vectors[last]
+            self.ids[row] = self.ids[last]
+            self.pos[self.ids[row].tobytes()] = row
+        self.n = last
+
+    def apply(self, delta: ListDelta) -> None:
+        for fid in delta.removed:
+            self.remove(fid)
+        new_ids: list[bytes] = []
+        new_rows: list[int] = []
+        for i, fid in enumerate(delta.upserted_ids):
+            row = self.pos.get(fid)
+            if row is None:
+                new_ids.append(fid)
+                new_rows.append(i)
+            else:
+                self.vectors[row] = delta.upserted[i]
+        if new_ids:
+            self.append(new_ids, delta.upserted[new_rows])
+        self.head = delta.head
+
+    def search(
+        self, queries: np.ndarray, k: int, face_ids: list[bytes] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k; returns (scores, face ids as (m, k, 16) uint8). Run it under the read lock."""
+        from facedex.bruteforce.exact import topk
+
+        if face_ids is None:
+            scores, rows = topk(queries, self.vectors[: self.n], k)
+        else:
+            subset = np.fromiter((self.pos[f] for f in face_ids if f in self.pos), dtype=np.int64)
+            scores, sub_rows = topk(queries, self.vectors[subset], k)
+            rows = subset[sub_rows]
+        return scores, self.ids[rows]
+
+
+class ListCache:
+    """Cached :class:`ListMatrix` per (list, version), least recently used evicted over a byte budget."""
+
+    def __init__(self, store: FacesStore, max_bytes: int) -> None:
+        self.store = store
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[uuid.UUID, int], ListMatrix] = OrderedDict()
+        self._loading: dict[tuple[uuid.UUID, int], asyncio.Lock] = {}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(m.nbytes for m in self._entries.values())
+
+    def entries(self) -> list[ListMatrix]:
+        return list(self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def fresh(self, list_id: uuid.UUID, version: int) -> ListMatrix | None:
+        """The list's matrix, brought up to the list's current change head; None if the list does not exist."""
+        head = await self.store.list_head(list_id)
+        key = (list_id, version)
+        if head is None:
+            self._entries.pop(key, None)
+            return None
+        account_id, seq = head
+        lock = self._loading.setdefault(key, asyncio.Lock())
+        async with lock:  # one loader / updater per list at a time
+            matrix = self._entries.get(key)
+            if matrix is None:
+                matrix = await self._load(list_id, account_id, version)
+                self._entries[key] = matrix
+                self._evict(keep=key)
+            elif matrix.head < seq:
+                delta = await self.store.delta(list_id, version, matrix.head)
+                if delta is None:
+                    self._entries.pop(key, None)
+                    return None
+                async with matrix.lock.write():
+                    matrix.apply(delta)
+        self._entries.move_to_end(key)
+        matrix.last_used = time.monotonic()
+        return matrix
+
+    async def _load(self, list_id: uuid.UUID, account_id: uuid.UUID, version: int) -> ListMatrix:
+        started = time.perf_counter()
+        matrix = ListMatrix(list_id, account_id, version)
+        async for head, ids, vecs in self.store.snapshot(list_id, version):
+            matrix.append(ids, vecs)
+            matrix.head = head
+        log.info(
+            "loaded list %s version %d: %d faces in %.2fs", list_id, version, matrix.n, time.perf_counter() - started
+        )
+        return matrix
+
+    def _evict(self, keep: tuple[uuid.UUID, int]) -> None:
+        while self.nbytes > self.max_bytes and len(self._entries) > 1:
+            key = next(iter(self._entries))
+            if key == keep:
+                self._entries.move_to_end(key)
+                continue
+            evicted = self._entries.pop(key)
+            log.info("evicted list %s (%d bytes) over the cache budget", evicted.list_id, evicted.nbytes)

@@ -1,0 +1,146 @@
+"""The ``facedex`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from facedex import __version__
+from facedex.config import get_settings
+from facedex.services import SERVICES
+
+app = typer.Typer(
+    help=(
+        "facedex: 1:N face identification at scale. Lists of faces with descriptors, "
+        "exact (brute-force) matching, and the services around it.\n\n"
+        "Start everything on this machine with `facedex up` (add --demo to see it work). "
+        "Settings come from FACEDEX_* variables or facedex.toml; `facedex settings` shows them."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+)
+account_app = typer.Typer(help="Accounts (admin, straight to the Faces DB).", no_args_is_help=True)
+list_app = typer.Typer(help="Lists (admin, straight to the Faces DB).", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks; results go to docs/benchmarks.md and bench-results/.", no_args_is_help=True)
+app.add_typer(account_app, name="account")
+app.add_typer(list_app, name="list")
+app.add_typer(bench_app, name="bench")
+console = Console()
+
+ServiceName = Enum("ServiceName", {name: name for name in SERVICES}, type=str)  # type: ignore[misc]
+
+
+def _database_url() -> str:
+    from facedex.embedded import resolve
+
+    settings = get_settings()
+    return asyncio.run(resolve(settings.database_url, None, settings.data_dir, embed=False, need_redis=False)).database_url
+
+
+def _run_store(fn):  # type: ignore[no-untyped-def]
+    """Run ``fn(store)`` against the Faces DB (migrated first)."""
+    from facedex.faces.store import FacesStore, create_pool
+    from facedex.services import prepare_database
+
+    url = _database_url()
+
+    async def run():  # type: ignore[no-untyped-def]
+        await prepare_database(url)
+        pool = await create_pool(url, max_size=4)
+        try:
+            return await fn(FacesStore(pool))
+        finally:
+            await pool.close()
+
+    return asyncio.run(run())
+
+
+@app.command()
+def up(
+    demo: Annotated[bool, typer.Option(help="After start, run a demo: 10k faces, matching, detach.")] = False,
+    exit_after_demo: Annotated[bool, typer.Option(help="Stop everything once the demo has run.")] = False,
+) -> None:
+    """Run every service on this machine (embedded PostgreSQL/Valkey if none is configured or running)."""
+    from facedex.up import run_up
+
+    raise typer.Exit(run_up(get_settings(), demo=demo, exit_after_demo=exit_after_demo))
+
+
+@app.command()
+def serve(
+    service: Annotated[ServiceName, typer.Argument(help="Which service: " + ", ".join(SERVICES))],
+    host: Annotated[str | None, typer.Option(help="Listen address (default from settings).")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (default from settings).")] = None,
+) -> None:
+    """Run one service in the foreground (scale out by running more, on any machine)."""
+    from facedex.services import serve as serve_service
+
+    serve_service(service.value, get_settings(), host, port)
+
+
+@app.command()
+def migrate() -> None:
+    """Create the Faces DB if needed and apply pending schema migrations."""
+    from facedex.services import prepare_database
+
+    applied = asyncio.run(prepare_database(_database_url()))
+    console.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+
+
+@app.command(name="import")
+def import_(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help=".npy, .csv or .parquet file")],
+    list_id: Annotated[uuid.UUID, typer.Option("--list", help="List to import into (its account owns the faces).")],
+    version: Annotated[int | None, typer.Option(help="Descriptor version (default from settings).")] = None,
+    chunk: Annotated[int, typer.Option(help="Rows per COPY transaction.")] = 20_000,
+) -> None:
+    """Bulk-load faces with descriptors into a list (COPY; chunked, resumable by chunk)."""
+    from facedex.faces.importer import import_file, open_file
+
+    v = version if version is not None else get_settings().default_descriptor_version
+    total, _ = open_file(path, chunk)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(f"importing {path.name}", total=total)
+        done = _run_store(lambda store: import_file(store, list_id, path, v, chunk, lambda n: bar.advance(task, n)))
+    console.print(f"imported {done} faces into list {list_id}")
+
+
+@account_app.command("create")
+def account_create(name: str) -> None:
+    """Create an account; prints its id and bearer token (shown once)."""
+    account_id, token = _run_store(lambda store: store.create_account(name))
+    console.print(f"account_id: {account_id}\ntoken: {token}")
+
+
+@list_app.command("create")
+def list_create(
+    account: Annotated[uuid.UUID, typer.Option(help="Owner account id.")],
+    user_data: Annotated[str, typer.Option(help="Free text kept with the list.")] = "",
+) -> None:
+    """Create a list for an account; prints its id."""
+    row = _run_store(lambda store: store.create_list(account, user_data))
+    console.print(str(row.list_id))
+
+
+@app.command()
+def settings() -> None:
+    """Print the settings in force (from FACEDEX_* variables, facedex.toml and defaults)."""
+    console.print_json(get_settings().model_dump_json())
+
+
+@app.command()
+def version() -> None:
+    """Print the facedex version."""
+    console.print(__version__)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,74 @@
+"""Every error code facedex returns, in one place.
+
+An error reaches a client as ``{"error_code": int, "desc": str, "detail": str}``
+with the HTTP status below. Codes are stable: clients may branch on them, so a
+code is never reused for another meaning. Ranges: 1xxxx request, 11xxx
+descriptors, 12xxx lists, 13xxx faces, 14xxx matching, 15xxx accounts,
+19xxx internal; 26xxx is kept for the index services (as in LUNA LIM).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorCode:
+    code: int
+    status: int
+    desc: str
+
+
+class Errors:
+    # request level
+    BAD_JSON = ErrorCode(10001, 400, "Request body is not valid JSON")
+    VALIDATION = ErrorCode(10002, 422, "Request failed validation")
+    BODY_TOO_LARGE = ErrorCode(10003, 413, "Request body too large")
+    UNAUTHORIZED = ErrorCode(10004, 401, "Missing or invalid bearer token")
+    FORBIDDEN = ErrorCode(10005, 403, "Not allowed")
+    NOT_FOUND = ErrorCode(10006, 404, "Resource not found")
+    METHOD_NOT_ALLOWED = ErrorCode(10007, 405, "Method not allowed")
+    UNSUPPORTED_MEDIA = ErrorCode(10008, 415, "Unsupported content type")
+    # descriptors
+    DESCRIPTOR_VERSION_UNKNOWN = ErrorCode(11001, 400, "Unknown descriptor version")
+    DESCRIPTOR_LENGTH = ErrorCode(11002, 400, "Descriptor has the wrong length for its version")
+    DESCRIPTOR_NOT_FINITE = ErrorCode(11003, 400, "Descriptor contains NaN or infinity")
+    DESCRIPTOR_ZERO = ErrorCode(11004, 400, "Descriptor has zero norm")
+    DESCRIPTOR_BASE64 = ErrorCode(11005, 400, "Descriptor data is not valid base64")
+    # lists
+    LIST_NOT_FOUND = ErrorCode(12001, 404, "List not found")
+    # faces
+    FACE_NOT_FOUND = ErrorCode(13001, 404, "Face not found")
+    FACE_NO_DESCRIPTOR = ErrorCode(13002, 400, "Face has no descriptor of the requested version")
+    FACES_NOT_FOUND = ErrorCode(13003, 404, "Some faces were not found")
+    TOO_MANY_FACES = ErrorCode(13004, 400, "Too many faces in one request")
+    # matching
+    LIMIT_OUT_OF_RANGE = ErrorCode(14001, 422, "limit out of range")
+    THRESHOLD_OUT_OF_RANGE = ErrorCode(14002, 422, "threshold out of range")
+    TOO_MANY_REFERENCES = ErrorCode(14003, 422, "Too many references")
+    MATCHER_UNAVAILABLE = ErrorCode(14004, 503, "Matching service unavailable")
+    VERSION_MISMATCH = ErrorCode(14005, 400, "References have different descriptor versions")
+    # accounts
+    ACCOUNT_NOT_FOUND = ErrorCode(15001, 404, "Account not found")
+    # internal
+    INTERNAL = ErrorCode(19001, 500, "Internal server error")
+
+
+def by_code(code: int) -> ErrorCode:
+    """The registered error with this code (errors relayed between services keep their code)."""
+    for value in vars(Errors).values():
+        if isinstance(value, ErrorCode) and value.code == code:
+            return value
+    return Errors.INTERNAL
+
+
+class FacedexError(Exception):
+    """An error with a stable code, raised anywhere and rendered by every service the same way."""
+
+    def __init__(self, error: ErrorCode, detail: str | None = None) -> None:
+        self.error = error
+        self.detail = detail or error.desc
+        super().__init__(f"{error.code} {error.desc}: {self.detail}")
+
+    def body(self) -> dict[str, object]:
+        return {"error_code": self.error.code, "desc": self.error.desc, "detail": self.detail}

@@ -1,0 +1,512 @@
+"""The Faces DB: accounts, lists, faces, descriptors, list membership and the change log.
+
+Every public method that a client request reaches takes the caller's
+``account_id`` and filters on it, so one account can never read or change
+another's rows: a foreign id behaves exactly like a missing one (404).
+
+Membership changes go through :meth:`FacesStore._log_changes`, which bumps the
+list's ``change_seq`` with an ``UPDATE`` (taking the list row lock until
+commit) and appends the matching rows to ``list_changes``. Matchers tail that
+log to stay exact while lists change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TypeVar
+
+import asyncpg
+import numpy as np
+
+from facedex import descriptors
+from facedex.errors import Errors, FacedexError
+
+ATTACH, DETACH, UPDATE = 1, 2, 3
+T = TypeVar("T")
+
+
+def hash_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+@dataclass(slots=True)
+class ListRow:
+    list_id: uuid.UUID
+    account_id: uuid.UUID
+    user_data: str
+    create_time: datetime
+    last_update_time: datetime
+    face_count: int
+    change_seq: int
+
+
+@dataclass(slots=True)
+class FaceRow:
+    face_id: uuid.UUID
+    account_id: uuid.UUID
+    external_id: str | None
+    user_data: str
+    create_time: datetime
+    last_update_time: datetime
+    descriptor_versions: list[int] = field(default_factory=list)
+    list_ids: list[uuid.UUID] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class NewFace:
+    external_id: str | None = None
+    user_data: str = ""
+    descriptors: dict[int, np.ndarray] = field(default_factory=dict)  # version -> normalised vector
+    list_ids: list[uuid.UUID] = field(default_factory=list)  # lists to attach this face to
+
+
+@dataclass(slots=True)
+class Change:
+    seq: int
+    op: int
+    face_id: bytes  # 16 raw bytes
+
+
+@dataclass(slots=True)
+class ListDelta:
+    """What changed in a list between two sequence numbers, collapsed to the final state per face."""
+
+    head: int
+    removed: list[bytes]  # face ids (16 bytes) no longer in the list (or without a descriptor)
+    upserted_ids: list[bytes]
+    upserted: np.ndarray  # (len(upserted_ids), dim) float32
+
+
+_LIST_COLS = "list_id, account_id, user_data, create_time, last_update_time, face_count, change_seq"
+_FACE_COLS = "face_id, account_id, external_id, user_data, create_time, last_update_time"
+
+
+async def create_pool(url: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size)
+    assert pool is not None
+    return pool
+
+
+class FacesStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def _write(self, fn: Callable[[asyncpg.Connection], Awaitable[T]], attempts: int = 5) -> T:
+        """Run ``fn`` in a transaction; retry when PostgreSQL aborts it to break a deadlock.
+
+        Attach locks list then faces, delete locks faces then lists: opposite orders,
+        so rare deadlocks are expected and resolved by running the loser again.
+        """
+        for attempt in range(attempts):
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    return await fn(conn)
+            except asyncpg.DeadlockDetectedError:
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------ accounts
+    async def create_account(self, name: str) -> tuple[uuid.UUID, str]:
+        """Create an account with its first token; returns (account_id, token). The token is not stored."""
+        account_id = uuid.uuid4()
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("INSERT INTO accounts (account_id, name) VALUES ($1, $2)", account_id, name)
+            token = await self._insert_token(conn, account_id, "default")
+        return account_id, token
+
+    async def create_token(self, account_id: uuid.UUID, name: str) -> str:
+        async with self.pool.acquire() as conn:
+            return await self._insert_token(conn, account_id, name)
+
+    @staticmethod
+    async def _insert_token(conn: asyncpg.Connection, account_id: uuid.UUID, name: str) -> str:
+        token = "fdx_" + secrets.token_urlsafe(32)
+        await conn.execute(
+            "INSERT INTO tokens (token_hash, account_id, name) VALUES ($1, $2, $3)", hash_token(token), account_id, name
+        )
+        return token
+
+    async def account_for_token(self, token: str) -> uuid.UUID | None:
+        return await self.pool.fetchval("SELECT account_id FROM tokens WHERE token_hash = $1", hash_token(token))
+
+    async def get_account(self, account_id: uuid.UUID) -> asyncpg.Record:
+        row = await self.pool.fetchrow("SELECT account_id, name, create_time FROM accounts WHERE account_id=$1", account_id)
+        if row is None:
+            raise FacedexError(Errors.ACCOUNT_NOT_FOUND)
+        return row
+
+    # --------------------------------------------------------------------- lists
+    async def create_list(self, account_id: uuid.UUID, user_data: str = "") -> ListRow:
+        row = await self.pool.fetchrow(
+            f"INSERT INTO lists (list_id, account_id, user_data) VALUES ($1, $2, $3) RETURNING {_LIST_COLS}",
+            uuid.uuid4(),
+            account_id,
+            user_data,
+        )
+        return ListRow(**row)
+
+    async def get_list(self, account_id: uuid.UUID, list_id: uuid.UUID) -> ListRow:
+        row = await self.pool.fetchrow(
+            f"SELECT {_LIST_COLS} FROM lists WHERE list_id=$1 AND account_id=$2", list_id, account_id
+        )
+        if row is None:
+            raise FacedexError(Errors.LIST_NOT_FOUND, f"list {list_id} not found")
+        return ListRow(**row)
+
+    async def get_lists(self, account_id: uuid.UUID, page: int, page_size: int) -> list[ListRow]:
+        rows = await self.pool.fetch(
+            f"SELECT {_LIST_COLS} FROM lists WHERE account_id=$1 ORDER BY create_time, list_id LIMIT $2 OFFSET $3",
+            account_id,
+            page_size,
+            (page - 1) * page_size,
+        )
+        return [ListRow(**r) for r in rows]
+
+    async def update_list(self, account_id: uuid.UUID, list_id: uuid.UUID, user_data: str) -> ListRow:
+        row = await self.pool.fetchrow(
+            f"UPDATE lists SET user_data=$3, last_update_time=now() WHERE list_id=$1 AND account_id=$2 RETURNING {_LIST_COLS}",
+            list_id,
+            account_id,
+            user_data,
+        )
+        if row is None:
+            raise FacedexError(Errors.LIST_NOT_FOUND, f"list {list_id} not found")
+        return ListRow(**row)
+
+    async def delete_list(self, account_id: uuid.UUID, list_id: uuid.UUID) -> None:
+        status = await self.pool.execute("DELETE FROM lists WHERE list_id=$1 AND account_id=$2", list_id, account_id)
+        if status == "DELETE 0":
+            raise FacedexError(Errors.LIST_NOT_FOUND, f"list {list_id} not found")
+
+    # --------------------------------------------------------------------- faces
+    async def create_faces(
+        self, account_id: uuid.UUID, faces: Sequence[NewFace], list_ids: Sequence[uuid.UUID] = ()
+    ) -> list[uuid.UUID]:
+        """Create faces (with descriptors), attach each to ``list_ids`` and its own lists; all or nothing."""
+        face_ids = [uuid.uuid4() for _ in faces]
+        desc_rows = [
+            (fid, version, descriptors.to_bytes(version, vec))
+            for fid, face in zip(face_ids, faces, strict=True)
+            for version, vec in face.descriptors.items()
+        ]
+        members: dict[uuid.UUID, list[uuid.UUID]] = {lid: list(face_ids) for lid in list_ids}
+        for fid, face in zip(face_ids, faces, strict=True):
+            for lid in face.list_ids:
+                if lid not in list_ids:
+                    members.setdefault(lid, []).append(fid)
+        async with self.pool.acquire() as conn, conn.transaction():
+            for list_id in sorted(members):
+                await self._check_list(conn, account_id, list_id)
+            await conn.copy_records_to_table(
+                "faces",
+                records=[(fid, account_id, f.external_id, f.user_data) for fid, f in zip(face_ids, faces, strict=True)],
+                columns=["face_id", "account_id", "external_id", "user_data"],
+            )
+            if desc_rows:
+                await conn.copy_records_to_table(
+                    "descriptors", records=desc_rows, columns=["face_id", "version", "descriptor"]
+                )
+            for list_id in sorted(members):  # fixed lock order: no deadlock between concurrent batches
+                await self._attach_new(conn, list_id, list(dict.fromkeys(members[list_id])))
+        return face_ids
+
+    async def import_matrix(
+        self,
+        account_id: uuid.UUID,
+        list_id: uuid.UUID,
+        version: int,
+        matrix: np.ndarray,
+        external_ids: Sequence[str | None] | None = None,
+    ) -> list[uuid.UUID]:
+        """Bulk path for ``facedex import``: one COPY per table, one transaction, rows already normalised."""
+        n = matrix.shape[0]
+        face_ids = [uuid.uuid4() for _ in range(n)]
+        raw = np.ascontiguousarray(matrix, dtype=descriptors.get_version(version).dtype)
+        row_bytes = raw.shape[1] * raw.itemsize
+        blob = raw.tobytes()
+        ext = external_ids if external_ids is not None else [None] * n
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._check_list(conn, account_id, list_id)
+            await conn.copy_records_to_table(
+                "faces",
+                records=[(fid, account_id, e) for fid, e in zip(face_ids, ext, strict=True)],
+                columns=["face_id", "account_id", "external_id"],
+            )
+            await conn.copy_records_to_table(
+                "descriptors",
+                records=[(fid, version, blob[i * row_bytes : (i + 1) * row_bytes]) for i, fid in enumerate(face_ids)],
+                columns=["face_id", "version", "descriptor"],
+            )
+            await self._attach_new(conn, list_id, face_ids)
+        return face_ids
+
+    async def list_account(self, list_id: uuid.UUID) -> uuid.UUID:
+        """Owner of a list, for admin tools that act on a list by id."""
+        account_id = await self.pool.fetchval("SELECT account_id FROM lists WHERE list_id=$1", list_id)
+        if account_id is None:
+            raise FacedexError(Errors.LIST_NOT_FOUND, f"list {list_id} not found")
+        return account_id
+
+    async def get_face(self, account_id: uuid.UUID, face_id: uuid.UUID) -> FaceRow:
+        row = await self.pool.fetchrow(
+            f"SELECT {_FACE_COLS},"
+            " ARRAY(SELECT version FROM descriptors d WHERE d.face_id=f.face_id ORDER BY version) AS descriptor_versions,"
+            " ARRAY(SELECT list_id FROM list_faces l WHERE l.face_id=f.face_id ORDER BY list_id) AS list_ids"
+            " FROM faces f WHERE face_id=$1 AND account_id=$2",
+            face_id,
+            account_id,
+        )
+        if row is None:
+            raise FacedexError(Errors.FACE_NOT_FOUND, f"face {face_id} not found")
+        return FaceRow(**row)
+
+    async def get_faces(
+        self,
+        account_id: uuid.UUID,
+        page: int,
+        page_size: int,
+        list_id: uuid.UUID | None = None,
+        external_id: str | None = None,
+    ) -> list[FaceRow]:
+        where = ["f.account_id=$1"]
+        args: list[object] = [account_id]
+        if list_id is not None:
+            await self.get_list(account_id, list_id)
+            args.append(list_id)
+            where.append(f"EXISTS (SELECT 1 FROM list_faces l WHERE l.face_id=f.face_id AND l.list_id=${len(args)})")
+        if external_id is not None:
+            args.append(external_id)
+            where.append(f"f.external_id=${len(args)}")
+        args += [page_size, (page - 1) * page_size]
+        rows = await self.pool.fetch(
+            f"SELECT {_FACE_COLS} FROM faces f WHERE {' AND '.join(where)}"
+            f" ORDER BY create_time, face_id LIMIT ${len(args) - 1} OFFSET ${len(args)}",
+            *args,
+        )
+        return [FaceRow(**r) for r in rows]
+
+    async def update_face(
+        self, account_id: uuid.UUID, face_id: uuid.UUID, external_id: str | None, user_data: str | None
+    ) -> FaceRow:
+        status = await self.pool.execute(
+            "UPDATE faces SET external_id=COALESCE($3, external_id), user_data=COALESCE($4, user_data),"
+            " last_update_time=now() WHERE face_id=$1 AND account_id=$2",
+            face_id,
+            account_id,
+            external_id,
+            user_data,
+        )
+        if status == "UPDATE 0":
+            raise FacedexError(Errors.FACE_NOT_FOUND, f"face {face_id} not found")
+        return await self.get_face(account_id, face_id)
+
+    async def delete_faces(self, account_id: uuid.UUID, face_ids: Sequence[uuid.UUID]) -> None:
+        """Delete faces; each is first detached from its lists (logged), so matchers drop it."""
+
+        async def tx(conn: asyncpg.Connection) -> None:
+            # FOR UPDATE on the faces waits out (and then blocks) attaches of them, which take FOR SHARE
+            await self._check_faces(conn, account_id, face_ids, lock="FOR UPDATE")
+            memberships = await conn.fetch(
+                "SELECT list_id, array_agg(face_id) AS face_ids FROM list_faces WHERE face_id = ANY($1::uuid[])"
+                " GROUP BY list_id ORDER BY list_id",
+                list(face_ids),
+            )
+            for m in memberships:
+                await self._log_changes(conn, m["list_id"], DETACH, m["face_ids"], -len(m["face_ids"]))
+            await conn.execute("DELETE FROM faces WHERE face_id = ANY($1::uuid[])", list(face_ids))
+
+        await self._write(tx)
+
+    async def put_descriptor(self, account_id: uuid.UUID, face_id: uuid.UUID, version: int, vec: np.ndarray) -> None:
+        """Set (or replace) a face's descriptor of one version; lists holding the face log an update."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._check_faces(conn, account_id, [face_id])
+            await conn.execute(
+                "INSERT INTO descriptors (face_id, version, descriptor) VALUES ($1, $2, $3)"
+                " ON CONFLICT (face_id, version) DO UPDATE SET descriptor=EXCLUDED.descriptor, create_time=now()",
+                face_id,
+                version,
+                descriptors.to_bytes(version, vec),
+            )
+            for list_id in await conn.fetch(
+                "SELECT list_id FROM list_faces WHERE face_id=$1 ORDER BY list_id", face_id
+            ):
+                await self._log_changes(conn, list_id["list_id"], UPDATE, [face_id], 0)
+
+    async def get_descriptors(
+        self, account_id: uuid.UUID, face_ids: Sequence[uuid.UUID], version: int
+    ) -> dict[uuid.UUID, np.ndarray]:
+        """Descriptors of the caller's faces; raises if a face is missing or lacks the version."""
+        rows = await self.pool.fetch(
+            "SELECT f.face_id, d.descriptor FROM faces f"
+            " LEFT JOIN descriptors d ON d.face_id=f.face_id AND d.version=$3"
+            " WHERE f.face_id = ANY($1::uuid[]) AND f.account_id=$2",
+            list(face_ids),
+            account_id,
+            version,
+        )
+        found = {r["face_id"]: r["descriptor"] for r in rows}
+        missing = [str(f) for f in face_ids if f not in found]
+        if missing:
+            raise FacedexError(Errors.FACE_NOT_FOUND, f"faces not found: {', '.join(missing[:10])}")
+        lacking = [str(f) for f, d in found.items() if d is None]
+        if lacking:
+            raise FacedexError(
+                Errors.FACE_NO_DESCRIPTOR, f"faces without a version {version} descriptor: {', '.join(lacking[:10])}"
+            )
+        return {f: descriptors.from_bytes(version, d) for f, d in found.items()}
+
+    # ---------------------------------------------------------------- membership
+    async def attach(self, account_id: uuid.UUID, list_id: uuid.UUID, face_ids: Sequence[uuid.UUID]) -> int:
+        """Attach faces to a list; already attached faces are left as they are. Returns how many were new."""
+
+        async def tx(conn: asyncpg.Connection) -> int:
+            await self._check_list(conn, account_id, list_id)
+            await self._check_faces(conn, account_id, face_ids, lock="FOR SHARE")
+            new = await conn.fetch(
+                "SELECT f FROM unnest($2::uuid[]) AS f"
+                " WHERE NOT EXISTS (SELECT 1 FROM list_faces l WHERE l.list_id=$1 AND l.face_id=f)",
+                list_id,
+                list(dict.fromkeys(face_ids)),
+            )
+            return await self._attach_new(conn, list_id, [r["f"] for r in new])
+
+        return await self._write(tx)
+
+    async def detach(self, account_id: uuid.UUID, list_id: uuid.UUID, face_ids: Sequence[uuid.UUID]) -> int:
+        """Detach faces from a list; faces not in it are ignored. Returns how many were removed."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._check_list(conn, account_id, list_id)
+            removed = await conn.fetch(
+                "DELETE FROM list_faces WHERE list_id=$1 AND face_id = ANY($2::uuid[]) RETURNING face_id",
+                list_id,
+                list(face_ids),
+            )
+            ids = [r["face_id"] for r in removed]
+            if ids:
+                await self._log_changes(conn, list_id, DETACH, ids, -len(ids))
+            return len(ids)
+
+    async def _attach_new(self, conn: asyncpg.Connection, list_id: uuid.UUID, face_ids: Sequence[uuid.UUID]) -> int:
+        if not face_ids:
+            return 0
+        first = await self._log_changes(conn, list_id, ATTACH, face_ids, len(face_ids))
+        await conn.copy_records_to_table(
+            "list_faces",
+            records=[(list_id, fid, first + i) for i, fid in enumerate(face_ids)],
+            columns=["list_id", "face_id", "link_seq"],
+        )
+        return len(face_ids)
+
+    @staticmethod
+    async def _log_changes(
+        conn: asyncpg.Connection, list_id: uuid.UUID, op: int, face_ids: Sequence[uuid.UUID], count_delta: int
+    ) -> int:
+        """Append changes to a list's log under its row lock; returns the first sequence number used."""
+        n = len(face_ids)
+        head = await conn.fetchval(
+            "UPDATE lists SET change_seq = change_seq + $2, face_count = face_count + $3, last_update_time = now()"
+            " WHERE list_id=$1 RETURNING change_seq",
+            list_id,
+            n,
+            count_delta,
+        )
+        first = head - n + 1
+        await conn.copy_records_to_table(
+            "list_changes",
+            records=[(list_id, first + i, op, fid) for i, fid in enumerate(face_ids)],
+            columns=["list_id", "seq", "op", "face_id"],
+        )
+        return first
+
+    @staticmethod
+    async def _check_list(conn: asyncpg.Connection, account_id: uuid.UUID, list_id: uuid.UUID) -> None:
+        """Check the caller owns the list and lock its row until commit: membership writers of one list
+        run one at a time, so "which faces are new" and the sequence numbers they get cannot race."""
+        if not await conn.fetchval(
+            "SELECT 1 FROM lists WHERE list_id=$1 AND account_id=$2 FOR UPDATE", list_id, account_id
+        ):
+            raise FacedexError(Errors.LIST_NOT_FOUND, f"list {list_id} not found")
+
+    @staticmethod
+    async def _check_faces(
+        conn: asyncpg.Connection, account_id: uuid.UUID, face_ids: Iterable[uuid.UUID], lock: str = ""
+    ) -> None:
+        """Check the caller owns every face; optionally lock them (FOR SHARE / FOR UPDATE) until commit."""
+        wanted = sorted(set(face_ids))
+        rows = await conn.fetch(
+            f"SELECT face_id FROM faces WHERE face_id = ANY($1::uuid[]) AND account_id=$2 ORDER BY face_id {lock}",
+            wanted,
+            account_id,
+        )
+        found = {r["face_id"] for r in rows}
+        missing = [str(f) for f in wanted if f not in found]
+        if missing:
+            if len(wanted) == 1:
+                raise FacedexError(Errors.FACE_NOT_FOUND, f"face {missing[0]} not found")
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            raise FacedexError(Errors.FACES_NOT_FOUND, f"faces not found: {shown}")
+
+    # ------------------------------------------------------------ matcher reads
+    async def list_head(self, list_id: uuid.UUID) -> tuple[uuid.UUID, int] | None:
+        """(account_id, change_seq) of a list, or None if it does not exist."""
+        row = await self.pool.fetchrow("SELECT account_id, change_seq FROM lists WHERE list_id=$1", list_id)
+        return None if row is None else (row["account_id"], row["change_seq"])
+
+    async def snapshot(
+        self, list_id: uuid.UUID, version: int, batch: int = 10_000
+    ) -> AsyncIterator[tuple[int, list[bytes], np.ndarray]]:
+        """Stream a list's members with descriptors of ``version`` as consistent batches.
+
+        Yields ``(head, face_ids, vectors)``; ``head`` is the change sequence the
+        snapshot reflects (the same in every batch: one REPEATABLE READ transaction).
+        """
+        dim = descriptors.get_version(version).dim
+        dtype = descriptors.get_version(version).dtype
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            head = await conn.fetchval("SELECT change_seq FROM lists WHERE list_id=$1", list_id)
+            if head is None:
+                return
+            cursor = conn.cursor(
+                "SELECT uuid_send(l.face_id), d.descriptor FROM list_faces l"
+                " JOIN descriptors d ON d.face_id=l.face_id AND d.version=$2 WHERE l.list_id=$1",
+                list_id,
+                version,
+                prefetch=batch,
+            )
+            ids: list[bytes] = []
+            blobs: list[bytes] = []
+            async for fid, blob in cursor:
+                ids.append(fid)
+                blobs.append(blob)
+                if len(ids) >= batch:
+                    yield head, ids, np.frombuffer(b"".join(blobs), dtype=dtype).reshape(-1, dim)
+                    ids, blobs = [], []
+            yield head, ids, np.frombuffer(b"".join(blobs), dtype=dtype).reshape(-1, dim)
+
+    async def delta(self, list_id: uuid.UUID, version: int, since: int) -> ListDelta | None:
+        """Changes after sequence ``since``, collapsed to each touched face's final state."""
+        spec = descriptors.get_version(version)
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            head = await conn.fetchval("SELECT change_seq FROM lists WHERE list_id=$1", list_id)
+            if head is None:
+                return None
+            rows = await conn.fetch(
+                "WITH touched AS (SELECT DISTINCT face_id FROM list_changes WHERE list_id=$1 AND seq > $2)"
+                " SELECT uuid_send(t.face_id) AS fid, d.descriptor FROM touched t"
+                " LEFT JOIN list_faces l ON l.list_id=$1 AND l.face_id=t.face_id"
+                " LEFT JOIN descriptors d ON l.face_id IS NOT NULL AND d.face_id=t.face_id AND d.version=$3",
+                list_id,
+                since,
+                version,
+            )
+        removed = [r["fid"] for r in rows if r["descriptor"] is None]
+        kept = [r for r in rows if r["descriptor"] is not None]
+        vecs = np.frombuffer(b"".join(r["descriptor"] for r in kept), dtype=spec.dtype).reshape(-1, spec.dim)
+        return ListDelta(head, removed, [r["fid"] for r in kept], vecs.astype(np.float32, copy=False))

@@ -1,0 +1,165 @@
+"""What every facedex HTTP service shares: error rendering, body limit, health and version.
+
+Every error leaves a service as ``{"error_code", "desc", "detail"}`` with the
+status from :mod:`facedex.errors`, including FastAPI's own validation errors
+and unknown routes, so a client handles one shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import msgspec
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from facedex import __version__
+from facedex.errors import ErrorCode, Errors, FacedexError
+
+log = logging.getLogger(__name__)
+
+HealthCheck = Callable[[], Awaitable[None]]
+
+
+def error_response(error: ErrorCode, detail: str | None = None) -> JSONResponse:
+    return JSONResponse(FacedexError(error, detail).body(), status_code=error.status)
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over ``max_bytes`` with 413 before the application reads them."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.max_bytes:
+                await self._refuse(scope, receive, send, int(length) if length.isdigit() else -1)
+                return
+            await self.app(scope, receive, send)
+            return
+        # No length given (chunked): buffer up to the limit, then replay.
+        chunks: list[bytes] = []
+        total = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            total += len(chunks[-1])
+            more = message.get("more_body", False)
+            if total > self.max_bytes:
+                await self._refuse(scope, receive, send, total)
+                return
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, size: int) -> None:
+        detail = f"body of {size} bytes is over the limit of {self.max_bytes} bytes"
+        await error_response(Errors.BODY_TOO_LARGE, detail)(scope, receive, send)
+
+
+def _validation_detail(exc: RequestValidationError) -> tuple[ErrorCode, str]:
+    parts = []
+    for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            return Errors.BAD_JSON, f"invalid JSON: {err.get('ctx', {}).get('error', err.get('msg'))}"
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{where or 'body'}: {err.get('msg')}")
+    return Errors.VALIDATION, "; ".join(parts[:10])
+
+
+def create_app(
+    service: str,
+    *,
+    title: str,
+    description: str,
+    max_body_bytes: int,
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[Any]] | None = None,
+    health: dict[str, HealthCheck] | None = None,
+    **kwargs: Any,
+) -> FastAPI:
+    app = FastAPI(
+        title=title,
+        description=description,
+        version=__version__,
+        lifespan=lifespan,
+        **kwargs,
+    )
+    app.state.service = service
+    app.state.health = dict(health or {})
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+
+    @app.exception_handler(FacedexError)
+    async def _facedex_error(request: Request, exc: FacedexError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.error.status)
+
+    @app.exception_handler(msgspec.DecodeError)
+    async def _msgspec_error(request: Request, exc: msgspec.DecodeError) -> JSONResponse:
+        return error_response(Errors.VALIDATION, f"bad message: {exc}")
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        error, detail = _validation_detail(exc)
+        return error_response(error, detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        by_status = {404: Errors.NOT_FOUND, 405: Errors.METHOD_NOT_ALLOWED, 401: Errors.UNAUTHORIZED, 415: Errors.UNSUPPORTED_MEDIA}
+        error = by_status.get(exc.status_code)
+        if error is None:
+            return JSONResponse(
+                {"error_code": Errors.VALIDATION.code, "desc": "HTTP error", "detail": str(exc.detail)},
+                status_code=exc.status_code,
+            )
+        return error_response(error, str(exc.detail) if exc.detail else None)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(Errors.INTERNAL, f"{type(exc).__name__}")
+
+    @app.get("/healthcheck", tags=["service"], summary="Health of this service and what it depends on")
+    async def healthcheck() -> JSONResponse:
+        checks: dict[str, str] = {}
+        ok = True
+        for name, check in app.state.health.items():
+            started = time.perf_counter()
+            try:
+                await check()
+                checks[name] = f"ok ({(time.perf_counter() - started) * 1000:.1f} ms)"
+            except Exception as exc:  # a failing dependency is the answer, not an error
+                ok = False
+                checks[name] = f"failed: {type(exc).__name__}: {exc}"
+        return JSONResponse(
+            {"status": "ok" if ok else "unhealthy", "service": service, "checks": checks},
+            status_code=200 if ok else 503,
+        )
+
+    @app.get("/version", tags=["service"], summary="Service name and facedex version")
+    async def version() -> dict[str, str]:
+        return {"service": service, "version": __version__}
+
+    return app

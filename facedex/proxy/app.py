@@ -1,0 +1,80 @@
+"""Matcher Proxy service: ``POST /1/match`` tries each plugin that accepts the request, then brute force."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import msgspec
+from fastapi import FastAPI, Request, Response
+
+from facedex import wire
+from facedex.config import Settings
+from facedex.errors import FacedexError
+from facedex.http import create_app
+from facedex.proxy.plugins import BruteForceRoute, MatchingPlugin, load_plugins
+
+log = logging.getLogger(__name__)
+
+
+class Router:
+    def __init__(self, plugins: list[MatchingPlugin], fallback: BruteForceRoute) -> None:
+        self.plugins = plugins
+        self.fallback = fallback
+
+    async def match(self, req: wire.MatchRequest) -> wire.MatchResponse:
+        reason = None
+        for plugin in self.plugins:
+            if not plugin.accepts(req):
+                continue
+            try:
+                return await plugin.match(req)
+            except FacedexError as exc:
+                reason = f"{plugin.name}: {exc.error.code} {exc.detail}"
+            except Exception as exc:  # any failure of a preferred route falls back to brute force
+                reason = f"{plugin.name}: {type(exc).__name__}: {exc}"
+            log.warning("falling back to brute force for request %s: %s", req.request_id, reason)
+            break
+        resp = await self.fallback.match(req)
+        return msgspec.structs.replace(resp, fallback_reason=reason) if reason else resp
+
+
+def build_app(settings: Settings) -> FastAPI:
+    fallback = BruteForceRoute(settings)
+    router = Router(load_plugins(settings), fallback)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for plugin in router.plugins:
+            await plugin.start()
+        yield
+        for plugin in router.plugins:
+            await plugin.stop()
+        await fallback.stop()
+
+    app = create_app(
+        "proxy",
+        title="facedex Matcher Proxy",
+        description="Routes each matching request to a preferred matcher (plugins) or to the brute-force Matcher.",
+        max_body_bytes=settings.max_body_bytes,
+        lifespan=lifespan,
+    )
+
+    async def bruteforce_health() -> None:
+        async with fallback.client.session.get(settings.bruteforce.url + "/healthcheck") as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"brute-force matcher answered {resp.status}")
+
+    app.state.health["bruteforce"] = bruteforce_health
+
+    @app.post("/1/match", tags=["matching"], summary="Match references against one list (msgpack)")
+    async def match_route(request: Request) -> Response:
+        req = wire.decode(await request.body(), wire.MatchRequest)
+        return Response(wire.encode(await router.match(req)), media_type=wire.CONTENT_TYPE)
+
+    @app.get("/1/plugins", tags=["service"], summary="Active matching plugins, in order")
+    async def plugins() -> dict[str, list[str]]:
+        return {"plugins": [p.name for p in router.plugins] + [fallback.name]}
+
+    return app

@@ -1,0 +1,68 @@
+"""Matching plugins: the routes the proxy may prefer over brute force.
+
+A plugin looks at each request (``accepts``, cheap and synchronous) and may
+serve it (``match``). Any exception from ``match`` (``Rematch`` to decline on
+purpose, a timeout, a broken connection) sends the request to the brute-force
+Matcher, which always answers, and the reason is returned in
+``MatchResponse.fallback_reason``. Plugins are named in the setting
+``proxy_plugins`` as ``"module:Class"``; each is built with the settings.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Protocol, runtime_checkable
+
+from facedex import wire
+from facedex.config import Settings
+from facedex.rpc import ServiceClient
+
+
+class Rematch(Exception):
+    """Raised by a plugin that cannot serve a request after all; the proxy falls back to brute force."""
+
+
+@runtime_checkable
+class MatchingPlugin(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def accepts(self, req: wire.MatchRequest) -> bool: ...
+
+    async def match(self, req: wire.MatchRequest) -> wire.MatchResponse: ...
+
+
+class BruteForceRoute:
+    """The route of last resort: the brute-force Matcher service."""
+
+    name = "bruteforce"
+
+    def __init__(self, settings: Settings) -> None:
+        self.client = ServiceClient(settings.bruteforce.url, settings.matching.proxy_timeout_s)
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        await self.client.close()
+
+    def accepts(self, req: wire.MatchRequest) -> bool:
+        return True
+
+    async def match(self, req: wire.MatchRequest) -> wire.MatchResponse:
+        return await self.client.call("/1/match", req, wire.MatchResponse)
+
+
+def load_plugins(settings: Settings) -> list[MatchingPlugin]:
+    plugins: list[MatchingPlugin] = []
+    for spec in settings.proxy_plugins:
+        module_name, _, class_name = spec.partition(":")
+        cls = getattr(importlib.import_module(module_name), class_name)
+        plugin = cls(settings)
+        if not isinstance(plugin, MatchingPlugin):
+            raise TypeError(f"{spec} does not implement MatchingPlugin")
+        plugins.append(plugin)
+    return plugins

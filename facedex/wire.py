@@ -1,0 +1,59 @@
+"""Messages between services (API -> Matcher Proxy -> matchers), as msgpack.
+
+Descriptors and face ids travel as raw bytes blocks, never as JSON lists: a
+512-d reference is 2 KiB on the wire and decodes with one ``np.frombuffer``.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import msgspec
+import numpy as np
+
+T = TypeVar("T")
+
+CONTENT_TYPE = "application/msgpack"
+
+
+class MatchRequest(msgspec.Struct, frozen=True):
+    account_id: bytes  # 16-byte UUID
+    list_id: bytes  # 16-byte UUID
+    version: int  # descriptor version of the references
+    references: bytes  # m x dim float32, little-endian, L2-normalised
+    limit: int
+    threshold: float | None = None
+    face_ids: list[bytes] | None = None  # optional candidate filter (16-byte UUIDs)
+    request_id: str = ""
+
+    def reference_matrix(self, dim: int) -> np.ndarray:
+        return np.frombuffer(self.references, dtype="<f4").reshape(-1, dim)
+
+
+class ReferenceMatches(msgspec.Struct, frozen=True):
+    face_ids: bytes  # k x 16 bytes, best first
+    similarities: bytes  # k float32, facedex similarity (descriptors.similarity)
+
+
+class MatchResponse(msgspec.Struct, frozen=True):
+    results: list[ReferenceMatches]
+    route: str  # which matcher answered: "bruteforce", "indexed", ...
+    list_size: int = 0  # faces searched (after the filter)
+    fallback_reason: str | None = None  # why the proxy did not use a preferred route
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    error_code: int
+    desc: str
+    detail: str
+
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode(obj: msgspec.Struct) -> bytes:
+    return _encoder.encode(obj)
+
+
+def decode(data: bytes, type_: type[T]) -> T:
+    return msgspec.msgpack.decode(data, type=type_)

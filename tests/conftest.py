@@ -1,0 +1,169 @@
+"""Fixtures over real servers: a fresh PostgreSQL database per run, services as real processes.
+
+PostgreSQL comes from FACEDEX_TEST_POSTGRES (default: the machine's server on
+127.0.0.1:5432, user postgres). Each run creates ``facedex_test_<random>`` and
+drops it at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from facedex.faces.store import FacesStore, create_pool
+from facedex.services import prepare_database
+
+LOCAL_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _admin_url(tmp: Path) -> tuple[str, object | None]:
+    """FACEDEX_TEST_POSTGRES, else the local server, else an embedded one (a laptop without PostgreSQL)."""
+    if "FACEDEX_TEST_POSTGRES" in os.environ:
+        return os.environ["FACEDEX_TEST_POSTGRES"], None
+    from facedex.embedded import postgres_answers, start_postgres
+
+    if asyncio.run(postgres_answers(LOCAL_ADMIN_URL)):
+        return LOCAL_ADMIN_URL, None
+    url, server = start_postgres(tmp)
+    return url.replace("/facedex?", "/postgres?"), server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _with_db(admin_url: str, name: str) -> str:
+    base, _, query = admin_url.partition("?")
+    return base.rsplit("/", 1)[0] + "/" + name + (f"?{query}" if query else "")
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    admin_url, server = _admin_url(tmp_path_factory.mktemp("postgres"))
+    name = f"facedex_test_{secrets.token_hex(4)}"
+    url = _with_db(admin_url, name)
+
+    async def create() -> None:
+        await prepare_database(url)
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    yield url
+    asyncio.run(drop())
+    if server is not None:
+        server.cleanup()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await create_pool(database_url, max_size=10)
+    yield p
+    await p.close()
+
+
+@pytest.fixture(scope="session")
+def store(pool: asyncpg.Pool) -> FacesStore:
+    return FacesStore(pool)
+
+
+@pytest.fixture
+async def account(store: FacesStore) -> uuid.UUID:
+    account_id, _ = await store.create_account(f"test-{secrets.token_hex(3)}")
+    return account_id
+
+
+class Services:
+    """The services of one test run, each a `facedex serve` process."""
+
+    def __init__(self, database_url: str, log_dir: Path) -> None:
+        self.admin_token = secrets.token_urlsafe(16)
+        self.ports = {name: free_port() for name in ("api", "proxy", "bruteforce")}
+        self.env = dict(os.environ)
+        self.env.update(
+            FACEDEX_DATABASE_URL=database_url,
+            FACEDEX_ADMIN_TOKEN=self.admin_token,
+            FACEDEX_MAX_BODY_BYTES=str(8 << 20),
+            FACEDEX_DATA_DIR=str(log_dir),
+            **{f"FACEDEX_{name.upper()}__PORT": str(port) for name, port in self.ports.items()},
+        )
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def start(self, name: str) -> None:
+        log = (self.log_dir / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "facedex", "serve", name], env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.procs[name].poll() is not None:
+                raise RuntimeError(f"{name} exited: {(self.log_dir / f'{name}.log').read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url(name) + "/healthcheck", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{name} did not become healthy")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture(scope="session")
+def services(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    svc = Services(database_url, tmp_path_factory.mktemp("services"))
+    try:
+        for name in ("bruteforce", "proxy", "api"):
+            svc.start(name)
+        yield svc
+    finally:
+        svc.stop()
+
+
+def new_client(services: Services) -> httpx.Client:
+    """An HTTP client with the token of a new account."""
+    admin = {"Authorization": f"Bearer {services.admin_token}"}
+    token = httpx.post(services.url("api") + "/1/accounts", json={"name": "t"}, headers=admin).json()["token"]
+    return httpx.Client(base_url=services.url("api"), headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+@pytest.fixture
+def client(services: Services) -> Iterator[httpx.Client]:
+    with new_client(services) as c:
+        yield c
+
+
+@pytest.fixture
+def other_client(services: Services) -> Iterator[httpx.Client]:
+    with new_client(services) as c:
+        yield c

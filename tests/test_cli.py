@@ -1,0 +1,87 @@
+"""The command line as a user runs it: help, embedded servers, `up --demo`, import."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+import numpy as np
+import redis
+
+from facedex.embedded import resolve
+from tests.conftest import free_port
+
+
+def facedex(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "facedex", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def test_help_explains_itself() -> None:
+    out = facedex("--help")
+    assert out.returncode == 0
+    for command in ("up", "serve", "migrate", "import"):
+        assert command in out.stdout
+    serve = facedex("serve", "--help").stdout
+    assert "bruteforce" in serve and "proxy" in serve and "api" in serve
+
+
+def test_embedded_servers_start_when_nothing_answers(tmp_path: Path, monkeypatch) -> None:
+    """What a laptop without PostgreSQL/Redis gets from `facedex up`: real servers from pip packages."""
+    from facedex import embedded
+    from facedex.services import prepare_database
+
+    dead = free_port()
+    monkeypatch.setattr(embedded, "LOCAL_POSTGRES", f"postgresql://postgres@127.0.0.1:{dead}/facedex")
+    monkeypatch.setattr(embedded, "port_open", lambda host, port, timeout=0.5: False)
+
+    async def run() -> None:
+        with_urls = await resolve("postgresql://x@127.0.0.1:1/y", "redis://127.0.0.1:1/0", tmp_path, embed=True)
+        assert with_urls.started == []  # a URL in the settings wins, nothing started
+        resolved = await resolve(None, None, tmp_path, embed=True)
+        try:
+            assert len(resolved.started) == 2 and str(tmp_path) in resolved.started[0]
+            assert await prepare_database(resolved.database_url) == ["0001_init.sql"]
+            conn = await asyncpg.connect(resolved.database_url)
+            assert await conn.fetchval("SELECT count(*) FROM lists") == 0
+            await conn.close()
+            client = redis.Redis.from_url(resolved.redis_url)
+            assert client.ping() and client.set("k", "v") and client.get("k") == b"v"
+        finally:
+            resolved.stop()
+        try:
+            await resolve(None, None, tmp_path, embed=False)
+            raise AssertionError("serve without a database must fail clearly")
+        except RuntimeError as exc:
+            assert "FACEDEX_DATABASE_URL" in str(exc)
+
+    asyncio.run(run())
+
+
+def test_up_demo_and_import(database_url: str, tmp_path: Path) -> None:
+    env = dict(os.environ)
+    env.update(
+        FACEDEX_DATABASE_URL=database_url,
+        FACEDEX_DATA_DIR=str(tmp_path),
+        FACEDEX_API__PORT=str(free_port()),
+        FACEDEX_PROXY__PORT=str(free_port()),
+        FACEDEX_BRUTEFORCE__PORT=str(free_port()),
+    )
+    out = facedex("up", "--demo", "--exit-after-demo", env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "demo ok" in out.stdout and "no longer" in out.stdout
+
+    created = facedex("account", "create", "importer", env=env)
+    account = created.stdout.split("account_id:")[1].split()[0]
+    list_id = facedex("list", "create", "--account", account, env=env).stdout.strip()
+    np.save(tmp_path / "faces.npy", np.random.default_rng(0).standard_normal((2500, 512)).astype(np.float32))
+    out = facedex("import", str(tmp_path / "faces.npy"), "--list", list_id, "--chunk", "1000", env=env)
+    assert out.returncode == 0, out.stderr
+    assert f"imported 2500 faces into list {list_id}" in out.stdout
+    bad = facedex("import", str(tmp_path / "faces.npy"), "--list", "not-a-uuid", env=env)
+    assert bad.returncode != 0
