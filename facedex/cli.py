@@ -28,7 +28,7 @@ app = typer.Typer(
 )
 account_app = typer.Typer(help="Accounts (admin, straight to the Faces DB).", no_args_is_help=True)
 list_app = typer.Typer(help="Lists (admin, straight to the Faces DB).", no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks; results go to docs/benchmarks.md and bench-results/.", no_args_is_help=True)
+from facedex.bench.cli import app as bench_app  # noqa: E402
 app.add_typer(account_app, name="account")
 app.add_typer(list_app, name="list")
 app.add_typer(bench_app, name="bench")

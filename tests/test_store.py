@@ -184,3 +184,18 @@ async def test_concurrent_delete_and_attach_keep_counts_consistent(store: FacesS
         for _, op, fid in await log_of(store, lst.list_id):
             members.add(fid) if op == ATTACH else members.discard(fid) if op == DETACH else None
         assert members == {r["face_id"] for r in rows}
+
+
+async def test_snapshot_pages_cover_every_member_once(store: FacesStore, account: uuid.UUID) -> None:
+    rng = np.random.default_rng(8)
+    lst = await store.create_list(account)
+    vecs = unit(rng, 45)
+    ids = await make_faces(store, account, vecs, [lst.list_id])
+    extra = await make_faces(store, account, unit(rng, 3))  # not in the list
+    pages = [p async for p in store.snapshot(lst.list_id, 1, page=7)]
+    assert len(pages) == 7 and {p[0] for p in pages} == {45}
+    got = {bytes(r): v for _, block, vs in pages for r, v in zip(block, vs)}
+    assert set(got) == {i.bytes for i in ids} and not set(got) & {e.bytes for e in extra}
+    for fid, v in zip(ids, vecs):
+        assert np.array_equal(got[fid.bytes], v)
+    assert [p async for p in store.snapshot(uuid.uuid4(), 1)] == []

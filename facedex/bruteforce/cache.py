@@ -96,15 +96,16 @@ class ListMatrix:
         ids[: self.n] = self.ids[: self.n]
         self.vectors, self.ids = vectors, ids
 
-    def append(self, face_ids: list[bytes], vecs: np.ndarray) -> None:
-        self._reserve(len(face_ids))
+    def append(self, face_ids: np.ndarray, vecs: np.ndarray) -> None:
+        """Add rows; ``face_ids`` is (n, 16) uint8, ``vecs`` is (n, dim)."""
+        n = face_ids.shape[0]
+        self._reserve(n)
         start = self.n
-        self.vectors[start : start + len(face_ids)] = vecs
-        if face_ids:
-            self.ids[start : start + len(face_ids)] = np.frombuffer(b"".join(face_ids), np.uint8).reshape(-1, 16)
-        for i, fid in enumerate(face_ids):
-            self.pos[fid] = start + i
-        self.n += len(face_ids)
+        self.vectors[start : start + n] = vecs
+        self.ids[start : start + n] = face_ids
+        raw = face_ids.tobytes()
+        self.pos.update((raw[16 * i : 16 * i + 16], start + i) for i in range(n))
+        self.n += n
 
     def remove(self, face_id: bytes) -> None:
         row = self.pos.pop(face_id, None)
@@ -130,7 +131,8 @@ class ListMatrix:
             else:
                 self.vectors[row] = delta.upserted[i]
         if new_ids:
-            self.append(new_ids, delta.upserted[new_rows])
+            block = np.frombuffer(b"".join(new_ids), np.uint8).reshape(-1, 16)
+            self.append(block, delta.upserted[new_rows])
         self.head = delta.head
 
     def search(

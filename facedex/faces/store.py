@@ -13,6 +13,7 @@ log to stay exact while lists change.
 from __future__ import annotations
 
 import hashlib
+import io
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -25,6 +26,8 @@ import numpy as np
 
 from facedex import descriptors
 from facedex.errors import Errors, FacedexError
+from facedex.faces.copy import binary_stream, copy_binary, parse_binary, uuids
+from facedex.ids import as_block, new_ids, uuid7_block
 
 ATTACH, DETACH, UPDATE = 1, 2, 3
 T = TypeVar("T")
@@ -189,7 +192,7 @@ class FacesStore:
         self, account_id: uuid.UUID, faces: Sequence[NewFace], list_ids: Sequence[uuid.UUID] = ()
     ) -> list[uuid.UUID]:
         """Create faces (with descriptors), attach each to ``list_ids`` and its own lists; all or nothing."""
-        face_ids = [uuid.uuid4() for _ in faces]
+        face_ids = new_ids(len(faces))
         desc_rows = [
             (fid, version, descriptors.to_bytes(version, vec))
             for fid, face in zip(face_ids, faces, strict=True)
@@ -226,10 +229,11 @@ class FacesStore:
     ) -> list[uuid.UUID]:
         """Bulk path for ``facedex import``: one COPY per table, one transaction, rows already normalised."""
         n = matrix.shape[0]
-        face_ids = [uuid.uuid4() for _ in range(n)]
+        block = uuid7_block(n)
+        face_ids = [uuid.UUID(bytes=row.tobytes()) for row in block]
         raw = np.ascontiguousarray(matrix, dtype=descriptors.get_version(version).dtype)
-        row_bytes = raw.shape[1] * raw.itemsize
-        blob = raw.tobytes()
+        row = f"V{raw.shape[1] * raw.itemsize}"  # one descriptor as a fixed-width bytea
+        desc_stream = binary_stream(n, [("V16", uuids(block)), (">i4", version), (row, raw.view(row).ravel())])
         ext = external_ids if external_ids is not None else [None] * n
         async with self.pool.acquire() as conn, conn.transaction():
             await self._check_list(conn, account_id, list_id)
@@ -238,12 +242,8 @@ class FacesStore:
                 records=[(fid, account_id, e) for fid, e in zip(face_ids, ext, strict=True)],
                 columns=["face_id", "account_id", "external_id"],
             )
-            await conn.copy_records_to_table(
-                "descriptors",
-                records=[(fid, version, blob[i * row_bytes : (i + 1) * row_bytes]) for i, fid in enumerate(face_ids)],
-                columns=["face_id", "version", "descriptor"],
-            )
-            await self._attach_new(conn, list_id, face_ids)
+            await copy_binary(conn, "descriptors", ["face_id", "version", "descriptor"], desc_stream)
+            await self._attach_new(conn, list_id, block)
         return face_ids
 
     async def list_account(self, list_id: uuid.UUID) -> uuid.UUID:
@@ -393,23 +393,31 @@ class FacesStore:
                 await self._log_changes(conn, list_id, DETACH, ids, -len(ids))
             return len(ids)
 
-    async def _attach_new(self, conn: asyncpg.Connection, list_id: uuid.UUID, face_ids: Sequence[uuid.UUID]) -> int:
-        if not face_ids:
+    async def _attach_new(
+        self, conn: asyncpg.Connection, list_id: uuid.UUID, face_ids: Sequence[uuid.UUID] | np.ndarray
+    ) -> int:
+        block = face_ids if isinstance(face_ids, np.ndarray) else as_block(list(face_ids))
+        n = block.shape[0]
+        if n == 0:
             return 0
-        first = await self._log_changes(conn, list_id, ATTACH, face_ids, len(face_ids))
-        await conn.copy_records_to_table(
-            "list_faces",
-            records=[(list_id, fid, first + i) for i, fid in enumerate(face_ids)],
-            columns=["list_id", "face_id", "link_seq"],
+        first = await self._log_changes(conn, list_id, ATTACH, block, n)
+        stream = binary_stream(
+            n, [("V16", list_id.bytes), ("V16", uuids(block)), (">i8", np.arange(first, first + n, dtype=np.int64))]
         )
-        return len(face_ids)
+        await copy_binary(conn, "list_faces", ["list_id", "face_id", "link_seq"], stream)
+        return n
 
     @staticmethod
     async def _log_changes(
-        conn: asyncpg.Connection, list_id: uuid.UUID, op: int, face_ids: Sequence[uuid.UUID], count_delta: int
+        conn: asyncpg.Connection,
+        list_id: uuid.UUID,
+        op: int,
+        face_ids: Sequence[uuid.UUID] | np.ndarray,
+        count_delta: int,
     ) -> int:
         """Append changes to a list's log under its row lock; returns the first sequence number used."""
-        n = len(face_ids)
+        block = face_ids if isinstance(face_ids, np.ndarray) else as_block(list(face_ids))
+        n = block.shape[0]
         head = await conn.fetchval(
             "UPDATE lists SET change_seq = change_seq + $2, face_count = face_count + $3, last_update_time = now()"
             " WHERE list_id=$1 RETURNING change_seq",
@@ -418,11 +426,11 @@ class FacesStore:
             count_delta,
         )
         first = head - n + 1
-        await conn.copy_records_to_table(
-            "list_changes",
-            records=[(list_id, first + i, op, fid) for i, fid in enumerate(face_ids)],
-            columns=["list_id", "seq", "op", "face_id"],
+        stream = binary_stream(
+            n,
+            [("V16", list_id.bytes), (">i8", np.arange(first, first + n, dtype=np.int64)), (">i2", op), ("V16", uuids(block))],
         )
+        await copy_binary(conn, "list_changes", ["list_id", "seq", "op", "face_id"], stream)
         return first
 
     @staticmethod
@@ -460,35 +468,42 @@ class FacesStore:
         return None if row is None else (row["account_id"], row["change_seq"])
 
     async def snapshot(
-        self, list_id: uuid.UUID, version: int, batch: int = 10_000
-    ) -> AsyncIterator[tuple[int, list[bytes], np.ndarray]]:
-        """Stream a list's members with descriptors of ``version`` as consistent batches.
+        self, list_id: uuid.UUID, version: int, page: int = 100_000
+    ) -> AsyncIterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Stream a list's members with descriptors of ``version`` as consistent pages.
 
-        Yields ``(head, face_ids, vectors)``; ``head`` is the change sequence the
-        snapshot reflects (the same in every batch: one REPEATABLE READ transaction).
+        Yields ``(head, face_ids (n, 16) uint8, vectors (n, dim) float32)``; ``head``
+        is the change sequence the snapshot reflects, the same for every page (one
+        REPEATABLE READ transaction). Pages are binary COPY parsed by numpy, keyed
+        on the membership primary key, so loading 1M faces is bound by PostgreSQL.
         """
-        dim = descriptors.get_version(version).dim
-        dtype = descriptors.get_version(version).dtype
+        spec = descriptors.get_version(version)
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             head = await conn.fetchval("SELECT change_seq FROM lists WHERE list_id=$1", list_id)
             if head is None:
                 return
-            cursor = conn.cursor(
-                "SELECT uuid_send(l.face_id), d.descriptor FROM list_faces l"
-                " JOIN descriptors d ON d.face_id=l.face_id AND d.version=$2 WHERE l.list_id=$1",
-                list_id,
-                version,
-                prefetch=batch,
-            )
-            ids: list[bytes] = []
-            blobs: list[bytes] = []
-            async for fid, blob in cursor:
-                ids.append(fid)
-                blobs.append(blob)
-                if len(ids) >= batch:
-                    yield head, ids, np.frombuffer(b"".join(blobs), dtype=dtype).reshape(-1, dim)
-                    ids, blobs = [], []
-            yield head, ids, np.frombuffer(b"".join(blobs), dtype=dtype).reshape(-1, dim)
+            after = uuid.UUID(int=0)
+            while True:
+                buf = io.BytesIO()
+                await conn.copy_from_query(
+                    "SELECT l.face_id, d.descriptor FROM list_faces l"
+                    " JOIN descriptors d ON d.face_id=l.face_id AND d.version=$2"
+                    " WHERE l.list_id=$1 AND l.face_id > $3 ORDER BY l.face_id LIMIT $4",
+                    list_id,
+                    version,
+                    after,
+                    page,
+                    output=buf,
+                    format="binary",
+                )
+                rows = parse_binary(buf.getvalue(), ["V16", f"V{spec.nbytes}"])
+                n = rows.shape[0]
+                ids = np.ascontiguousarray(rows["f0"]).view(np.uint8).reshape(n, 16)
+                vecs = np.ascontiguousarray(rows["f1"]).view(spec.dtype).reshape(n, spec.dim).astype(np.float32)
+                yield head, ids, vecs
+                if n < page:
+                    return
+                after = uuid.UUID(bytes=ids[-1].tobytes())
 
     async def delta(self, list_id: uuid.UUID, version: int, since: int) -> ListDelta | None:
         """Changes after sequence ``since``, collapsed to each touched face's final state."""
