@@ -42,9 +42,13 @@ def test_parse_binary_refuses_rows_of_other_widths() -> None:
 
     from facedex.faces.copy import parse_binary
 
-    stream = binary_stream(3, [("V16", uuids(uuid7_block(3))), (">i4", 1)])
-    assert parse_binary(stream, ["V16", ">i4"]).shape == (3,)
+    block = uuid7_block(3)
+    stream = binary_stream(3, [("V16", uuids(block)), (">i4", 258)])
+    ids, nums = parse_binary(stream, [16, 4])
+    assert np.array_equal(ids, block) and nums.view(">i4").ravel().tolist() == [258] * 3
     with pytest.raises(ValueError):
-        parse_binary(stream, ["V16", ">i8"])
+        parse_binary(stream, [16, 8])
+    with pytest.raises(ValueError):
+        parse_binary(stream, [12, 8])
     with pytest.raises(ValueError):
         parse_binary(b"not copy", ["V16"])

@@ -85,7 +85,7 @@ class ListMatrix:
     def nbytes(self) -> int:
         return self.vectors.nbytes + self.ids.nbytes
 
-    def _reserve(self, extra: int) -> None:
+    def reserve(self, extra: int) -> None:
         need = self.n + extra
         if need <= self.vectors.shape[0]:
             return
@@ -99,12 +99,12 @@ class ListMatrix:
     def append(self, face_ids: np.ndarray, vecs: np.ndarray) -> None:
         """Add rows; ``face_ids`` is (n, 16) uint8, ``vecs`` is (n, dim)."""
         n = face_ids.shape[0]
-        self._reserve(n)
+        self.reserve(n)
         start = self.n
         self.vectors[start : start + n] = vecs
         self.ids[start : start + n] = face_ids
         raw = face_ids.tobytes()
-        self.pos.update((raw[16 * i : 16 * i + 16], start + i) for i in range(n))
+        self.pos.update(zip([raw[i : i + 16] for i in range(0, 16 * n, 16)], range(start, start + n)))
         self.n += n
 
     def remove(self, face_id: bytes) -> None:
@@ -176,12 +176,12 @@ class ListCache:
         if head is None:
             self._entries.pop(key, None)
             return None
-        account_id, seq = head
+        account_id, seq, face_count = head
         lock = self._loading.setdefault(key, asyncio.Lock())
         async with lock:  # one loader / updater per list at a time
             matrix = self._entries.get(key)
             if matrix is None:
-                matrix = await self._load(list_id, account_id, version)
+                matrix = await self._load(list_id, account_id, version, face_count)
                 self._entries[key] = matrix
                 self._evict(keep=key)
             elif matrix.head < seq:
@@ -195,12 +195,20 @@ class ListCache:
         matrix.last_used = time.monotonic()
         return matrix
 
-    async def _load(self, list_id: uuid.UUID, account_id: uuid.UUID, version: int) -> ListMatrix:
+    async def _load(self, list_id: uuid.UUID, account_id: uuid.UUID, version: int, size_hint: int) -> ListMatrix:
         started = time.perf_counter()
         matrix = ListMatrix(list_id, account_id, version)
+        matrix.reserve(size_hint)  # one allocation, not a regrowth per page
+        loop = asyncio.get_running_loop()
+        copying: asyncio.Future[None] | None = None
         async for head, ids, vecs in self.store.snapshot(list_id, version):
-            matrix.append(ids, vecs)
+            if copying is not None:
+                await copying
+            # copy this page in a thread while the next page's COPY runs
+            copying = loop.run_in_executor(None, matrix.append, ids, vecs)
             matrix.head = head
+        if copying is not None:
+            await copying
         log.info(
             "loaded list %s version %d: %d faces in %.2fs", list_id, version, matrix.n, time.perf_counter() - started
         )

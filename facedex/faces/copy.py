@@ -45,23 +45,29 @@ async def copy_binary(conn: asyncpg.Connection, table: str, columns: list[str], 
     await conn.copy_to_table(table, source=io.BytesIO(stream), columns=columns, format="binary")
 
 
-def parse_binary(data: bytes, dtypes: list[str]) -> np.ndarray:
-    """Parse a binary COPY stream of fixed-width, non-null fields into a structured array (fields f0, f1, ...).
+def parse_binary(data: bytes, widths: list[int]) -> list[np.ndarray]:
+    """Parse a binary COPY stream of fixed-width, non-null fields.
 
-    Raises ValueError when a row does not have exactly these widths (a NULL or an
-    odd-sized value): the caller asked for rows it knows to be fixed-width.
+    Returns one (n, width) uint8 array per field: zero-copy views into ``data``
+    (rows are strided, each field's bytes contiguous), so a caller copies each
+    field once, straight into where it is kept. Raises ValueError when a row does
+    not have exactly these widths (a NULL or an odd-sized value).
     """
     if not data.startswith(_HEADER[:11]):
         raise ValueError("not a binary COPY stream")
     ext = int.from_bytes(data[15:19], "big")
-    body = memoryview(data)[19 + ext : len(data) - 2]
-    layout: list[tuple[str, str]] = [("count", ">i2")]
-    for i, dtype in enumerate(dtypes):
-        layout += [(f"len{i}", ">i4"), (f"f{i}", dtype)]
-    rows = np.frombuffer(body, dtype=np.dtype(layout))
-    if rows.size and (rows["count"] != len(dtypes)).any():
+    body = np.frombuffer(data, np.uint8, count=len(data) - 2 - (19 + ext), offset=19 + ext)
+    row = 2 + sum(4 + w for w in widths)
+    if body.size % row:
+        raise ValueError(f"COPY stream is not made of {row}-byte rows")
+    rows = body.reshape(-1, row)
+    if rows.shape[0] and (rows[:, :2].view(">i2") != len(widths)).any():
         raise ValueError("unexpected field count in COPY stream")
-    for i, dtype in enumerate(dtypes):
-        if rows.size and (rows[f"len{i}"] != np.dtype(dtype).itemsize).any():
-            raise ValueError(f"field {i} is not {np.dtype(dtype).itemsize} bytes in every row")
-    return rows
+    fields = []
+    at = 2
+    for i, width in enumerate(widths):
+        if rows.shape[0] and (rows[:, at : at + 4].view(">i4") != width).any():
+            raise ValueError(f"field {i} is not {width} bytes in every row")
+        fields.append(rows[:, at + 4 : at + 4 + width])
+        at += 4 + width
+    return fields

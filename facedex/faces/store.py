@@ -462,17 +462,18 @@ class FacesStore:
             raise FacedexError(Errors.FACES_NOT_FOUND, f"faces not found: {shown}")
 
     # ------------------------------------------------------------ matcher reads
-    async def list_head(self, list_id: uuid.UUID) -> tuple[uuid.UUID, int] | None:
-        """(account_id, change_seq) of a list, or None if it does not exist."""
-        row = await self.pool.fetchrow("SELECT account_id, change_seq FROM lists WHERE list_id=$1", list_id)
-        return None if row is None else (row["account_id"], row["change_seq"])
+    async def list_head(self, list_id: uuid.UUID) -> tuple[uuid.UUID, int, int] | None:
+        """(account_id, change_seq, face_count) of a list, or None if it does not exist."""
+        row = await self.pool.fetchrow("SELECT account_id, change_seq, face_count FROM lists WHERE list_id=$1", list_id)
+        return None if row is None else (row["account_id"], row["change_seq"], row["face_count"])
 
     async def snapshot(
         self, list_id: uuid.UUID, version: int, page: int = 100_000
     ) -> AsyncIterator[tuple[int, np.ndarray, np.ndarray]]:
         """Stream a list's members with descriptors of ``version`` as consistent pages.
 
-        Yields ``(head, face_ids (n, 16) uint8, vectors (n, dim) float32)``; ``head``
+        Yields ``(head, face_ids (n, 16) uint8, vectors (n, dim))`` as zero-copy views
+        of the page's bytes (they keep them alive); ``head``
         is the change sequence the snapshot reflects, the same for every page (one
         REPEATABLE READ transaction). Pages are binary COPY parsed by numpy, keyed
         on the membership primary key, so loading 1M faces is bound by PostgreSQL.
@@ -496,11 +497,9 @@ class FacesStore:
                     output=buf,
                     format="binary",
                 )
-                rows = parse_binary(buf.getvalue(), ["V16", f"V{spec.nbytes}"])
-                n = rows.shape[0]
-                ids = np.ascontiguousarray(rows["f0"]).view(np.uint8).reshape(n, 16)
-                vecs = np.ascontiguousarray(rows["f1"]).view(spec.dtype).reshape(n, spec.dim).astype(np.float32)
-                yield head, ids, vecs
+                ids, raw = parse_binary(buf.getvalue(), [16, spec.nbytes])
+                n = ids.shape[0]
+                yield head, ids, raw.view(spec.dtype)  # views: the consumer copies once, into its own buffer
                 if n < page:
                     return
                 after = uuid.UUID(bytes=ids[-1].tobytes())
