@@ -42,6 +42,37 @@ class BruteForceSettings(BaseModel):
     cache_max_bytes: int = Field(8 << 30, description="Budget for cached list matrices; least recently used lists go first.")
 
 
+class IndexStorageSettings(BaseModel):
+    kind: Literal["local", "s3"] = Field("local", description="Where built indexes are kept.")
+    path: Path | None = Field(None, description="Local folder (default: <data_dir>/indexes).")
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = "facedex-indexes"
+    s3_prefix: str = Field("", description="Key prefix; the bucket (or prefix) should hold only indexes.")
+    s3_region: str | None = None
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+
+
+class IndexSettings(BaseModel):
+    connectivity: int = Field(32, description="HNSW graph degree M.")
+    expansion_add: int = Field(128, description="HNSW ef_construction.")
+    expansion_search: int = Field(64, description="HNSW ef at search time (raised to the request's limit).")
+    precision: Literal["f32", "f16", "i8"] = Field("f16", description="Vector precision inside the graph.")
+    build_threads: int = Field(0, description="Threads for a build; 0 = all cores.")
+
+
+class ManagerSettings(BaseModel):
+    indexers: list[str] = Field(default_factory=list, description="Indexer origins (http://host:port) the master dispatches to.")
+    lookup_period_s: float = Field(0.5, description="How often the master polls indexers and dispatches.")
+    lock_ttl_s: float = Field(3.0, description="Master lock lifetime; a dead master is replaced within about this.")
+    indexing_lists: list[str] = Field(
+        default_factory=list, description='Background indexing: list ids, or ["dynamic"] for every list over the size below.'
+    )
+    min_indexing_list_size: int = Field(50_000, description="With dynamic indexing: lists with at least this many faces.")
+    planning_period_s: float = Field(600.0, description="Seconds between background planning runs.")
+    instance_id: str | None = Field(None, description="This instance's name in the master lock (default: host:port:pid).")
+
+
 class Settings(BaseSettings):
     """facedex settings; see the README's Settings section for a table."""
 
@@ -64,6 +95,8 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
 
+    manager: ServiceAddress = ServiceAddress(port=5190)
+    indexer: ServiceAddress = ServiceAddress(port=5180)
     api: ServiceAddress = ServiceAddress(port=5100)
     proxy: ServiceAddress = ServiceAddress(port=5110)
     bruteforce: ServiceAddress = ServiceAddress(port=5120)
@@ -72,6 +105,9 @@ class Settings(BaseSettings):
         default_factory=list, description='Matching plugins the proxy tries before brute force, as "module:Class".'
     )
 
+    index_storage: IndexStorageSettings = IndexStorageSettings()
+    index: IndexSettings = IndexSettings()
+    indexing: ManagerSettings = ManagerSettings()
     matching: MatchingSettings = MatchingSettings()
     bruteforce_engine: BruteForceSettings = BruteForceSettings()
 

@@ -52,6 +52,20 @@ class Errors:
     ACCOUNT_NOT_FOUND = ErrorCode(15001, 404, "Account not found")
     # internal
     INTERNAL = ErrorCode(19001, 500, "Internal server error")
+    # index services (numbers as in LUNA LIM)
+    TASK_NOT_FOUND = ErrorCode(26001, 404, "Object not found. Index task not found")
+    LIST_NOT_INDEXABLE = ErrorCode(26009, 400, "List does not satisfy the indexation condition")
+    INDEXER_INTERNAL = ErrorCode(26100, 500, "Indexer internal error")
+    INDEXER_BUSY = ErrorCode(26101, 409, "Indexer busy")
+    INDEXER_UNAVAILABLE = ErrorCode(26102, 503, "Indexer unavailable")
+    BUILD_FAILED = ErrorCode(26103, 500, "Build failed")
+    BUILD_DIED = ErrorCode(26104, 500, "Build process failed. Build process died")
+    LIST_EMPTY = ErrorCode(26105, 400, "Build process failed. List is empty")
+    BUILD_CANCELLED = ErrorCode(26106, 409, "Build process cancelled")
+    TASK_DUPLICATE = ErrorCode(26201, 409, "Task duplicate. Indexing task already exists")
+    INDEX_UP_TO_DATE = ErrorCode(26202, 409, "Index for the most recent content version already exists")
+    INDEX_NOT_FOUND = ErrorCode(26204, 404, "Index not found in the storage")
+    TASK_FINISHED = ErrorCode(26205, 409, "Task already finished")
 
 
 def by_code(code: int) -> ErrorCode:

@@ -33,6 +33,18 @@ def _proxy(settings: Settings) -> FastAPI:
     return build_app(settings)
 
 
+def _indexer(settings: Settings) -> FastAPI:
+    from facedex.indexer.app import build_app
+
+    return build_app(settings)
+
+
+def _manager(settings: Settings) -> FastAPI:
+    from facedex.manager.app import build_app
+
+    return build_app(settings)
+
+
 def _bruteforce(settings: Settings) -> FastAPI:
     from facedex.bruteforce.app import build_app
 
@@ -43,6 +55,8 @@ def _bruteforce(settings: Settings) -> FastAPI:
 SERVICES: dict[str, Service] = {
     s.name: s
     for s in (
+        Service("indexer", "Indexer: builds list indexes", _indexer, lambda s: s.indexer),
+        Service("manager", "Index Manager: build tasks", _manager, lambda s: s.manager, needs_redis=True),
         Service("bruteforce", "Matcher (brute force): exact matching", _bruteforce, lambda s: s.bruteforce),
         Service("proxy", "Matcher Proxy: routes matching requests", _proxy, lambda s: s.proxy, needs_db=False),
         Service("api", "public REST API", _api, lambda s: s.api),

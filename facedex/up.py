@@ -78,6 +78,9 @@ def run_up(settings: Settings, demo: bool = False, exit_after_demo: bool = False
             FACEDEX_REDIS_URL=resolved.redis_url or "",
             FACEDEX_ADMIN_TOKEN=admin_token,
         )
+        if not settings.indexing.indexers:  # the manager dispatches to the indexer started here
+            env["FACEDEX_INDEXING__INDEXERS"] = f'["{settings.indexer.url}"]'
+
         for name, service in SERVICES.items():
             address = service.address(settings)
             if port_open(address.host, address.port):

@@ -92,47 +92,85 @@ async def account(store: FacesStore) -> uuid.UUID:
     return account_id
 
 
-class Services:
-    """The services of one test run, each a `facedex serve` process."""
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The machine's Redis (127.0.0.1:6379), else an embedded Valkey; keys are namespaced per run."""
+    from facedex.embedded import port_open, start_redis
 
-    def __init__(self, database_url: str, log_dir: Path) -> None:
+    if port_open("127.0.0.1", 6379):
+        yield "redis://127.0.0.1:6379/0"
+        return
+    url, server = start_redis(tmp_path_factory.mktemp("valkey"))
+    yield url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    import redis
+
+    prefix = f"facedex_test_{secrets.token_hex(4)}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        client.delete(key)
+
+
+class Services:
+    """The services of one test run, each instance a `facedex serve` process on its own port."""
+
+    def __init__(self, database_url: str, redis_url: str, redis_prefix: str, work: Path) -> None:
         self.admin_token = secrets.token_urlsafe(16)
-        self.ports = {name: free_port() for name in ("api", "proxy", "bruteforce")}
+        self.ports: dict[str, int] = {}
         self.env = dict(os.environ)
         self.env.update(
             FACEDEX_DATABASE_URL=database_url,
+            FACEDEX_REDIS_URL=redis_url,
+            FACEDEX_REDIS_PREFIX=redis_prefix,
             FACEDEX_ADMIN_TOKEN=self.admin_token,
             FACEDEX_MAX_BODY_BYTES=str(8 << 20),
-            FACEDEX_DATA_DIR=str(log_dir),
-            **{f"FACEDEX_{name.upper()}__PORT": str(port) for name, port in self.ports.items()},
+            FACEDEX_DATA_DIR=str(work),
+            FACEDEX_INDEX_STORAGE__PATH=str(work / "indexes"),
+            FACEDEX_INDEXING__LOOKUP_PERIOD_S="0.2",
+            FACEDEX_INDEXING__LOCK_TTL_S="2",
         )
-        self.log_dir = log_dir
+        for name in ("api", "proxy", "bruteforce", "indexer", "manager"):
+            self.ports[name] = free_port()
+            self.env[f"FACEDEX_{name.upper()}__PORT"] = str(self.ports[name])
+        self.env["FACEDEX_INDEXING__INDEXERS"] = f'["http://127.0.0.1:{self.ports["indexer"]}"]'
+        self.log_dir = work
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, service: str | None = None, **env: str) -> subprocess.Popen[bytes]:
+        """Start instance ``name`` of ``service`` (default: the service called ``name``); waits until healthy."""
+        service = service or name
+        if name not in self.ports:
+            self.ports[name] = free_port()
         log = (self.log_dir / f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "facedex", "serve", name], env=self.env, stdout=log, stderr=subprocess.STDOUT
+        proc_env = {**self.env, **env, f"FACEDEX_{service.upper()}__PORT": str(self.ports[name])}
+        self.procs[name] = proc = subprocess.Popen(
+            [sys.executable, "-m", "facedex", "serve", service], env=proc_env, stdout=log, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if self.procs[name].poll() is not None:
+            if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited: {(self.log_dir / f'{name}.log').read_text()[-3000:]}")
             try:
                 if httpx.get(self.url(name) + "/healthcheck", timeout=1).status_code == 200:
-                    return
+                    return proc
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"{name} did not become healthy")
 
-    def stop(self) -> None:
-        for proc in self.procs.values():
+    def stop(self, name: str | None = None) -> None:
+        procs = [self.procs[name]] if name else list(self.procs.values())
+        for proc in procs:
             proc.terminate()
-        for proc in self.procs.values():
+        for proc in procs:
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -140,10 +178,10 @@ class Services:
 
 
 @pytest.fixture(scope="session")
-def services(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    svc = Services(database_url, tmp_path_factory.mktemp("services"))
+def services(database_url: str, redis_url: str, redis_prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    svc = Services(database_url, redis_url, redis_prefix, tmp_path_factory.mktemp("services"))
     try:
-        for name in ("bruteforce", "proxy", "api"):
+        for name in ("bruteforce", "proxy", "api", "indexer", "manager"):
             svc.start(name)
         yield svc
     finally:

@@ -63,18 +63,20 @@ def test_embedded_servers_start_when_nothing_answers(tmp_path: Path, monkeypatch
     asyncio.run(run())
 
 
-def test_up_demo_and_import(database_url: str, tmp_path: Path) -> None:
+def test_up_demo_and_import(database_url: str, redis_url: str, redis_prefix: str, tmp_path: Path) -> None:
     env = dict(os.environ)
     env.update(
         FACEDEX_DATABASE_URL=database_url,
+        FACEDEX_REDIS_URL=redis_url,
+        FACEDEX_REDIS_PREFIX=redis_prefix + ":up",
         FACEDEX_DATA_DIR=str(tmp_path),
-        FACEDEX_API__PORT=str(free_port()),
-        FACEDEX_PROXY__PORT=str(free_port()),
-        FACEDEX_BRUTEFORCE__PORT=str(free_port()),
+        **{f"FACEDEX_{name}__PORT": str(free_port()) for name in ("API", "PROXY", "BRUTEFORCE", "MANAGER", "INDEXER")},
     )
     out = facedex("up", "--demo", "--exit-after-demo", env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "demo ok" in out.stdout and "no longer" in out.stdout
+    for name in ("api", "proxy", "bruteforce", "manager", "indexer"):
+        assert (tmp_path / "logs" / f"{name}.log").exists()
 
     created = facedex("account", "create", "importer", env=env)
     account = created.stdout.split("account_id:")[1].split()[0]
@@ -85,3 +87,18 @@ def test_up_demo_and_import(database_url: str, tmp_path: Path) -> None:
     assert f"imported 2500 faces into list {list_id}" in out.stdout
     bad = facedex("import", str(tmp_path / "faces.npy"), "--list", "not-a-uuid", env=env)
     assert bad.returncode != 0
+
+
+async def test_tasks_cli(services, store) -> None:
+    from tests.test_indexing import new_list
+
+    vecs = np.random.default_rng(1).standard_normal((300, 512)).astype(np.float32)
+    _, list_id, _ = await new_list(store, vecs)
+    url = services.url("manager")
+    out = facedex("tasks", "create", str(list_id), "--url", url, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "with 300 faces" in out.stdout
+    listed = facedex("tasks", "list", "--url", url, "--status", "success")
+    assert str(list_id)[:8] in listed.stdout
+    again = facedex("tasks", "create", str(list_id), "--url", url)
+    assert again.returncode == 1 and "26202" in again.stdout

@@ -467,6 +467,19 @@ class FacesStore:
         row = await self.pool.fetchrow("SELECT account_id, change_seq, face_count FROM lists WHERE list_id=$1", list_id)
         return None if row is None else (row["account_id"], row["change_seq"], row["face_count"])
 
+    async def lists_at_least(self, min_faces: int) -> list[tuple[uuid.UUID, int, int]]:
+        """(list_id, change_seq, face_count) of every list with at least ``min_faces`` faces (background indexing)."""
+        rows = await self.pool.fetch(
+            "SELECT list_id, change_seq, face_count FROM lists WHERE face_count >= $1 ORDER BY face_count DESC", min_faces
+        )
+        return [(r["list_id"], r["change_seq"], r["face_count"]) for r in rows]
+
+    async def lists_by_id(self, list_ids: Sequence[uuid.UUID]) -> list[tuple[uuid.UUID, int, int]]:
+        rows = await self.pool.fetch(
+            "SELECT list_id, change_seq, face_count FROM lists WHERE list_id = ANY($1::uuid[])", list(list_ids)
+        )
+        return [(r["list_id"], r["change_seq"], r["face_count"]) for r in rows]
+
     async def snapshot(
         self, list_id: uuid.UUID, version: int, page: int = 100_000
     ) -> AsyncIterator[tuple[int, np.ndarray, np.ndarray]]:

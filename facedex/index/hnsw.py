@@ -1,0 +1,141 @@
+"""An HNSW graph over descriptors, keyed by face id, with usearch underneath.
+
+Why usearch: wheels on PyPI (no compiler), real ``remove`` (hnswlib only marks
+deleted), f16/i8 storage at half/quarter memory with the same recall, and
+``view`` (memory-mapped) loading in milliseconds. The graph holds vectors at
+``precision``; exact scores come from the float32 vectors kept beside it.
+
+Library keys are ordinals into ``ids`` (the face-id map): the n-th face added
+gets key n. Removing a face frees its key for good; the graph is rebuilt (by
+the Indexer) when removals pile up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from usearch.index import Index, MetricKind
+
+INDEX_FILE = "index.usearch"
+IDS_FILE = "ids.npy"
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """Build and search parameters; defaults chosen by measurement (docs/benchmarks.md)."""
+
+    connectivity: int = 32  # M: graph degree
+    expansion_add: int = 128  # ef_construction
+    expansion_search: int = 64  # ef at search time, raised to k when k is larger
+    precision: Literal["f32", "f16", "i8"] = "f16"
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _typed(progress: Callable[[int, int], bool]) -> Callable[[int, int], bool]:
+    """usearch checks a callback's annotations as objects; this module's are strings (PEP 563)."""
+
+    def callback(done, total):  # type: ignore[no-untyped-def]
+        return bool(progress(done, total))
+
+    callback.__annotations__ = {"done": int, "total": int, "return": bool}
+    return callback
+
+
+class HnswIndex:
+    def __init__(self, dim: int, params: IndexParams = IndexParams(), index: Index | None = None) -> None:
+        self.dim = dim
+        self.params = params
+        self.index = index or Index(
+            ndim=dim,
+            metric=MetricKind.IP,
+            dtype=params.precision,
+            connectivity=params.connectivity,
+            expansion_add=params.expansion_add,
+            expansion_search=params.expansion_search,
+        )
+        self.ids = np.empty((0, 16), np.uint8)  # key -> face id
+        self.pos: dict[bytes, int] = {}  # face id -> key, for live faces only
+
+    def __len__(self) -> int:
+        return len(self.pos)
+
+    def add(
+        self, face_ids: np.ndarray, vectors: np.ndarray, threads: int = 0, progress: Callable[[int, int], bool] | None = None
+    ) -> None:
+        """Add faces ((n, 16) uint8 ids, (n, dim) float32 vectors); a face already present is replaced."""
+        n = face_ids.shape[0]
+        if n == 0:
+            return
+        raw = face_ids.tobytes()
+        keys_of = [raw[i : i + 16] for i in range(0, 16 * n, 16)]
+        present = [k for k in keys_of if k in self.pos]
+        if present:
+            self.remove(np.frombuffer(b"".join(present), np.uint8).reshape(-1, 16))
+        start = self.ids.shape[0]
+        keys = np.arange(start, start + n, dtype=np.uint64)
+        self.ids = np.concatenate([self.ids, face_ids.astype(np.uint8, copy=False)])
+        self.pos.update(zip(keys_of, range(start, start + n)))
+        self.index.add(
+            keys, np.ascontiguousarray(vectors, dtype=np.float32), threads=threads, progress=_typed(progress) if progress else None
+        )
+
+    def remove(self, face_ids: np.ndarray) -> int:
+        """Remove faces by id; unknown ids are ignored. Returns how many were removed."""
+        raw = face_ids.tobytes()
+        keys = [self.pos.pop(raw[i : i + 16]) for i in range(0, len(raw), 16) if raw[i : i + 16] in self.pos]
+        if keys:
+            self.index.remove(np.array(keys, dtype=np.uint64))
+        return len(keys)
+
+    def search(self, queries: np.ndarray, k: int, ef: int | None = None, threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate top-k: (face ids (m, k', 16) uint8, scores (m, k') float32), best first, k' <= k.
+
+        Scores are inner products at the graph's precision; re-score with exact
+        vectors where exact similarities matter.
+        """
+        k = min(k, len(self))
+        m = queries.shape[0]
+        if k == 0:
+            return np.zeros((m, 0, 16), np.uint8), np.zeros((m, 0), np.float32)
+        self.index.expansion_search = max(k, ef or self.params.expansion_search)
+        found = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k, threads=threads)
+        keys = np.asarray(found.keys).reshape(m, -1)
+        dist = np.asarray(found.distances, dtype=np.float32).reshape(m, -1)
+        # one query gives Matches (no counts), several give BatchMatches
+        counts = np.asarray(found.counts).reshape(m) if hasattr(found, "counts") else np.array([len(found.keys)])
+        width = int(counts.max()) if m else 0
+        keys, dist = keys[:, :width], dist[:, :width]
+        valid = np.arange(width)[None, :] < counts[:, None]
+        safe = np.where(valid, keys, 0).astype(np.int64)
+        ids = self.ids[safe]
+        ids[~valid] = 0
+        scores = np.where(valid, 1.0 - dist, -np.inf).astype(np.float32)  # usearch IP distance = 1 - dot
+        return ids, scores
+
+    def save(self, folder: Path) -> list[Path]:
+        """Write the graph and the id map into ``folder``; returns the files written."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self.index.save(str(folder / INDEX_FILE))
+        live = np.zeros(self.ids.shape[0], bool)
+        live[list(self.pos.values())] = True
+        np.save(folder / IDS_FILE, np.where(live[:, None], self.ids, 0))
+        return [folder / INDEX_FILE, folder / IDS_FILE]
+
+    @classmethod
+    def load(cls, folder: Path, dim: int, params: IndexParams, view: bool = False) -> HnswIndex:
+        """Load from ``folder``; ``view`` memory-maps the graph (read-only, loads in milliseconds)."""
+        index = Index.restore(str(folder / INDEX_FILE), view=view)
+        if index is None or index.ndim != dim:
+            raise ValueError(f"{folder / INDEX_FILE} is not a {dim}-d usearch index")
+        out = cls(dim, params, index)
+        out.ids = np.load(folder / IDS_FILE)
+        live = out.ids.any(axis=1)
+        raw = out.ids.tobytes()
+        out.pos = {raw[16 * i : 16 * i + 16]: int(i) for i in np.flatnonzero(live)}
+        return out

@@ -1,0 +1,172 @@
+"""Indexer service: ``POST /1/index_list`` starts a build, ``GET /1/state`` reports it, DELETE cancels.
+
+One build at a time per instance (run more instances for more builds). The
+build runs in a child process started with ``spawn``; the service watches it:
+exit 0 with a result is success, a signal death (e.g. the OOM killer's
+SIGKILL) is 26104, a reported error keeps its code, a cancel is 26106. The
+service itself never dies with a build.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing as mp
+import queue
+import signal
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+
+import orjson
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+from facedex import descriptors
+from facedex.config import Settings
+from facedex.errors import Errors, FacedexError, by_code
+from facedex.http import create_app
+from facedex.indexer.build import BuildJob, child_main
+
+log = logging.getLogger(__name__)
+
+
+class IndexListRequest(BaseModel):
+    task_id: str
+    list_id: str
+    index_id: str
+    descriptor_version: int | None = None
+
+
+@dataclass
+class BuildState:
+    state: str = "idle"  # idle | indexing | success | failed | cancelled
+    task_id: str | None = None
+    list_id: str | None = None
+    index_id: str | None = None
+    progress: float = 0.0
+    error: dict[str, object] | None = None
+    result: dict[str, object] | None = field(default=None, repr=False)
+    start_time: float | None = None
+    end_time: float | None = None
+
+
+class Builder:
+    """Owns the child process of the current build and the state the Manager polls."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ctx = mp.get_context("spawn")
+        self.state = BuildState()
+        self.proc: mp.process.BaseProcess | None = None
+        self.progress = self.ctx.Value("d", 0.0)
+        self.results: mp.Queue = self.ctx.Queue()  # type: ignore[type-arg]
+        self._cancelled = False
+        self._watcher: asyncio.Task[None] | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.state.state == "indexing"
+
+    def start(self, req: IndexListRequest) -> BuildState:
+        if self.busy:
+            raise FacedexError(Errors.INDEXER_BUSY, f"building task {self.state.task_id}; one build at a time")
+        version = req.descriptor_version or self.settings.default_descriptor_version
+        descriptors.get_version(version)
+        job = BuildJob(req.task_id, req.list_id, req.index_id, version)
+        self.progress.value = 0.0
+        self._cancelled = False
+        while not self.results.empty():  # nothing of an earlier build may be read as this one's
+            self.results.get_nowait()
+        self.proc = self.ctx.Process(
+            target=child_main,
+            args=(self.settings.model_dump_json(), job, self.progress, self.results),
+            name=f"build-{req.list_id}",
+            daemon=True,
+        )
+        self.proc.start()
+        self.state = BuildState("indexing", req.task_id, req.list_id, req.index_id, 0.0, start_time=time.time())
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(self.proc))
+        log.info("build of list %s (task %s) started in pid %s", req.list_id, req.task_id, self.proc.pid)
+        return self.state
+
+    def cancel(self, task_id: str) -> BuildState:
+        if not self.busy or self.state.task_id != task_id:
+            raise FacedexError(Errors.TASK_NOT_FOUND, f"task {task_id} is not being built here")
+        self._cancelled = True
+        assert self.proc is not None
+        self.proc.kill()
+        return self.state
+
+    def _result(self) -> tuple | None:  # type: ignore[type-arg]
+        try:
+            return self.results.get(timeout=1.0)
+        except queue.Empty:
+            return None
+
+    async def _watch(self, proc: mp.process.BaseProcess) -> None:
+        while proc.is_alive():
+            self.state.progress = round(self.progress.value, 4)
+            await asyncio.sleep(0.1)
+        result = await asyncio.to_thread(self._result) if proc.exitcode == 0 else None
+        proc.join()
+        st = self.state
+        st.end_time = time.time()
+        if self._cancelled:
+            st.state, st.error = "cancelled", _error(Errors.BUILD_CANCELLED.code, "cancelled on request")
+        elif result is not None and result[0] == "ok":
+            st.state, st.progress = "success", 1.0
+            st.result = orjson.loads(result[1])
+        elif result is not None:
+            st.state, st.error = "failed", _error(result[1], result[2])
+        elif proc.exitcode is not None and proc.exitcode < 0:
+            sig = signal.Signals(-proc.exitcode).name
+            hint = " (likely the OOM killer)" if proc.exitcode == -signal.SIGKILL else ""
+            st.state, st.error = "failed", _error(Errors.BUILD_DIED.code, f"build process killed by {sig}{hint}")
+        else:
+            st.state, st.error = "failed", _error(Errors.BUILD_DIED.code, f"build process exited with {proc.exitcode}")
+        log.info("build of task %s ended: %s %s", st.task_id, st.state, st.error or "")
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.is_alive():
+            self.proc.kill()
+        if self._watcher is not None:
+            await asyncio.wait([self._watcher], timeout=5)
+
+
+def _error(code: int, detail: str) -> dict[str, object]:
+    return {"error_code": code, "desc": by_code(code).desc, "detail": detail}
+
+
+def build_app(settings: Settings) -> FastAPI:
+    builder = Builder(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await builder.stop()
+
+    app = create_app(
+        "indexer",
+        title="facedex Indexer",
+        description="Builds the index of one list at a time in a child process and stores it.",
+        max_body_bytes=settings.max_body_bytes,
+        lifespan=lifespan,
+    )
+
+    @app.post("/1/index_list", status_code=202, tags=["indexing"], summary="Start building a list's index")
+    async def index_list(req: IndexListRequest) -> dict[str, object]:
+        return asdict(builder.start(req))
+
+    @app.get("/1/state", tags=["indexing"], summary="The current or last build")
+    async def state() -> dict[str, object]:
+        if builder.busy:
+            builder.state.progress = round(builder.progress.value, 4)
+        return asdict(builder.state)
+
+    @app.delete("/1/index_list/{task_id}", tags=["indexing"], summary="Cancel the running build")
+    async def cancel(task_id: str) -> dict[str, object]:
+        return asdict(builder.cancel(task_id))
+
+    return app

@@ -1,0 +1,124 @@
+"""The build itself, run in a child process so an OOM kill or a crash cannot take the Indexer down.
+
+Steps: stream the list's descriptors from PostgreSQL (one consistent
+snapshot, paged binary COPY), add them to an HNSW graph (both cores), save
+graph + id map + float32 vectors, then put the folder into index storage
+atomically. Progress (0..1) is shared with the parent through a
+``multiprocessing.Value``; the outcome comes back on a queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+from multiprocessing.queues import Queue
+from multiprocessing.sharedctypes import Synchronized
+
+import numpy as np
+
+from facedex import descriptors
+from facedex.config import Settings
+from facedex.errors import Errors
+from facedex.index import HnswIndex, IndexParams
+from facedex.storage.base import VECTORS_FILE, IndexMeta, open_storage
+
+LOAD_SHARE, ADD_SHARE = 0.1, 0.85  # progress: loading, then adding, then saving
+
+
+@dataclass
+class BuildJob:
+    task_id: str
+    list_id: str
+    index_id: str
+    version: int
+
+
+async def _load(settings: Settings, job: BuildJob, progress: Synchronized) -> tuple[str, int, np.ndarray, np.ndarray]:
+    from facedex.faces.store import FacesStore, create_pool
+
+    assert settings.database_url
+    pool = await create_pool(settings.database_url, min_size=1, max_size=1)
+    try:
+        store = FacesStore(pool)
+        head = await store.list_head(uuid.UUID(job.list_id))
+        if head is None:
+            raise BuildError(Errors.LIST_NOT_FOUND.code, f"list {job.list_id} does not exist")
+        account_id, _, face_count = head
+        spec = descriptors.get_version(job.version)
+        ids = np.empty((max(face_count, 1), 16), np.uint8)
+        vecs = np.empty((max(face_count, 1), spec.dim), np.float32)
+        n, seq = 0, 0
+        async for seq, page_ids, page_vecs in store.snapshot(uuid.UUID(job.list_id), job.version):
+            if n + len(page_ids) > ids.shape[0]:  # the list grew since face_count was read
+                ids = np.concatenate([ids, np.empty_like(ids)])
+                vecs = np.concatenate([vecs, np.empty_like(vecs)])
+            ids[n : n + len(page_ids)] = page_ids
+            vecs[n : n + len(page_ids)] = page_vecs
+            n += len(page_ids)
+            progress.value = LOAD_SHARE * min(1.0, n / max(face_count, 1))
+        return str(account_id), seq, ids[:n], vecs[:n]
+    finally:
+        await pool.close()
+
+
+class BuildError(Exception):
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def build(settings: Settings, job: BuildJob, progress: Synchronized) -> IndexMeta:
+    started = time.perf_counter()
+    account_id, seq, ids, vecs = asyncio.run(_load(settings, job, progress))
+    if len(ids) == 0:
+        raise BuildError(Errors.LIST_EMPTY.code, f"list {job.list_id} has no faces with version {job.version} descriptors")
+    s = settings.index
+    params = IndexParams(s.connectivity, s.expansion_add, s.expansion_search, s.precision)
+    index = HnswIndex(vecs.shape[1], params)
+
+    def on_progress(done: int, total: int) -> bool:
+        progress.value = LOAD_SHARE + ADD_SHARE * done / max(total, 1)
+        return True
+
+    index.add(ids, vecs, threads=s.build_threads, progress=on_progress)
+    work = settings.data_dir / "builds" / job.index_id
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        index.save(work)
+        np.save(work / VECTORS_FILE, vecs)
+        meta = IndexMeta(
+            index_id=job.index_id,
+            list_id=job.list_id,
+            account_id=account_id,
+            descriptor_version=job.version,
+            count=len(index),
+            change_seq=seq,
+            params=params.as_dict(),
+            build_seconds=round(time.perf_counter() - started, 3),
+        )
+        open_storage(settings).put(work, meta)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    progress.value = 1.0
+    return meta
+
+
+def child_main(settings_json: str, job: BuildJob, progress: Synchronized, results: Queue) -> None:
+    """Entry point of the build process: reports ("ok", meta) or ("error", code, detail) on ``results``."""
+    settings = Settings.model_validate_json(settings_json)
+    try:
+        meta = build(settings, job, progress)
+        results.put(("ok", meta.to_json().decode()))
+    except BuildError as exc:
+        results.put(("error", exc.code, exc.detail))
+    except MemoryError:
+        results.put(("error", Errors.BUILD_DIED.code, "out of memory"))
+    except Exception as exc:  # anything else is a failed build, reported with its cause
+        results.put(("error", Errors.BUILD_FAILED.code, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"))
+
+

@@ -1,0 +1,1 @@
+"""Redis: every key and stream name (keys.py) and the connection (connection.py)."""

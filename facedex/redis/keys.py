@@ -1,0 +1,53 @@
+"""Every Redis key facedex uses, in one place. All start with the deployment's ``redis_prefix``.
+
+Hash tags (``{...}``) keep the Index Manager's keys in one Redis Cluster slot,
+so its multi-key operations (queue move + task update) stay atomic there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "facedex"
+
+    # ---- Index Manager: task repository, FIFO queue, master lock
+    def task(self, task_id: str) -> str:
+        """Hash: one task record."""
+        return f"{self.prefix}:{{manager}}:task:{task_id}"
+
+    @property
+    def tasks(self) -> str:
+        """Sorted set: every task id, scored by creation time."""
+        return f"{self.prefix}:{{manager}}:tasks"
+
+    @property
+    def queue(self) -> str:
+        """List: pending task ids, FIFO (RPUSH in, LMOVE out)."""
+        return f"{self.prefix}:{{manager}}:queue"
+
+    @property
+    def dispatching(self) -> str:
+        """List: task ids popped from the queue but not yet handed to an indexer (recovered by a new master)."""
+        return f"{self.prefix}:{{manager}}:dispatching"
+
+    @property
+    def indexing(self) -> str:
+        """Set: task ids handed to an indexer and not finished yet."""
+        return f"{self.prefix}:{{manager}}:indexing"
+
+    def active(self, list_id: str) -> str:
+        """String: the task id of the list's one active (pending or indexing) task."""
+        return f"{self.prefix}:{{manager}}:active:{list_id}"
+
+    @property
+    def master_lock(self) -> str:
+        """String with TTL: held by the master Index Manager."""
+        return f"{self.prefix}:{{manager}}:master"
+
+    @property
+    def last_planning(self) -> str:
+        """String: unix time of the last planning run (the schedule's base survives restarts)."""
+        return f"{self.prefix}:{{manager}}:last_planning"

@@ -1,0 +1,101 @@
+"""What an index is on storage (``IndexMeta``), and the interface of the two backends."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import orjson
+
+if TYPE_CHECKING:
+    from facedex.config import Settings
+
+META_FILE = "meta.json"
+VECTORS_FILE = "vectors.npy"
+
+
+@dataclass
+class IndexMeta:
+    index_id: str
+    list_id: str  # the matching label
+    account_id: str
+    descriptor_version: int
+    count: int  # faces in the index
+    change_seq: int  # the list's change-log head the index covers
+    params: dict[str, object]
+    files: dict[str, str] = field(default_factory=dict)  # name -> sha256
+    create_time: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
+    build_seconds: float = 0.0
+    format: int = 1
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
+
+    @classmethod
+    def from_json(cls, data: bytes) -> IndexMeta:
+        return cls(**orjson.loads(data))
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    return {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != META_FILE}
+
+
+class CorruptIndex(Exception):
+    """An index whose files do not match the checksums in its meta.json: never served."""
+
+
+def verify(folder: Path, meta: IndexMeta) -> None:
+    for name, digest in meta.files.items():
+        path = folder / name
+        if not path.is_file() or sha256_file(path) != digest:
+            raise CorruptIndex(f"index {meta.index_id}: {name} is missing or does not match its checksum")
+
+
+class IndexStorage(Protocol):
+    """Where built indexes live. ``put`` is atomic: readers see a whole index or none."""
+
+    def put(self, folder: Path, meta: IndexMeta) -> None:
+        """Store the files of ``folder`` (meta.json is written from ``meta``, with checksums)."""
+
+    def list(self) -> list[IndexMeta]:
+        """Every complete index, newest first."""
+
+    def get_meta(self, index_id: str) -> IndexMeta | None: ...
+
+    def fetch(self, index_id: str) -> Path:
+        """A local folder with the index's files, checksums verified (raises CorruptIndex)."""
+
+    def delete(self, index_id: str) -> bool: ...
+
+
+def newest_per_list(metas: list[IndexMeta], version: int | None = None) -> dict[str, IndexMeta]:
+    """The relevant index of each list: the one covering the latest change, then the newest."""
+    best: dict[str, IndexMeta] = {}
+    for m in metas:
+        if version is not None and m.descriptor_version != version:
+            continue
+        cur = best.get(m.list_id)
+        if cur is None or (m.change_seq, m.create_time) > (cur.change_seq, cur.create_time):
+            best[m.list_id] = m
+    return best
+
+
+def open_storage(settings: Settings) -> IndexStorage:
+    if settings.index_storage.kind == "s3":
+        from facedex.storage.s3 import S3Storage
+
+        return S3Storage(settings.index_storage, settings.data_dir / "index-cache")
+    from facedex.storage.local import LocalStorage
+
+    return LocalStorage(settings.index_storage.path or settings.data_dir / "indexes")

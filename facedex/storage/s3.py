@@ -1,0 +1,90 @@
+"""Indexes in an S3 bucket: ``<prefix><index_id>/<file>``.
+
+``put`` uploads the data files first (multipart for large ones) and
+``meta.json`` last: an index exists for readers exactly when its meta.json
+does. ``delete`` removes meta.json first for the same reason. ``fetch``
+downloads into a local cache folder (temp + rename) and verifies checksums.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from facedex.storage.base import META_FILE, IndexMeta, checksums, verify
+
+if TYPE_CHECKING:
+    from facedex.config import IndexStorageSettings
+
+
+class S3Storage:
+    def __init__(self, settings: IndexStorageSettings, cache: Path) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = settings.s3_bucket
+        self.prefix = settings.s3_prefix
+        self.cache = Path(cache).expanduser()
+        self.cache.mkdir(parents=True, exist_ok=True)
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.s3_region,
+            aws_access_key_id=settings.s3_access_key,
+            aws_secret_access_key=settings.s3_secret_key,
+            config=Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=10, read_timeout=60),
+        )
+
+    def _key(self, index_id: str, name: str) -> str:
+        return f"{self.prefix}{index_id}/{name}"
+
+    def put(self, folder: Path, meta: IndexMeta) -> None:
+        meta.files = checksums(folder)
+        for name in meta.files:
+            self.client.upload_file(str(folder / name), self.bucket, self._key(meta.index_id, name))
+        self.client.put_object(Bucket=self.bucket, Key=self._key(meta.index_id, META_FILE), Body=meta.to_json())
+
+    def list(self) -> list[IndexMeta]:
+        metas = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for obj in page.get("Contents", []):
+                if obj["Key"].endswith("/" + META_FILE):
+                    body = self.client.get_object(Bucket=self.bucket, Key=obj["Key"])["Body"].read()
+                    metas.append(IndexMeta.from_json(body))
+        return sorted(metas, key=lambda m: m.create_time, reverse=True)
+
+    def get_meta(self, index_id: str) -> IndexMeta | None:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(index_id, META_FILE))["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            return None
+        return IndexMeta.from_json(body)
+
+    def fetch(self, index_id: str) -> Path:
+        meta = self.get_meta(index_id)
+        if meta is None:
+            raise FileNotFoundError(index_id)
+        folder = self.cache / index_id
+        if folder.is_dir():
+            return folder  # verified when it was downloaded
+        tmp = self.cache / f".tmp-{index_id}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name in meta.files:
+            self.client.download_file(self.bucket, self._key(index_id, name), str(tmp / name))
+        verify(tmp, meta)
+        (tmp / META_FILE).write_bytes(meta.to_json())
+        tmp.rename(folder)
+        return folder
+
+    def delete(self, index_id: str) -> bool:
+        meta = self.get_meta(index_id)
+        if meta is None:
+            return False
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(index_id, META_FILE))
+        for name in meta.files:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(index_id, name))
+        shutil.rmtree(self.cache / index_id, ignore_errors=True)
+        return True

@@ -1,0 +1,103 @@
+"""The HNSW index behind facedex's interface, and index storage on a local folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facedex.bench.datasets import face_like
+from facedex.ids import uuid7_block
+from facedex.index import HnswIndex, IndexParams
+from facedex.storage.base import CorruptIndex, IndexMeta, newest_per_list
+from facedex.storage.local import LocalStorage
+
+
+@pytest.fixture(scope="module")
+def built():
+    data = face_like(20_000, n_probes=300, seed=3)
+    ids = uuid7_block(len(data.gallery))
+    index = HnswIndex(512, IndexParams())
+    index.add(ids, data.gallery)
+    return data, ids, index
+
+
+def test_mates_and_top1_match_exact_search(built) -> None:
+    data, ids, index = built
+    found, scores = index.search(data.probes, 10)
+    exact = data.probes @ data.gallery.T
+    exact_top1 = ids[np.argmax(exact, axis=1)]
+    top1_agree = np.mean([np.array_equal(found[q, 0], exact_top1[q]) for q in range(len(data.probes))])
+    # mate recall: planted same-identity faces that exact search ranks in its top 10 (all of them here)
+    hits = total = 0
+    for q in range(len(data.probes)):
+        mates = np.flatnonzero(data.labels == data.probe_labels[q])
+        got = {r.tobytes() for r in found[q]}
+        total += len(mates)
+        hits += sum(ids[m].tobytes() in got for m in mates)
+    assert top1_agree >= 0.99 and hits / total >= 0.99, (top1_agree, hits / total)
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+
+
+def test_remove_add_and_replace(built) -> None:
+    data, ids, _ = built
+    index = HnswIndex(512, IndexParams(precision="f32"))
+    index.add(ids[:100], data.gallery[:100])
+    assert index.remove(ids[:10]) == 10 and len(index) == 90
+    found, _ = index.search(data.gallery[:10], 5)
+    assert not {r.tobytes() for r in found.reshape(-1, 16)} & {i.tobytes() for i in ids[:10]}
+    index.add(ids[50:51], data.gallery[0:1])  # replace a face's vector
+    found, scores = index.search(data.gallery[0:1], 1)
+    assert found[0, 0].tobytes() == ids[50].tobytes() and scores[0, 0] == pytest.approx(1.0, abs=1e-4)
+    assert index.remove(ids[:10]) == 0  # already gone
+    empty = HnswIndex(512)
+    assert empty.search(data.probes[:2], 5)[0].shape == (2, 0, 16)
+
+
+def test_save_load_and_view(built, tmp_path: Path) -> None:
+    data, ids, index = built
+    small = HnswIndex(512, IndexParams())
+    small.add(ids[:500], data.gallery[:500])
+    small.remove(ids[:5])
+    small.save(tmp_path)
+    for view in (False, True):
+        loaded = HnswIndex.load(tmp_path, 512, IndexParams(), view=view)
+        assert len(loaded) == 495
+        a, _ = small.search(data.gallery[5:25], 3)
+        b, _ = loaded.search(data.gallery[5:25], 3)
+        assert np.array_equal(a, b)
+    with pytest.raises(ValueError):
+        HnswIndex.load(tmp_path, 128, IndexParams())
+
+
+def meta(index_id: str, list_id: str, seq: int, t: str) -> IndexMeta:
+    return IndexMeta(index_id, list_id, "acc", 1, 10, seq, {}, create_time=t)
+
+
+def test_local_storage_is_atomic_and_verified(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "store")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "index.usearch").write_bytes(b"graph")
+    (work / "ids.npy").write_bytes(b"ids")
+    storage.put(work, meta("i1", "L", 5, "2026-01-01"))
+    (tmp_path / "store" / ".tmp-i2").mkdir()  # a crashed put: never listed
+    assert [m.index_id for m in storage.list()] == ["i1"]
+    got = storage.get_meta("i1")
+    assert got is not None and set(got.files) == {"index.usearch", "ids.npy"}
+    assert storage.fetch("i1") == tmp_path / "store" / "i1"
+    (tmp_path / "store" / "i1" / "ids.npy").write_bytes(b"tampered")
+    with pytest.raises(CorruptIndex):
+        storage.fetch("i1")
+    assert storage.delete("i1") and not storage.delete("i1") and storage.list() == []
+    assert storage.get_meta("../etc") is None
+    assert json.loads(meta("x", "L", 1, "t").to_json())["list_id"] == "L"
+
+
+def test_relevant_index_is_newest_covering_latest_change() -> None:
+    metas = [meta("a", "L1", 5, "2026-01-02"), meta("b", "L1", 7, "2026-01-01"), meta("c", "L2", 1, "2026-01-01")]
+    best = newest_per_list(metas)
+    assert best["L1"].index_id == "b" and best["L2"].index_id == "c"
+    assert newest_per_list(metas, version=2) == {}
