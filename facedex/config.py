@@ -54,10 +54,12 @@ class IndexStorageSettings(BaseModel):
 
 
 class IndexSettings(BaseModel):
-    connectivity: int = Field(32, description="HNSW graph degree M.")
-    expansion_add: int = Field(128, description="HNSW ef_construction.")
-    expansion_search: int = Field(64, description="HNSW ef at search time (raised to the request's limit).")
-    precision: Literal["f32", "f16", "i8"] = Field("f16", description="Vector precision inside the graph.")
+    # Chosen on face-like data (docs/benchmarks.md, "Index parameters"): i8 halves the build time of f16 and
+    # quarters memory at the same mate recall once candidates are re-scored exactly, which the matcher does.
+    connectivity: int = Field(24, description="HNSW graph degree M.")
+    expansion_add: int = Field(96, description="HNSW ef_construction.")
+    expansion_search: int = Field(128, description="HNSW ef at search time (raised to the request's limit).")
+    precision: Literal["f32", "f16", "i8"] = Field("i8", description="Vector precision inside the graph.")
     build_threads: int = Field(0, description="Threads for a build; 0 = all cores.")
 
 

@@ -44,3 +44,41 @@ def bruteforce(
     if doc is not None:
         write_section(doc, "bruteforce", text)
         console.print(f"updated {doc}")
+
+
+@app.command()
+def index(
+    sizes: Annotated[str, typer.Option(help="Comma-separated list sizes.")] = "100000,1000000",
+    dim: int = 512,
+    probes: Annotated[int, typer.Option(help="Planted probes (queries).")] = 1000,
+    efs: Annotated[str, typer.Option(help="Search ef values to sweep.")] = "32,64,128,256",
+    arms: Annotated[
+        str | None,
+        typer.Option(help="lib:precision:M:efC,... (libs: facedex, usearch-raw, faiss-hnsw, hnswlib); "
+                     "default: facedex at the index settings, and each peer at the same M and efC."),
+    ] = None,
+    threshold: float = 0.3,
+    seed: int = 0,
+    doc: Doc = None,
+    section: Annotated[str, typer.Option(help="Name of the section of --doc to replace.")] = "index",
+) -> None:
+    """Build time, memory, load time, quality and QPS of our index and its peers on the same data."""
+    from facedex.bench import index as bi
+    from facedex.config import get_settings
+
+    s = get_settings().index
+    spec = arms or ",".join(
+        f"{lib}:{s.precision}:{s.connectivity}:{s.expansion_add}" for lib in ("facedex", "usearch-raw", "faiss-hnsw", "hnswlib")
+    )
+    record = bi.run([int(x) for x in sizes.split(",")], dim, probes, [int(e) for e in efs.split(",")], bi.parse_arms(spec), threshold, seed)
+    path = save_record("index", record)
+    png = None
+    if doc is not None:
+        png_path = doc.parent / "img" / f"{section}-recall-qps.png"
+        png = f"img/{png_path.name}" if bi.plot(record, png_path) else None
+    text = bi.markdown(record, _command(), png)
+    console.print(Markdown(text))
+    console.print(f"record: {path}")
+    if doc is not None:
+        write_section(doc, section, text)
+        console.print(f"updated {doc}")

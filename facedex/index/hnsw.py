@@ -28,10 +28,10 @@ IDS_FILE = "ids.npy"
 class IndexParams:
     """Build and search parameters; defaults chosen by measurement (docs/benchmarks.md)."""
 
-    connectivity: int = 32  # M: graph degree
-    expansion_add: int = 128  # ef_construction
-    expansion_search: int = 64  # ef at search time, raised to k when k is larger
-    precision: Literal["f32", "f16", "i8"] = "f16"
+    connectivity: int = 24  # M: graph degree
+    expansion_add: int = 96  # ef_construction
+    expansion_search: int = 128  # ef at search time, raised to k when k is larger
+    precision: Literal["f32", "f16", "i8"] = "i8"
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -1,0 +1,37 @@
+"""Tiny runs of the benchmark commands: they work end to end and write their records and sections.
+
+These check plumbing, not speed; real runs are in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tests.test_cli import facedex
+
+
+def test_bench_bruteforce_and_index_smoke(database_url: str, tmp_path: Path) -> None:
+    env = {**os.environ, "FACEDEX_DATABASE_URL": database_url}
+    doc = tmp_path / "bench.md"
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # records go to ./bench-results
+    try:
+        out = facedex("bench", "bruteforce", "--sizes", "2000", "--repeat", "5", "--batch", "4", "--doc", str(doc), env=env)
+        assert out.returncode == 0, out.stdout + out.stderr
+        out = facedex(
+            "bench", "index", "--sizes", "1000", "--probes", "50", "--efs", "32,64",
+            "--arms", "facedex:i8:16:32,faiss-hnsw:f32:16:32", "--doc", str(doc), env=env,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+    finally:
+        os.chdir(cwd)
+    text = doc.read_text()
+    assert "<!-- bench:bruteforce -->" in text and "<!-- bench:index -->" in text
+    assert "| 2,000 × 512 |" in text and "| facedex | 1,000 | i8 | 16 | 32 |" in text
+    records = sorted((tmp_path / "bench-results").glob("*.json"))
+    assert [r.name.split("-")[0] for r in records] == ["bruteforce", "index"]
+    index = json.loads(records[1].read_text())
+    assert {r["lib"] for r in index["rows"]} == {"facedex", "faiss-hnsw"}
+    assert all(0.9 <= s["mate_recall"] <= 1.0 for r in index["rows"] for s in r["sweeps"])
