@@ -29,11 +29,13 @@ app = typer.Typer(
 account_app = typer.Typer(help="Accounts (admin, straight to the Faces DB).", no_args_is_help=True)
 list_app = typer.Typer(help="Lists (admin, straight to the Faces DB).", no_args_is_help=True)
 from facedex.bench.cli import app as bench_app  # noqa: E402
+from facedex.licenses.cli import app as license_app  # noqa: E402
 from facedex.manager.cli import app as tasks_app  # noqa: E402
 app.add_typer(account_app, name="account")
 app.add_typer(list_app, name="list")
 app.add_typer(bench_app, name="bench")
 app.add_typer(tasks_app, name="tasks")
+app.add_typer(license_app, name="license")
 console = Console()
 
 ServiceName = Enum("ServiceName", {name: name for name in SERVICES}, type=str)  # type: ignore[misc]

@@ -72,7 +72,26 @@ class ManagerSettings(BaseModel):
     )
     min_indexing_list_size: int = Field(50_000, description="With dynamic indexing: lists with at least this many faces.")
     planning_period_s: float = Field(600.0, description="Seconds between background planning runs.")
+    planning_schedule: str | None = Field(
+        None, description='Cron-style schedule ("0 0 * * 0": Sundays at 00:00, local time); wins over planning_period_s.'
+    )
     instance_id: str | None = Field(None, description="This instance's name in the master lock (default: host:port:pid).")
+
+
+class LicenseSettings(BaseModel):
+    path: Path | None = Field(None, description="License file (default: <data_dir>/license.json).")
+    public_key: str | None = Field(None, description="Base64 Ed25519 public key that licenses must verify against.")
+    check_period_s: float = Field(30.0, description="How long matchers and the proxy trust a license answer.")
+
+
+class MatcherSettings(BaseModel):
+    matcher_id: str | None = Field(None, description="This matcher's id in label keys (default: host:port).")
+    label_ttl_s: float = Field(3.0, description="Label keys expire this long after the last renewal.")
+    reload_period_s: float = Field(2.0, description="How often storage is checked for new or newer indexes.")
+    refresh: bool = Field(True, description="Apply list changes to loaded indexes (else they are served as built).")
+    request_timeout_s: float = Field(1.0, description="Proxy: how long to wait for an indexed answer before brute force.")
+    claim_idle_ms: int = Field(2000, description="Requests pending this long on a dead consumer are taken over.")
+    rescore_candidates: int = Field(50, description="Candidates taken from the graph and re-scored exactly (>= limit).")
 
 
 class Settings(BaseSettings):
@@ -99,17 +118,22 @@ class Settings(BaseSettings):
 
     manager: ServiceAddress = ServiceAddress(port=5190)
     indexer: ServiceAddress = ServiceAddress(port=5180)
+    licenses: ServiceAddress = ServiceAddress(port=5130)
+    matcher: ServiceAddress = ServiceAddress(port=5200)
     api: ServiceAddress = ServiceAddress(port=5100)
     proxy: ServiceAddress = ServiceAddress(port=5110)
     bruteforce: ServiceAddress = ServiceAddress(port=5120)
 
     proxy_plugins: list[str] = Field(
-        default_factory=list, description='Matching plugins the proxy tries before brute force, as "module:Class".'
+        default_factory=lambda: ["facedex.proxy.indexed:IndexedPlugin"],
+        description='Matching plugins the proxy tries before brute force, as "module:Class".',
     )
 
     index_storage: IndexStorageSettings = IndexStorageSettings()
     index: IndexSettings = IndexSettings()
     indexing: ManagerSettings = ManagerSettings()
+    license: LicenseSettings = LicenseSettings()
+    indexed: MatcherSettings = MatcherSettings()
     matching: MatchingSettings = MatchingSettings()
     bruteforce_engine: BruteForceSettings = BruteForceSettings()
 

@@ -42,7 +42,7 @@ async def postgres_answers(url: str) -> bool:
 
 @dataclass
 class Resolved:
-    database_url: str
+    database_url: str | None
     redis_url: str | None
     started: list[str] = field(default_factory=list)  # what was started here, for the user
     _handles: list[Any] = field(default_factory=list, repr=False)
@@ -74,12 +74,17 @@ def start_redis(data_dir: Path) -> tuple[str, Any]:
 
 
 async def resolve(
-    database_url: str | None, redis_url: str | None, data_dir: Path, embed: bool, need_redis: bool = True
+    database_url: str | None,
+    redis_url: str | None,
+    data_dir: Path,
+    embed: bool,
+    need_redis: bool = True,
+    need_db: bool = True,
 ) -> Resolved:
     """URLs for the Faces DB and Redis; starts embedded servers when ``embed`` and nothing else answers."""
     handles: list[Any] = []
     started: list[str] = []
-    if database_url is None:
+    if database_url is None and need_db:
         if await postgres_answers(LOCAL_POSTGRES):
             database_url = LOCAL_POSTGRES
         elif embed:

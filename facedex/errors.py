@@ -66,6 +66,11 @@ class Errors:
     INDEX_UP_TO_DATE = ErrorCode(26202, 409, "Index for the most recent content version already exists")
     INDEX_NOT_FOUND = ErrorCode(26204, 404, "Index not found in the storage")
     TASK_FINISHED = ErrorCode(26205, 409, "Task already finished")
+    MATCH_REQUEST_INVALID = ErrorCode(26301, 400, "Failed to validate matching request")
+    INDEX_FOR_LABEL_NOT_FOUND = ErrorCode(26304, 404, "Index for label not found")
+    INDEX_VERSION_MISMATCH = ErrorCode(26305, 400, "Descriptor version mismatch")
+    INDEX_CORRUPT = ErrorCode(26308, 500, "Skip load index due to index corruption")
+    INDEX_NOT_LICENSED = ErrorCode(26309, 403, "Indexed matching is not licensed")
 
 
 def by_code(code: int) -> ErrorCode:

@@ -14,7 +14,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import msgspec
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facedex import __version__
 from facedex.errors import ErrorCode, Errors, FacedexError
+from facedex.metrics import MetricsMiddleware, render
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,9 @@ def create_app(
     )
     app.state.service = service
     app.state.health = dict(health or {})
+    app.state.scrape_hooks = []  # async callables refreshing gauges before a /metrics scrape
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(MetricsMiddleware, service=service)
 
     @app.exception_handler(FacedexError)
     async def _facedex_error(request: Request, exc: FacedexError) -> JSONResponse:
@@ -157,6 +160,11 @@ def create_app(
             {"status": "ok" if ok else "unhealthy", "service": service, "checks": checks},
             status_code=200 if ok else 503,
         )
+
+    @app.get("/metrics", tags=["service"], summary="Prometheus metrics of this process")
+    async def metrics() -> Response:
+        body, content_type = await render(app.state.scrape_hooks)
+        return Response(body, media_type=content_type)
 
     @app.get("/version", tags=["service"], summary="Service name and facedex version")
     async def version() -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,51 +16,27 @@ from facedex.config import ServiceAddress, Settings
 class Service:
     name: str
     summary: str
-    build: Callable[[Settings], FastAPI]
+    app: str  # "module:function" building the FastAPI app; imported only when this service runs
     address: Callable[[Settings], ServiceAddress]
     needs_db: bool = True
     needs_redis: bool = False
 
-
-def _api(settings: Settings) -> FastAPI:
-    from facedex.api.app import build_app
-
-    return build_app(settings)
-
-
-def _proxy(settings: Settings) -> FastAPI:
-    from facedex.proxy.app import build_app
-
-    return build_app(settings)
-
-
-def _indexer(settings: Settings) -> FastAPI:
-    from facedex.indexer.app import build_app
-
-    return build_app(settings)
-
-
-def _manager(settings: Settings) -> FastAPI:
-    from facedex.manager.app import build_app
-
-    return build_app(settings)
-
-
-def _bruteforce(settings: Settings) -> FastAPI:
-    from facedex.bruteforce.app import build_app
-
-    return build_app(settings)
+    def build(self, settings: Settings) -> FastAPI:
+        module, _, function = self.app.partition(":")
+        return getattr(importlib.import_module(module), function)(settings)
 
 
 # Start order matters for `facedex up`: a service comes after those it calls.
 SERVICES: dict[str, Service] = {
     s.name: s
     for s in (
-        Service("indexer", "Indexer: builds list indexes", _indexer, lambda s: s.indexer),
-        Service("manager", "Index Manager: build tasks", _manager, lambda s: s.manager, needs_redis=True),
-        Service("bruteforce", "Matcher (brute force): exact matching", _bruteforce, lambda s: s.bruteforce),
-        Service("proxy", "Matcher Proxy: routes matching requests", _proxy, lambda s: s.proxy, needs_db=False),
-        Service("api", "public REST API", _api, lambda s: s.api),
+        Service("indexer", "Indexer: builds list indexes", "facedex.indexer.app:build_app", lambda s: s.indexer),
+        Service("manager", "Index Manager: build tasks", "facedex.manager.app:build_app", lambda s: s.manager, needs_redis=True),
+        Service("licenses", "Licenses: the signed license's features", "facedex.licenses.app:build_app", lambda s: s.licenses, needs_db=False),
+        Service("matcher", "Indexed Matcher: indexes in memory, Redis streams", "facedex.matcher.app:build_app", lambda s: s.matcher, needs_redis=True),
+        Service("bruteforce", "Matcher (brute force): exact matching", "facedex.bruteforce.app:build_app", lambda s: s.bruteforce),
+        Service("proxy", "Matcher Proxy: routes matching requests", "facedex.proxy.app:build_app", lambda s: s.proxy, needs_db=False, needs_redis=True),
+        Service("api", "public REST API", "facedex.api.app:build_app", lambda s: s.api),
     )
 }
 
@@ -86,13 +63,14 @@ def serve(name: str, settings: Settings, host: str | None = None, port: int | No
 
     service = SERVICES[name]
     setup_logging(name, settings.log_format, settings.log_level)
-    if service.needs_db:
-        resolved = asyncio.run(resolve(
-                settings.database_url, settings.redis_url, settings.data_dir, embed=False, need_redis=service.needs_redis
-            )
+    if service.needs_db or service.needs_redis:
+        resolved = asyncio.run(
+            resolve(settings.database_url, settings.redis_url, settings.data_dir, embed=False,
+                    need_redis=service.needs_redis, need_db=service.needs_db)
         )
         settings = settings.model_copy(update={"database_url": resolved.database_url, "redis_url": resolved.redis_url})
-        asyncio.run(prepare_database(resolved.database_url))
+        if resolved.database_url:
+            asyncio.run(prepare_database(resolved.database_url))
     address = service.address(settings)
     uvicorn.run(
         service.build(settings),

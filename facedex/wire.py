@@ -25,6 +25,7 @@ class MatchRequest(msgspec.Struct, frozen=True):
     threshold: float | None = None
     face_ids: list[bytes] | None = None  # optional candidate filter (16-byte UUIDs)
     request_id: str = ""
+    exact: bool = False  # the caller wants brute force
 
     def reference_matrix(self, dim: int) -> np.ndarray:
         return np.frombuffer(self.references, dtype="<f4").reshape(-1, dim)
@@ -40,6 +41,22 @@ class MatchResponse(msgspec.Struct, frozen=True):
     route: str  # which matcher answered: "bruteforce", "indexed", ...
     list_size: int = 0  # faces searched (after the filter)
     fallback_reason: str | None = None  # why the proxy did not use a preferred route
+
+
+class IndexedRequest(msgspec.Struct, frozen=True):
+    """A stream entry for the Indexed Matcher: the match request, where to answer, and until when it matters."""
+
+    rid: str
+    reply_to: str  # pub/sub channel of the asking proxy
+    deadline_ms: int  # unix ms; an entry read later is acknowledged unanswered (the proxy has fallen back)
+    request: MatchRequest
+
+
+class IndexedReply(msgspec.Struct, frozen=True):
+    rid: str
+    response: MatchResponse | None = None
+    error_code: int = 0
+    detail: str = ""
 
 
 class ErrorBody(msgspec.Struct, frozen=True):

@@ -133,8 +133,20 @@ class Services:
             FACEDEX_INDEX_STORAGE__PATH=str(work / "indexes"),
             FACEDEX_INDEXING__LOOKUP_PERIOD_S="0.2",
             FACEDEX_INDEXING__LOCK_TTL_S="2",
+            FACEDEX_INDEXED__LABEL_TTL_S="1.5",
+            FACEDEX_INDEXED__RELOAD_PERIOD_S="0.5",
+            FACEDEX_INDEXED__CLAIM_IDLE_MS="1000",
+            FACEDEX_LICENSE__CHECK_PERIOD_S="0.5",
         )
-        for name in ("api", "proxy", "bruteforce", "indexer", "manager"):
+        # a signing key of the test's own, and a valid license with the index feature
+        from facedex.licenses.license import generate_keys, issue
+
+        self.license_key, public = generate_keys()
+        self.license_path = work / "license.json"
+        self.license_path.write_bytes(issue(self.license_key, "tests", ["index"], 30))
+        self.env["FACEDEX_LICENSE__PUBLIC_KEY"] = public
+        self.env["FACEDEX_LICENSE__PATH"] = str(self.license_path)
+        for name in ("api", "proxy", "bruteforce", "indexer", "manager", "licenses", "matcher"):
             self.ports[name] = free_port()
             self.env[f"FACEDEX_{name.upper()}__PORT"] = str(self.ports[name])
         self.env["FACEDEX_INDEXING__INDEXERS"] = f'["http://127.0.0.1:{self.ports["indexer"]}"]'
@@ -181,7 +193,7 @@ class Services:
 def services(database_url: str, redis_url: str, redis_prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     svc = Services(database_url, redis_url, redis_prefix, tmp_path_factory.mktemp("services"))
     try:
-        for name in ("bruteforce", "proxy", "api", "indexer", "manager"):
+        for name in ("licenses", "bruteforce", "proxy", "api", "indexer", "manager", "matcher"):
             svc.start(name)
         yield svc
     finally:

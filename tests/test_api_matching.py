@@ -173,9 +173,9 @@ def test_lists_crud_and_paging(client: httpx.Client) -> None:
 
 
 def test_service_endpoints(services) -> None:
-    for name in ("api", "proxy", "bruteforce"):
+    for name in ("api", "proxy", "bruteforce", "manager", "indexer", "licenses", "matcher"):
         assert httpx.get(services.url(name) + "/healthcheck").json()["status"] == "ok"
         assert httpx.get(services.url(name) + "/version").json()["service"] == name
     spec = httpx.get(services.url("api") + "/openapi.json").json()
     assert "/1/matcher/faces" in spec["paths"]
-    assert httpx.get(services.url("proxy") + "/1/plugins").json() == {"plugins": ["bruteforce"]}
+    assert httpx.get(services.url("proxy") + "/1/plugins").json() == {"plugins": ["indexed", "bruteforce"]}

@@ -44,14 +44,36 @@ def big():
     return face_like(20_000, n_probes=300, seed=21)
 
 
-async def test_background_dynamic_indexing(services: Services, store: FacesStore, big) -> None:
+@pytest.fixture
+async def own_store(database_url: str):
+    """A database of this test's own: dynamic planning looks at every list, so other tests' lists must not be there."""
+    import asyncpg
+
+    from facedex.faces.store import create_pool
+    from facedex.services import prepare_database
+
+    base, _, query = database_url.partition("?")
+    name = base.rsplit("/", 1)[1] + "_dyn"
+    url = base + "_dyn" + (f"?{query}" if query else "")
+    await prepare_database(url)
+    pool = await create_pool(url, max_size=4)
+    yield url, FacesStore(pool)
+    await pool.close()
+    conn = await asyncpg.connect(base.rsplit("/", 1)[0] + "/postgres" + (f"?{query}" if query else ""))
+    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await conn.close()
+
+
+async def test_background_dynamic_indexing(services: Services, own_store, big) -> None:
     """A list crossing the size threshold gets indexed, is rebuilt after a change, and not when unchanged."""
+    database_url, store = own_store
     work = services.log_dir / "dynamic"
     env = {
+        "FACEDEX_DATABASE_URL": database_url,
         "FACEDEX_REDIS_PREFIX": services.env["FACEDEX_REDIS_PREFIX"] + ":dyn",
         "FACEDEX_INDEX_STORAGE__PATH": str(work / "indexes"),
         "FACEDEX_INDEXING__INDEXING_LISTS": '["dynamic"]',
-        "FACEDEX_INDEXING__MIN_INDEXING_LIST_SIZE": "12000",  # above every other test's lists
+        "FACEDEX_INDEXING__MIN_INDEXING_LIST_SIZE": "12000",
         "FACEDEX_INDEXING__PLANNING_PERIOD_S": "1",
     }
     services.start("indexer-dyn", "indexer", **env)

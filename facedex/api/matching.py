@@ -56,6 +56,7 @@ async def match_faces(request: Request, body: MatchRequestIn, account: Account, 
         threshold=cand.threshold,
         face_ids=[f.bytes for f in cand.face_ids] if cand.face_ids is not None else None,
         request_id=request.headers.get("x-request-id", ""),
+        exact=cand.exact,
     )
     resp: wire.MatchResponse = await request.app.state.proxy.call("/1/match", req, wire.MatchResponse)
     matches = []

@@ -117,6 +117,7 @@ class MatchCandidates(Strict):
     face_ids: list[uuid.UUID] | None = Field(None, description="Only match these faces of the list.")
     limit: int = Field(10, description="Most results per reference (1 .. matching.max_limit).")
     threshold: float | None = Field(None, description="Only results with similarity >= threshold (0 .. 1).")
+    exact: bool = Field(False, description="Always match by brute force, even where the list has an index.")
 
 
 class MatchRequestIn(Strict):

@@ -82,3 +82,49 @@ def index(
     if doc is not None:
         write_section(doc, section, text)
         console.print(f"updated {doc}")
+
+
+@app.command()
+def e2e(
+    admin_token: Annotated[str, typer.Option(envvar="FACEDEX_ADMIN_TOKEN", help="Admin token of the running platform.")],
+    size: Annotated[int, typer.Option(help="Faces in the list.")] = 100_000,
+    concurrency: Annotated[str, typer.Option(help="Comma-separated concurrency levels.")] = "1,8,32",
+    requests: Annotated[int, typer.Option(help="Requests per level and route.")] = 500,
+    api: Annotated[str | None, typer.Option(help="API URL (default from settings).")] = None,
+    manager: Annotated[str | None, typer.Option(help="Index Manager URL (default from settings).")] = None,
+    seed: int = 0,
+    doc: Doc = None,
+) -> None:
+    """Matching over HTTP on a running platform: latency, throughput, route and recall, indexed and exact."""
+    from facedex.bench import e2e as be
+    from facedex.config import get_settings
+
+    settings = get_settings()
+    record = be.main(api or settings.api.url, manager or settings.manager.url, admin_token, size,
+                     [int(c) for c in concurrency.split(",")], requests, seed)
+    path = save_record("e2e", record)
+    text = be.markdown(record, _command())
+    console.print(Markdown(text))
+    console.print(f"record: {path}")
+    if doc is not None:
+        write_section(doc, "e2e", text)
+        console.print(f"updated {doc}")
+
+
+INDEX_PARAM_ARMS = "facedex:f16:32:128,facedex:f16:32:64,facedex:i8:32:64,facedex:i8:24:96,facedex:i8:16:128"
+
+
+@app.command("all")
+def all_(doc: Doc = Path("docs/benchmarks.md")) -> None:
+    """Every benchmark at full size, regenerating each section of --doc (about 80 minutes on 2 cores)."""
+    from facedex.config import get_settings
+
+    s = get_settings().index
+    default = f"{s.precision}:{s.connectivity}:{s.expansion_add}"
+    bruteforce(sizes="100000,1000000", dim=512, repeat=50, batch=64, seed=0, doc=doc)
+    index(sizes="100000", dim=512, probes=1000, efs="32,64,128,256", arms=INDEX_PARAM_ARMS, threshold=0.3, seed=0,
+          doc=doc, section="index-params")
+    peers = ",".join(f"{lib}:{default}" for lib in ("facedex", "usearch-raw", "faiss-hnsw", "hnswlib"))
+    index(sizes="100000", dim=512, probes=1000, efs="32,64,128,256", arms=peers, threshold=0.3, seed=0, doc=doc, section="index")
+    peers_1m = ",".join(f"{lib}:{default}" for lib in ("facedex", "faiss-hnsw", "hnswlib"))
+    index(sizes="1000000", dim=512, probes=1000, efs="64,128,256", arms=peers_1m, threshold=0.3, seed=0, doc=doc, section="index-1m")

@@ -17,6 +17,7 @@ from facedex.config import Settings
 from facedex.errors import Errors, FacedexError
 from facedex.faces.store import FacesStore, create_pool
 from facedex.http import create_app
+from facedex.metrics import CACHED_LIST_BYTES
 
 
 def run_search(matrix: ListMatrix, req: wire.MatchRequest) -> wire.MatchResponse:
@@ -56,6 +57,11 @@ def build_app(settings: Settings) -> FastAPI:
         state["cache"] = ListCache(store, settings.bruteforce_engine.cache_max_bytes)
         state["executor"] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="exact")  # BLAS threads use the cores
         app.state.health["faces_db"] = lambda: pool.fetchval("SELECT 1")
+
+        async def scrape() -> None:
+            CACHED_LIST_BYTES.set(state["cache"].nbytes)  # type: ignore[attr-defined]
+
+        app.state.scrape_hooks.append(scrape)
         yield
         state["executor"].shutdown(wait=False)  # type: ignore[attr-defined]
         await pool.close()

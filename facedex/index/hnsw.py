@@ -93,29 +93,38 @@ class HnswIndex:
             self.index.remove(np.array(keys, dtype=np.uint64))
         return len(keys)
 
+    def _search(self, queries: np.ndarray, k: int, ef: int | None, threads: int) -> tuple[np.ndarray, np.ndarray]:
+        """(keys (m, k') int64 with -1 where fewer were found, inner products (m, k') at the graph's precision)."""
+        k = min(k, len(self))
+        m = queries.shape[0]
+        if k == 0:
+            return np.full((m, 0), -1, np.int64), np.zeros((m, 0), np.float32)
+        self.index.expansion_search = max(k, ef or self.params.expansion_search)
+        found = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k, threads=threads)
+        keys = np.asarray(found.keys).reshape(m, -1).astype(np.int64)
+        scores = 1.0 - np.asarray(found.distances, dtype=np.float32).reshape(m, -1)  # usearch IP distance = 1 - dot
+        # one query gives Matches (no counts), several give BatchMatches
+        counts = np.asarray(found.counts).reshape(m) if hasattr(found, "counts") else np.array([len(found.keys)])
+        width = int(counts.max()) if m else 0
+        keys, scores = keys[:, :width], scores[:, :width]
+        invalid = np.arange(width)[None, :] >= counts[:, None]
+        keys[invalid] = -1
+        scores[invalid] = -np.inf
+        return keys, scores
+
+    def search_keys(self, queries: np.ndarray, k: int, ef: int | None = None, threads: int = 0) -> np.ndarray:
+        """Approximate top-k as library keys (rows of ``ids``), for re-scoring against stored vectors."""
+        return self._search(queries, k, ef, threads)[0]
+
     def search(self, queries: np.ndarray, k: int, ef: int | None = None, threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Approximate top-k: (face ids (m, k', 16) uint8, scores (m, k') float32), best first, k' <= k.
 
         Scores are inner products at the graph's precision; re-score with exact
         vectors where exact similarities matter.
         """
-        k = min(k, len(self))
-        m = queries.shape[0]
-        if k == 0:
-            return np.zeros((m, 0, 16), np.uint8), np.zeros((m, 0), np.float32)
-        self.index.expansion_search = max(k, ef or self.params.expansion_search)
-        found = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k, threads=threads)
-        keys = np.asarray(found.keys).reshape(m, -1)
-        dist = np.asarray(found.distances, dtype=np.float32).reshape(m, -1)
-        # one query gives Matches (no counts), several give BatchMatches
-        counts = np.asarray(found.counts).reshape(m) if hasattr(found, "counts") else np.array([len(found.keys)])
-        width = int(counts.max()) if m else 0
-        keys, dist = keys[:, :width], dist[:, :width]
-        valid = np.arange(width)[None, :] < counts[:, None]
-        safe = np.where(valid, keys, 0).astype(np.int64)
-        ids = self.ids[safe]
-        ids[~valid] = 0
-        scores = np.where(valid, 1.0 - dist, -np.inf).astype(np.float32)  # usearch IP distance = 1 - dot
+        keys, scores = self._search(queries, k, ef, threads)
+        ids = self.ids[np.maximum(keys, 0)]
+        ids[keys < 0] = 0
         return ids, scores
 
     def save(self, folder: Path) -> list[Path]:

@@ -8,6 +8,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from dataclasses import asdict
 from typing import Annotated
 
 import aiohttp
@@ -20,6 +21,7 @@ from facedex.errors import Errors, FacedexError
 from facedex.faces.store import FacesStore, create_pool
 from facedex.http import create_app
 from facedex.manager.master import Master
+from facedex.metrics import TASK_QUEUE_DEPTH
 from facedex.manager.tasks import FINAL, INDEXING, PENDING, TaskRepo
 from facedex.redis.connection import connect
 from facedex.redis.keys import Keys
@@ -50,6 +52,11 @@ def build_app(settings: Settings) -> FastAPI:
         state.update(repo=repo, store=store, master=master, redis=redis)
         app.state.health["faces_db"] = lambda: pool.fetchval("SELECT 1")
         app.state.health["redis"] = redis.ping
+
+        async def scrape() -> None:
+            TASK_QUEUE_DEPTH.set(await redis.llen(keys.queue))
+
+        app.state.scrape_hooks.append(scrape)
         loop_task = asyncio.create_task(master.run(), name="master")
         yield
         loop_task.cancel()
@@ -145,8 +152,6 @@ def build_app(settings: Settings) -> FastAPI:
 
 
 def _meta(m: IndexMeta) -> dict[str, object]:
-    from dataclasses import asdict
-
     out = asdict(m)
     out.pop("files", None)
     return out

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 import uuid
+from datetime import datetime
 
 import aiohttp
 import redis.asyncio as aredis
@@ -22,6 +23,7 @@ from redis.exceptions import RedisError
 from facedex.config import Settings
 from facedex.errors import Errors, FacedexError
 from facedex.faces.store import FacesStore
+from facedex.manager.schedule import Schedule
 from facedex.manager.tasks import CANCELLED, FAILED, PENDING, SUCCESS, Task, TaskRepo
 from facedex.redis.keys import Keys
 from facedex.storage.base import IndexStorage, newest_per_list
@@ -53,6 +55,7 @@ class Master:
         self.instance_id = instance_id
         self.is_master = False
         self.http: aiohttp.ClientSession | None = None
+        self.schedule = Schedule(self.s.planning_schedule) if self.s.planning_schedule else None
 
     async def run(self) -> None:
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
@@ -150,11 +153,18 @@ class Master:
             return
 
     # --------------------------------------------------------------- planning
+    def due(self, now: float, last: float) -> bool:
+        """Whether planning should run now, given the last run (kept in Redis, so restarts keep the rhythm)."""
+        if self.schedule is not None:
+            minute = now - now % 60
+            return self.schedule.matches(datetime.fromtimestamp(now)) and last < minute
+        return now - last >= self.s.planning_period_s
+
     async def plan_if_due(self) -> None:
         if not self.s.indexing_lists:
             return
         last = float(await self.redis.get(self.keys.last_planning) or 0)
-        if time.time() - last < self.s.planning_period_s:
+        if not self.due(time.time(), last):
             return
         await self.redis.set(self.keys.last_planning, str(time.time()))
         created = await self.plan()

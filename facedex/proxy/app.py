@@ -13,6 +13,7 @@ from facedex import wire
 from facedex.config import Settings
 from facedex.errors import FacedexError
 from facedex.http import create_app
+from facedex.metrics import MATCH_ROUTE
 from facedex.proxy.plugins import BruteForceRoute, MatchingPlugin, load_plugins
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,9 @@ class Router:
             if not plugin.accepts(req):
                 continue
             try:
-                return await plugin.match(req)
+                resp = await plugin.match(req)
+                MATCH_ROUTE.labels(resp.route, "").inc()
+                return resp
             except FacedexError as exc:
                 reason = f"{plugin.name}: {exc.error.code} {exc.detail}"
             except Exception as exc:  # any failure of a preferred route falls back to brute force
@@ -37,6 +40,7 @@ class Router:
             log.warning("falling back to brute force for request %s: %s", req.request_id, reason)
             break
         resp = await self.fallback.match(req)
+        MATCH_ROUTE.labels(resp.route, reason.split(":", 1)[0] if reason else "").inc()
         return msgspec.structs.replace(resp, fallback_reason=reason) if reason else resp
 
 

@@ -51,3 +51,26 @@ class Keys:
     def last_planning(self) -> str:
         """String: unix time of the last planning run (the schedule's base survives restarts)."""
         return f"{self.prefix}:{{manager}}:last_planning"
+
+    # ---- Indexed Matcher and the proxy's indexed plugin
+    MATCHER_GROUP = "matchers"  # the consumer group every matcher of a label joins
+
+    def label(self, list_id: str, matcher_id: str) -> str:
+        """String with TTL: this matcher serves this list (matching label), renewed while it does."""
+        return f"{self.prefix}:label:{list_id}:{matcher_id}"
+
+    @property
+    def label_pattern(self) -> str:
+        return f"{self.prefix}:label:*"
+
+    def label_list_id(self, key: str) -> str:
+        return key[len(self.prefix) + len(":label:") :].split(":", 1)[0]
+
+    def stream(self, list_id: str) -> str:
+        """Stream: matching requests for one list; the hash tag keeps it whole in Redis Cluster."""
+        return f"{self.prefix}:stream:{{{list_id}}}"
+
+    def replies(self, proxy_id: str) -> str:
+        """Pub/sub channel: answers for one proxy instance, matched to requests by rid."""
+        return f"{self.prefix}:replies:{proxy_id}"
+

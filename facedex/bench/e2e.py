@@ -1,0 +1,141 @@
+"""``facedex bench e2e``: the running platform over HTTP, as a client sees it.
+
+Creates an account and a list of face-like descriptors through the API, has
+the Index Manager build its index, waits until matching is routed to the
+Indexed Matcher, then sends matching requests at each concurrency level, on
+the indexed route and on the brute-force route (``candidates.exact``), with a
+real HTTP client (aiohttp, keep-alive). Reports latency percentiles,
+throughput, the route that answered, and recall@10 and mate recall of the
+API's results against exact search on the same data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+
+import aiohttp
+import numpy as np
+
+from facedex.bench.common import machine, machine_line
+from facedex.bench.datasets import face_like
+from facedex.bruteforce.exact import topk
+
+
+def _b64(v: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(v, "<f4").tobytes()).decode()
+
+
+async def _setup(http: aiohttp.ClientSession, api: str, manager: str, admin_token: str, size: int, n_probes: int, seed: int):  # type: ignore[no-untyped-def]
+    async with http.post(f"{api}/1/accounts", json={"name": "bench-e2e"}, headers={"Authorization": f"Bearer {admin_token}"}) as r:
+        token = (await r.json())["token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    async with http.post(f"{api}/1/lists", json={"user_data": "bench-e2e"}, headers=auth) as r:
+        list_id = (await r.json())["list_id"]
+    data = face_like(size, n_probes=n_probes, seed=seed)
+    face_ids: list[str] = [""] * size
+    sem = asyncio.Semaphore(4)
+
+    async def upload(start: int) -> None:
+        faces = [{"descriptor": {"version": 1, "data": _b64(v)}} for v in data.gallery[start : start + 1000]]
+        async with sem, http.post(f"{api}/1/faces/batch", json={"faces": faces, "list_ids": [list_id]}, headers=auth) as r:
+            face_ids[start : start + len(faces)] = (await r.json())["face_ids"]
+
+    await asyncio.gather(*(upload(s) for s in range(0, size, 1000)))
+    async with http.post(f"{manager}/1/tasks", json={"list_id": list_id}) as r:
+        task = await r.json()
+    while True:
+        async with http.get(f"{manager}/1/tasks/{task['task_id']}") as r:
+            task = await r.json()
+        if task["status"] in ("success", "failed", "cancelled"):
+            break
+        await asyncio.sleep(1)
+    if task["status"] != "success":
+        raise RuntimeError(f"index build did not succeed: {task}")
+    return data, face_ids, list_id, auth
+
+
+async def _run_level(http, api, auth, list_id, probes, exact: bool, concurrency: int, requests: int):  # type: ignore[no-untyped-def]
+    latencies: list[float] = []
+    routes: dict[str, int] = {}
+    results: dict[int, list[str]] = {}
+    queue = list(range(requests))
+
+    async def worker() -> None:
+        while queue:
+            i = queue.pop()
+            body = {"references": [{"descriptor": {"version": 1, "data": _b64(probes[i % len(probes)])}}],
+                    "candidates": {"list_id": list_id, "limit": 10, "exact": exact}}
+            started = time.perf_counter()
+            async with http.post(f"{api}/1/matcher/faces", json=body, headers=auth) as r:
+                payload = await r.json()
+            latencies.append(time.perf_counter() - started)
+            if r.status != 200:
+                routes["error"] = routes.get("error", 0) + 1
+                continue
+            routes[payload["route"]] = routes.get(payload["route"], 0) + 1
+            results[i % len(probes)] = [m["face_id"] for m in payload["matches"][0]["results"]]
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - started
+    lat = np.array(latencies) * 1000
+    return {"concurrency": concurrency, "requests": requests, "p50_ms": float(np.percentile(lat, 50)),
+            "p95_ms": float(np.percentile(lat, 95)), "p99_ms": float(np.percentile(lat, 99)),
+            "throughput_rps": requests / wall, "routes": routes}, results
+
+
+async def run(api: str, manager: str, admin_token: str, size: int, levels: list[int], requests: int, seed: int) -> dict[str, object]:
+    n_probes = 200
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256), timeout=aiohttp.ClientTimeout(total=120)) as http:
+        data, face_ids, list_id, auth = await _setup(http, api, manager, admin_token, size, n_probes, seed)
+        row_of = {f: i for i, f in enumerate(face_ids)}
+        exact_s, exact_i = topk(data.probes, data.gallery, 10)
+        # wait until the matcher serves the list
+        for _ in range(120):
+            level, _ = await _run_level(http, api, auth, list_id, data.probes, False, 1, 1)
+            if level["routes"].get("indexed"):
+                break
+            await asyncio.sleep(1)
+        rows = []
+        for exact in (False, True):
+            for c in levels:
+                await _run_level(http, api, auth, list_id, data.probes, exact, c, min(requests, 4 * c))  # warm up
+                level, results = await _run_level(http, api, auth, list_id, data.probes, exact, c, requests)
+                recall = np.mean([len({row_of[f] for f in got} & set(exact_i[q].tolist())) / 10 for q, got in results.items()])
+                hits = total = 0
+                for q, got in results.items():
+                    mates = {int(j) for j, s in zip(exact_i[q], exact_s[q]) if s >= 0.3 and data.labels[j] == data.probe_labels[q]}
+                    hits += len(mates & {row_of[f] for f in got})
+                    total += len(mates)
+                level.update(route_asked="exact" if exact else "auto", recall_at_10=float(recall), mate_recall=hits / max(total, 1))
+                rows.append(level)
+                print(f"  {'exact' if exact else 'auto'} c={c}: p50 {level['p50_ms']:.1f} ms, p99 {level['p99_ms']:.1f} ms, "
+                      f"{level['throughput_rps']:.0f} req/s, routes {level['routes']}", flush=True)
+    return {"benchmark": "e2e", "machine": machine(), "size": size, "seed": seed, "rows": rows}
+
+
+def markdown(record: dict[str, object], command: str) -> str:
+    lines = [
+        "## End to end over HTTP",
+        "",
+        f"Machine: {machine_line(record['machine'])}; every service and the client on the same 2 cores.  ",  # type: ignore[arg-type]
+        f"Data: {record['size']:,} face-like descriptors (seed {record['seed']}) created through the API, indexed by the "
+        "Index Manager; references are planted probes; limit 10.  ",
+        f"Command: `{command}`",
+        "",
+        "| route asked | concurrency | requests | answered by | p50 (ms) | p95 (ms) | p99 (ms) | throughput (req/s) | recall@10 | mate recall |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in record["rows"]:  # type: ignore[union-attr]
+        routes = ", ".join(f"{k} {v}" for k, v in sorted(r["routes"].items()))
+        lines.append(f"| {r['route_asked']} | {r['concurrency']} | {r['requests']} | {routes} | {r['p50_ms']:.1f} | "
+                     f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['throughput_rps']:.0f} | {r['recall_at_10']:.3f} | {r['mate_recall']:.4f} |")
+    lines += ["", "\"auto\" lets the proxy route (indexed when the list's index is loaded and licensed); \"exact\" sets "
+              "`candidates.exact` and is answered by the brute-force Matcher."]
+    return "\n".join(lines)
+
+
+def main(api: str, manager: str, admin_token: str, size: int, levels: list[int], requests: int, seed: int) -> dict[str, object]:
+    return asyncio.run(run(api, manager, admin_token, size, levels, requests, seed))

@@ -1,0 +1,59 @@
+"""Licenses service: reads the license file, verifies it with the public key, answers feature queries.
+
+The file is re-read on every query (it is small), so replacing it takes effect
+at once; matchers cache the answer for ``licenses.check_period_s``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from facedex.config import Settings
+from facedex.http import create_app
+from facedex.licenses.license import License, LicenseError, verify
+
+
+def check(settings: Settings) -> License:
+    cfg = settings.license
+    if not cfg.public_key:
+        raise LicenseError("no public key configured (licenses.public_key)")
+    path = Path(cfg.path or settings.data_dir / "license.json").expanduser()
+    if not path.is_file():
+        raise LicenseError(f"no license file at {path}")
+    return verify(path.read_bytes(), cfg.public_key)
+
+
+def feature_status(settings: Settings, feature: str) -> dict[str, object]:
+    try:
+        lic = check(settings)
+    except LicenseError as exc:
+        return {"feature": feature, "enabled": False, "reason": str(exc)}
+    if feature not in lic.features:
+        return {"feature": feature, "enabled": False, "reason": f"the license has no '{feature}' feature"}
+    return {"feature": feature, "enabled": True, "reason": None, "expires": lic.expires}
+
+
+def build_app(settings: Settings) -> FastAPI:
+    app = create_app(
+        "licenses",
+        title="facedex Licenses",
+        description="Verifies the signed license file and tells services which features it enables.",
+        max_body_bytes=settings.max_body_bytes,
+    )
+
+    @app.get("/1/license", tags=["licenses"], summary="The license in force, or why there is none")
+    async def license_info() -> dict[str, object]:
+        try:
+            lic = check(settings)
+        except LicenseError as exc:
+            return {"valid": False, "reason": str(exc)}
+        return {"valid": True, "licensee": lic.licensee, "features": lic.features, "expires": lic.expires,
+                "license_id": lic.license_id}
+
+    @app.get("/1/features/{feature}", tags=["licenses"], summary="Whether the license enables a feature")
+    async def feature(feature: str) -> dict[str, object]:
+        return feature_status(settings, feature)
+
+    return app

@@ -1,0 +1,69 @@
+"""Indexed Matcher service: the HTTP side (health, loaded indexes); matching itself goes through Redis."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from facedex.config import Settings
+from facedex.faces.store import FacesStore, create_pool
+from facedex.http import create_app
+from facedex.metrics import INDEX_FACES
+from facedex.matcher.service import MatcherService
+from facedex.redis.connection import connect
+from facedex.storage.base import open_storage
+
+
+def build_app(settings: Settings) -> FastAPI:
+    matcher_id = settings.indexed.matcher_id or f"{socket.gethostname()}:{settings.matcher.port}"
+    state: dict[str, MatcherService] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        assert settings.database_url and settings.redis_url, "database_url and redis_url must be resolved first"
+        pool = await create_pool(settings.database_url, max_size=5)
+        redis = connect(settings.redis_url, decode=False)
+        service = MatcherService(settings, redis, FacesStore(pool), open_storage(settings), matcher_id)
+        state["service"] = service
+        app.state.health["faces_db"] = lambda: pool.fetchval("SELECT 1")
+        app.state.health["redis"] = redis.ping
+
+        async def scrape() -> None:
+            INDEX_FACES.clear()
+            for label, idx in service.loaded.items():
+                INDEX_FACES.labels(label).set(idx.size)
+
+        app.state.scrape_hooks.append(scrape)
+        await service.start()
+        yield
+        await service.stop()
+        await redis.aclose()
+        await pool.close()
+
+    app = create_app(
+        "matcher",
+        title="facedex Indexed Matcher",
+        description="Serves list indexes from memory; matching requests arrive on Redis streams, not HTTP.",
+        max_body_bytes=settings.max_body_bytes,
+        lifespan=lifespan,
+    )
+
+    @app.get("/1/indexes", tags=["indexes"], summary="Indexes loaded in this matcher")
+    async def indexes() -> dict[str, object]:
+        service = state["service"]
+        return {
+            "matcher_id": matcher_id,
+            "licensed": service.licensed,
+            "license_reason": service.license_reason,
+            "served": service.served,
+            "indexes": [
+                {"list_id": label, "index_id": idx.meta.index_id, "faces": idx.size, "change_seq": idx.head,
+                 "built_change_seq": idx.meta.change_seq, "load_seconds": round(idx.load_seconds, 3)}
+                for label, idx in service.loaded.items()
+            ],
+        }
+
+    return app
