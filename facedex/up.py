@@ -60,7 +60,14 @@ def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
             proc.kill()
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_up(settings: Settings, demo: bool = False, exit_after_demo: bool = False) -> int:
+    # stop cleanly on Ctrl-C and on SIGTERM, even where SIGINT was inherited ignored (a background job)
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     resolved = asyncio.run(resolve(settings.database_url, settings.redis_url, settings.data_dir, embed=True))
     for line in resolved.started:
         console.print(f"[yellow]started {line}[/] (set FACEDEX_DATABASE_URL / FACEDEX_REDIS_URL to use your own)")

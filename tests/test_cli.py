@@ -102,3 +102,33 @@ async def test_tasks_cli(services, store) -> None:
     assert str(list_id)[:8] in listed.stdout
     again = facedex("tasks", "create", str(list_id), "--url", url)
     assert again.returncode == 1 and "26202" in again.stdout
+
+
+def test_up_stops_cleanly_on_sigterm(database_url: str, redis_url: str, redis_prefix: str, tmp_path: Path) -> None:
+    """`facedex up` as a background job or under a supervisor: SIGTERM stops every service it started."""
+    import signal
+    import time
+
+    import httpx
+    import psutil
+
+    ports = {name: free_port() for name in ("API", "PROXY", "BRUTEFORCE", "MANAGER", "INDEXER", "LICENSES", "MATCHER")}
+    env = {**os.environ, "FACEDEX_DATABASE_URL": database_url, "FACEDEX_REDIS_URL": redis_url,
+           "FACEDEX_REDIS_PREFIX": redis_prefix + ":sigterm", "FACEDEX_DATA_DIR": str(tmp_path),
+           **{f"FACEDEX_{name}__PORT": str(port) for name, port in ports.items()}}
+    proc = subprocess.Popen([sys.executable, "-m", "facedex", "up"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{ports['API']}/healthcheck", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, "up did not start"
+        time.sleep(0.3)
+    children = psutil.Process(proc.pid).children()
+    assert len(children) == 7
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    gone, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive

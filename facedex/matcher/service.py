@@ -6,8 +6,8 @@
   assignment: the label is served throughout. A corrupt index (checksums) is
   skipped with 26308 and never served.
 - Labels: ``label:<list_id>:<matcher_id>`` keys with a TTL, renewed while the
-  index is loaded and the license holds; the proxy routes a list here only
-  while some key for it exists.
+  index is loaded; the proxy routes a list here only while some key for it
+  exists, and only while the license holds (it checks, and says why not).
 - Streams: one per list; every matcher of a list joins the consumer group, so
   each request is served once. Entries pending on a dead consumer for longer
   than ``claim_idle_ms`` are claimed by the living; entries past their
@@ -100,10 +100,9 @@ class MatcherService:
             licensed, reason = False, f"licenses service unreachable: {exc}"
         if licensed != self.licensed:
             log.warning("indexed matching %s (%s)", "licensed" if licensed else "NOT licensed", reason or "ok")
+        # Labels stay advertised either way: the proxy checks the license too, and so can tell the client
+        # why a list is served by brute force; requests that reach us unlicensed get 26309.
         self.licensed, self.license_reason = licensed, reason or ""
-        if not licensed:  # stop advertising at once: the proxy routes to brute force
-            for label in self.loaded:
-                await self.redis.delete(self.keys.label(label, self.matcher_id))
 
     # ----------------------------------------------------------------- reload
     async def reload(self) -> None:
@@ -159,8 +158,6 @@ class MatcherService:
         return True
 
     async def advertise(self) -> None:
-        if not self.licensed:
-            return
         ttl_ms = int(self.cfg.label_ttl_s * 1000)
         async with self.redis.pipeline(transaction=False) as p:
             for label in self.loaded:
