@@ -23,6 +23,16 @@ def _command() -> str:
     return "facedex " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
+def _publish(name: str, record: dict[str, object], text: str, doc: Path | None, section: str | None = None) -> None:
+    """Save the JSON record, print the table, and replace the section of ``doc`` when asked."""
+    path = save_record(name, record)
+    console.print(Markdown(text))
+    console.print(f"record: {path}")
+    if doc is not None:
+        write_section(doc, section or name, text)
+        console.print(f"updated {doc}")
+
+
 @app.command()
 def bruteforce(
     sizes: Annotated[str, typer.Option(help="Comma-separated list sizes.")] = "100000,1000000",
@@ -37,13 +47,7 @@ def bruteforce(
     from facedex.cli import _database_url
 
     record = bf.main(_database_url(), [int(s) for s in sizes.split(",")], dim, repeat, batch, seed)
-    path = save_record("bruteforce", record)
-    text = bf.markdown(record, _command())
-    console.print(Markdown(text))
-    console.print(f"record: {path}")
-    if doc is not None:
-        write_section(doc, "bruteforce", text)
-        console.print(f"updated {doc}")
+    _publish("bruteforce", record, bf.markdown(record, _command()), doc)
 
 
 @app.command()
@@ -71,17 +75,11 @@ def index(
         f"{lib}:{s.precision}:{s.connectivity}:{s.expansion_add}" for lib in ("facedex", "usearch-raw", "faiss-hnsw", "hnswlib")
     )
     record = bi.run([int(x) for x in sizes.split(",")], dim, probes, [int(e) for e in efs.split(",")], bi.parse_arms(spec), threshold, seed)
-    path = save_record("index", record)
     png = None
     if doc is not None:
         png_path = doc.parent / "img" / f"{section}-recall-qps.png"
         png = f"img/{png_path.name}" if bi.plot(record, png_path) else None
-    text = bi.markdown(record, _command(), png)
-    console.print(Markdown(text))
-    console.print(f"record: {path}")
-    if doc is not None:
-        write_section(doc, section, text)
-        console.print(f"updated {doc}")
+    _publish("index", record, bi.markdown(record, _command(), png), doc, section)
 
 
 @app.command()
@@ -102,13 +100,7 @@ def e2e(
     settings = get_settings()
     record = be.main(api or settings.api.url, manager or settings.manager.url, admin_token, size,
                      [int(c) for c in concurrency.split(",")], requests, seed)
-    path = save_record("e2e", record)
-    text = be.markdown(record, _command())
-    console.print(Markdown(text))
-    console.print(f"record: {path}")
-    if doc is not None:
-        write_section(doc, "e2e", text)
-        console.print(f"updated {doc}")
+    _publish("e2e", record, be.markdown(record, _command()), doc)
 
 
 INDEX_PARAM_ARMS = "facedex:f16:32:128,facedex:f16:32:64,facedex:i8:32:64,facedex:i8:24:96,facedex:i8:16:128"

@@ -25,7 +25,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-import aiohttp
 import numpy as np
 import redis.asyncio as aredis
 from redis.exceptions import ResponseError
@@ -34,6 +33,7 @@ from facedex import descriptors, wire
 from facedex.config import Settings
 from facedex.errors import Errors
 from facedex.faces.store import FacesStore
+from facedex.licenses.client import feature_enabled
 from facedex.matcher.loaded import LoadedIndex
 from facedex.metrics import INDEX_REFRESH_LAG, INDEXED_SERVED
 from facedex.redis.keys import Keys
@@ -91,18 +91,12 @@ class MatcherService:
 
     # ---------------------------------------------------------------- license
     async def check_license(self) -> None:
-        url = self.settings.licenses.url + "/1/features/index"
-        try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as http, http.get(url) as resp:
-                status = await resp.json()
-            licensed, reason = bool(status.get("enabled")), status.get("reason")
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            licensed, reason = False, f"licenses service unreachable: {exc}"
+        licensed, reason = await feature_enabled(self.settings, "index")
         if licensed != self.licensed:
             log.warning("indexed matching %s (%s)", "licensed" if licensed else "NOT licensed", reason or "ok")
         # Labels stay advertised either way: the proxy checks the license too, and so can tell the client
         # why a list is served by brute force; requests that reach us unlicensed get 26309.
-        self.licensed, self.license_reason = licensed, reason or ""
+        self.licensed, self.license_reason = licensed, reason
 
     # ----------------------------------------------------------------- reload
     async def reload(self) -> None:

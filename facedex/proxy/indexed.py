@@ -17,12 +17,12 @@ import logging
 import time
 import uuid
 
-import aiohttp
 import redis.asyncio as aredis
 
 from facedex import wire
 from facedex.config import Settings
 from facedex.errors import FacedexError, by_code
+from facedex.licenses.client import feature_enabled
 from facedex.proxy.plugins import Rematch
 from facedex.redis.connection import connect
 from facedex.redis.keys import Keys
@@ -97,14 +97,7 @@ class IndexedPlugin:
         checked, ok, reason = self.license
         if time.monotonic() - checked < self.settings.license.check_period_s:
             return ok, reason
-        try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http, http.get(
-                self.settings.licenses.url + "/1/features/index"
-            ) as resp:
-                status = await resp.json()
-            ok, reason = bool(status.get("enabled")), status.get("reason") or ""
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            ok, reason = False, f"licenses service unreachable: {exc}"
+        ok, reason = await feature_enabled(self.settings, "index", timeout_s=2.0)
         self.license = (time.monotonic(), ok, reason)
         return ok, reason
 

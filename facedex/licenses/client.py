@@ -1,0 +1,18 @@
+"""Asking the Licenses service whether a feature is on: one call, used by the matchers and the proxy."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from facedex.config import Settings
+
+
+async def feature_enabled(settings: Settings, feature: str = "index", timeout_s: float = 3.0) -> tuple[bool, str]:
+    """(enabled, reason); an unreachable Licenses service counts as not enabled."""
+    url = f"{settings.licenses.url}/1/features/{feature}"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http, http.get(url) as resp:
+            status = await resp.json()
+        return bool(status.get("enabled")), status.get("reason") or ""
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        return False, f"licenses service unreachable: {exc}"
