@@ -68,18 +68,14 @@ async def test_background_dynamic_indexing(services: Services, own_store, big) -
     """A list crossing the size threshold gets indexed, is rebuilt after a change, and not when unchanged."""
     database_url, store = own_store
     work = services.log_dir / "dynamic"
-    env = {
-        "FACEDEX_DATABASE_URL": database_url,
-        "FACEDEX_REDIS_PREFIX": services.env["FACEDEX_REDIS_PREFIX"] + ":dyn",
-        "FACEDEX_INDEX_STORAGE__PATH": str(work / "indexes"),
-        "FACEDEX_INDEXING__INDEXING_LISTS": '["dynamic"]',
-        "FACEDEX_INDEXING__MIN_INDEXING_LIST_SIZE": "12000",
-        "FACEDEX_INDEXING__PLANNING_PERIOD_S": "1",
-    }
-    services.start("indexer-dyn", "indexer", **env)
-    env["FACEDEX_INDEXING__INDEXERS"] = f'["{services.url("indexer-dyn")}"]'
-    services.start("manager-dyn", "manager", **env)
-    manager = services.url("manager-dyn")
+    manager = services.start_indexing(
+        "dyn",
+        FACEDEX_DATABASE_URL=database_url,
+        FACEDEX_INDEX_STORAGE__PATH=str(work / "indexes"),
+        FACEDEX_INDEXING__INDEXING_LISTS='["dynamic"]',
+        FACEDEX_INDEXING__MIN_INDEXING_LIST_SIZE="12000",
+        FACEDEX_INDEXING__PLANNING_PERIOD_S="1",
+    )
     account, list_id, ids = await new_list(store, big.gallery[:11_000])
     time.sleep(2.5)  # two planning runs: below the threshold, nothing to do
     assert httpx.get(f"{manager}/1/tasks").json() == []

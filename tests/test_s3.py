@@ -51,19 +51,15 @@ async def test_build_stored_in_s3(services: Services, store, s3_endpoint: str, t
     import boto3
 
     boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="k", aws_secret_access_key="s", region_name="us-east-1").create_bucket(Bucket="builds")
-    env = {
-        "FACEDEX_REDIS_PREFIX": services.env["FACEDEX_REDIS_PREFIX"] + ":s3",
-        "FACEDEX_INDEX_STORAGE__KIND": "s3",
-        "FACEDEX_INDEX_STORAGE__S3_ENDPOINT_URL": s3_endpoint,
-        "FACEDEX_INDEX_STORAGE__S3_BUCKET": "builds",
-        "FACEDEX_INDEX_STORAGE__S3_REGION": "us-east-1",
-        "FACEDEX_INDEX_STORAGE__S3_ACCESS_KEY": "k",
-        "FACEDEX_INDEX_STORAGE__S3_SECRET_KEY": "s",
-    }
-    services.start("indexer-s3", "indexer", **env)
-    env["FACEDEX_INDEXING__INDEXERS"] = f'["{services.url("indexer-s3")}"]'
-    services.start("manager-s3", "manager", **env)
-    manager = services.url("manager-s3")
+    manager = services.start_indexing(
+        "s3",
+        FACEDEX_INDEX_STORAGE__KIND="s3",
+        FACEDEX_INDEX_STORAGE__S3_ENDPOINT_URL=s3_endpoint,
+        FACEDEX_INDEX_STORAGE__S3_BUCKET="builds",
+        FACEDEX_INDEX_STORAGE__S3_REGION="us-east-1",
+        FACEDEX_INDEX_STORAGE__S3_ACCESS_KEY="k",
+        FACEDEX_INDEX_STORAGE__S3_SECRET_KEY="s",
+    )
     vecs = np.random.default_rng(2).standard_normal((3000, 512)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     _, list_id, ids = await new_list(store, vecs)
