@@ -31,6 +31,7 @@ list_app = typer.Typer(help="Lists (admin, straight to the Faces DB).", no_args_
 from facedex.bench.cli import app as bench_app  # noqa: E402
 from facedex.licenses.cli import app as license_app  # noqa: E402
 from facedex.manager.cli import app as tasks_app  # noqa: E402
+
 app.add_typer(account_app, name="account")
 app.add_typer(list_app, name="list")
 app.add_typer(bench_app, name="bench")

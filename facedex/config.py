@@ -94,6 +94,17 @@ class MatcherSettings(BaseModel):
     rescore_candidates: int = Field(50, description="Candidates taken from the graph and re-scored exactly (>= limit).")
 
 
+class ExtractionSettings(BaseModel):
+    url: str | None = Field(None, description="Extractor sidecar URL (facedex serve extractor); unset: extract in the API process.")
+    workers: int = Field(2, description="Images extracted at once per process (each holds one decoded image).")
+    timeout_s: float = Field(30.0, description="API -> extractor sidecar request timeout.")
+    max_image_bytes: int = Field(20 << 20, description="Largest image file accepted.")
+    max_image_pixels: int = Field(40_000_000, description="Largest image accepted, in pixels (width x height), checked before decoding.")
+    detect_side: int = Field(640, description="Detection runs on the image scaled to this long side; crops come from full resolution.")
+    score_threshold: float = Field(0.7, description="Smallest detector score that counts as a face.")
+    min_face: int = Field(20, description="Smallest face (box side, pixels) that counts.")
+
+
 class Settings(BaseSettings):
     """facedex settings; see the README's Settings section for a table."""
 
@@ -123,6 +134,7 @@ class Settings(BaseSettings):
     api: ServiceAddress = ServiceAddress(port=5100)
     proxy: ServiceAddress = ServiceAddress(port=5110)
     bruteforce: ServiceAddress = ServiceAddress(port=5120)
+    extractor: ServiceAddress = ServiceAddress(port=5140)
 
     proxy_plugins: list[str] = Field(
         default_factory=lambda: ["facedex.proxy.indexed:IndexedPlugin"],
@@ -136,6 +148,7 @@ class Settings(BaseSettings):
     indexed: MatcherSettings = MatcherSettings()
     matching: MatchingSettings = MatchingSettings()
     bruteforce_engine: BruteForceSettings = BruteForceSettings()
+    extraction: ExtractionSettings = ExtractionSettings()
 
     @classmethod
     def settings_customise_sources(

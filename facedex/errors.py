@@ -3,7 +3,7 @@
 An error reaches a client as ``{"error_code": int, "desc": str, "detail": str}``
 with the HTTP status below. Codes are stable: clients may branch on them, so a
 code is never reused for another meaning. Ranges: 1xxxx request, 11xxx
-descriptors, 12xxx lists, 13xxx faces, 14xxx matching, 15xxx accounts,
+descriptors, 12xxx lists, 13xxx faces, 14xxx matching, 15xxx accounts, 16xxx images,
 19xxx internal; 26xxx is kept for the index services (as in LUNA LIM).
 """
 
@@ -48,6 +48,15 @@ class Errors:
     TOO_MANY_REFERENCES = ErrorCode(14003, 422, "Too many references")
     MATCHER_UNAVAILABLE = ErrorCode(14004, 503, "Matching service unavailable")
     VERSION_MISMATCH = ErrorCode(14005, 400, "References have different descriptor versions")
+    # images
+    IMAGE_DECODE = ErrorCode(16001, 400, "Image could not be decoded")
+    IMAGE_PIXELS = ErrorCode(16002, 400, "Image has too many pixels")
+    IMAGE_TOO_LARGE = ErrorCode(16003, 413, "Image file too large")
+    IMAGE_TYPE = ErrorCode(16004, 415, "Unsupported image type")
+    NO_FACE = ErrorCode(16005, 422, "No face found in the image")
+    IMAGE_BASE64 = ErrorCode(16006, 400, "Image data is not valid base64")
+    EXTRACTOR_UNAVAILABLE = ErrorCode(16007, 503, "Face extraction unavailable")
+    IMAGE_REQUEST = ErrorCode(16008, 400, "Malformed image request")
     # accounts
     ACCOUNT_NOT_FOUND = ErrorCode(15001, 404, "Account not found")
     # internal

@@ -24,6 +24,14 @@ CACHED_LIST_BYTES = Gauge("facedex_bruteforce_cache_bytes", "Bytes of list matri
 INDEX_FACES = Gauge("facedex_index_faces", "Faces in each loaded index.", ["list_id"])
 INDEX_REFRESH_LAG = Gauge("facedex_index_refresh_lag_changes", "List changes not yet applied to the loaded index.", ["list_id"])
 INDEXED_SERVED = Counter("facedex_indexed_requests_total", "Matching requests answered by this Indexed Matcher.")
+EXTRACTION_SECONDS = Histogram(
+    "facedex_extraction_seconds", "Decoding, detection and descriptors of one image.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+BATCH_REQUESTS = Histogram(
+    "facedex_bruteforce_batch_requests", "Requests answered by one exact search (cross-request batching).",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
 TASK_QUEUE_DEPTH = Gauge("facedex_task_queue_depth", "Index-build tasks waiting in the queue.")
 
 ScrapeHook = Callable[[], Awaitable[None]]

@@ -20,6 +20,7 @@ class Service:
     address: Callable[[Settings], ServiceAddress]
     needs_db: bool = True
     needs_redis: bool = False
+    in_up: Callable[[Settings], bool] = lambda settings: True  # whether `facedex up` starts it
 
     def build(self, settings: Settings) -> FastAPI:
         module, _, function = self.app.partition(":")
@@ -36,6 +37,8 @@ SERVICES: dict[str, Service] = {
         Service("matcher", "Indexed Matcher: indexes in memory, Redis streams", "facedex.matcher.app:build_app", lambda s: s.matcher, needs_redis=True),
         Service("bruteforce", "Matcher (brute force): exact matching", "facedex.bruteforce.app:build_app", lambda s: s.bruteforce),
         Service("proxy", "Matcher Proxy: routes matching requests", "facedex.proxy.app:build_app", lambda s: s.proxy, needs_db=False, needs_redis=True),
+        Service("extractor", "Extractor: faces and descriptors from images", "facedex.extractor.app:build_app", lambda s: s.extractor,
+                needs_db=False, in_up=lambda s: s.extraction.url == s.extractor.url),  # else the API extracts in-process
         Service("api", "public REST API", "facedex.api.app:build_app", lambda s: s.api),
     )
 }

@@ -88,7 +88,8 @@ def run_up(settings: Settings, demo: bool = False, exit_after_demo: bool = False
         if not settings.indexing.indexers:  # the manager dispatches to the indexer started here
             env["FACEDEX_INDEXING__INDEXERS"] = f'["{settings.indexer.url}"]'
 
-        for name, service in SERVICES.items():
+        services = {name: service for name, service in SERVICES.items() if service.in_up(settings)}
+        for name, service in services.items():
             address = service.address(settings)
             if port_open(address.host, address.port):
                 console.print(f"[red]port {address.port} ({name}) is taken[/]: stop what uses it or set FACEDEX_{name.upper()}__PORT")
@@ -107,7 +108,7 @@ def run_up(settings: Settings, demo: bool = False, exit_after_demo: bool = False
         table = Table(title="facedex is up")
         for column in ("service", "url", "log"):
             table.add_column(column)
-        for name, service in SERVICES.items():
+        for name, service in services.items():
             table.add_row(name, service.address(settings).url, str(logs_dir / f"{name}.log"))
         console.print(table)
         console.print(f"API docs: {settings.api.url}/docs   admin token: {_token_hint(settings)}")

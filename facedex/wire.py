@@ -74,3 +74,25 @@ def encode(obj: msgspec.Struct) -> bytes:
 
 def decode(data: bytes, type_: type[T]) -> T:
     return msgspec.msgpack.decode(data, type=type_)
+
+
+class ExtractRequest(msgspec.Struct, frozen=True):
+    """API -> extractor sidecar: one image as sent by the client."""
+
+    image: bytes
+    content_type: str | None = None
+    all_faces: bool = False
+
+
+class ExtractedFace(msgspec.Struct, frozen=True):
+    box: tuple[float, float, float, float]  # x, y, width, height in the original image
+    score: float
+    landmarks: bytes  # 5 x 2 float32
+    descriptor: bytes  # dim float32, L2-normalised
+
+
+class ExtractResponse(msgspec.Struct, frozen=True):
+    version: int  # descriptor version of the faces' descriptors
+    width: int
+    height: int
+    faces: list[ExtractedFace]  # largest first

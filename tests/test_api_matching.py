@@ -179,3 +179,43 @@ def test_service_endpoints(services) -> None:
     spec = httpx.get(services.url("api") + "/openapi.json").json()
     assert "/1/matcher/faces" in spec["paths"]
     assert httpx.get(services.url("proxy") + "/1/plugins").json() == {"plugins": ["indexed", "bruteforce"]}
+
+
+async def test_concurrent_requests_are_batched_and_each_answer_is_exact(services, client: httpx.Client) -> None:
+    """Concurrent requests on one list share exact searches; every request still gets its own exact answer."""
+    import asyncio
+    import re
+
+    data = face_like(30_000, n_probes=48, seed=21)
+    list_id = client.post("/1/lists", json={}).json()["list_id"]
+    ids = np.array(add_faces(client, list_id, data.gallery))
+    scores = data.probes @ data.gallery.T
+
+    def batches() -> tuple[float, float]:
+        text = httpx.get(services.url("bruteforce") + "/metrics").text
+        single = re.search(r'facedex_bruteforce_batch_requests_bucket\{le="1.0"\} (\S+)', text)
+        total = re.search(r"facedex_bruteforce_batch_requests_count (\S+)", text)
+        return float(single.group(1)) if single else 0.0, float(total.group(1)) if total else 0.0
+
+    match(client, list_id, [{"face_id": ids[0]}], limit=1)  # load the list
+    single_before, total_before = batches()
+    # limits and thresholds differ per request: each answer is trimmed to its own
+    asks = [(q, 1 + q % 12, 0.2 if q % 3 == 0 else None) for q in range(len(data.probes))]
+    async with httpx.AsyncClient(base_url=client.base_url, headers=client.headers, timeout=60) as http:
+        async def one(q: int, limit: int, threshold: float | None) -> dict:
+            cand = {"list_id": list_id, "limit": limit, **({"threshold": threshold} if threshold is not None else {})}
+            resp = await http.post("/1/matcher/faces", json={"references": [{"descriptor": {"data": b64(data.probes[q])}}],
+                                                           "candidates": cand})
+            assert resp.status_code == 200, resp.text
+            return resp.json()
+
+        answers = await asyncio.gather(*(one(*a) for a in asks))
+    for (q, limit, threshold), body in zip(asks, answers):
+        order = np.argsort(-scores[q], kind="stable")[:limit]
+        want = [ids[i] for i in order if threshold is None or scores[q, i] >= threshold]
+        assert [r["face_id"] for r in body["matches"][0]["results"]] == want
+        assert body["list_size"] == 30_000
+    single_after, total_after = batches()
+    searches = total_after - total_before
+    assert 0 < searches < len(asks), "every request ran a search of its own: no batching"
+    assert single_after - single_before < searches, "no search answered more than one request"

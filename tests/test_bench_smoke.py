@@ -25,13 +25,24 @@ def test_bench_bruteforce_and_index_smoke(database_url: str, tmp_path: Path) -> 
             "--arms", "facedex:i8:16:32,faiss-hnsw:f32:16:32", "--doc", str(doc), env=env,
         )
         assert out.returncode == 0, out.stdout + out.stderr
+        # the checkpoint a long run leaves behind renders into its own section
+        checkpoint = tmp_path / "bench-results" / "checkpoints" / "index-index.json"
+        out = facedex("bench", "index", "--from-record", str(checkpoint), "--section", "from-checkpoint", "--doc", str(doc), env=env)
+        assert out.returncode == 0, out.stdout + out.stderr
+        out = facedex("bench", "extract", "--repeat", "2", "--total", "8", "--doc", str(doc), env=env)
+        assert out.returncode == 0, out.stdout + out.stderr
     finally:
         os.chdir(cwd)
     text = doc.read_text()
     assert "<!-- bench:bruteforce -->" in text and "<!-- bench:index -->" in text
     assert "| 2,000 × 512 |" in text and "| facedex | 1,000 | i8 | 16 | 32 |" in text
     records = sorted((tmp_path / "bench-results").glob("*.json"))
-    assert [r.name.split("-")[0] for r in records] == ["bruteforce", "index"]
-    index = json.loads(records[1].read_text())
+    assert [r.name.split("-")[0] for r in records] == ["bruteforce", "extract", "index", "index"]
+    index = json.loads(records[2].read_text())
+    # the section rendered from the checkpoint is the run's table, command included
+    run_table = text.split("<!-- bench:index -->")[1].split("<!-- /bench:index -->")[0]
+    from_checkpoint = text.split("<!-- bench:from-checkpoint -->")[1].split("<!-- /bench:from-checkpoint -->")[0]
+    assert run_table.replace("index-recall-qps", "") == from_checkpoint.replace("from-checkpoint-recall-qps", "")
+    assert "| **median** |" in text.split("<!-- bench:extract -->")[1]
     assert {r["lib"] for r in index["rows"]} == {"facedex", "faiss-hnsw"}
     assert all(0.9 <= s["mate_recall"] <= 1.0 for r in index["rows"] for s in r["sweeps"])

@@ -122,7 +122,7 @@ async def test_cache_stays_exact_under_random_churn(store: FacesStore, account: 
             continue
         truth = np.stack([vec_of[m] for m in members])
         k = min(10, len(members))
-        scores, got = matrix.search(queries, k)
+        scores, got, _ = matrix.search(queries, k)
         want = np.argsort(-(queries @ truth.T), axis=1)[:, :k]
         for q in range(len(queries)):
             assert [uuid.UUID(bytes=g.tobytes()) for g in got[q]] == [members[i] for i in want[q]], step

@@ -7,10 +7,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from facedex.api import accounts, faces, lists, matching
+from facedex.api import accounts, faces, images, lists, matching
 from facedex.api.auth import TokenCache
 from facedex.config import Settings
 from facedex.errors import Errors
+from facedex.extractor.extract import make_extractor
 from facedex.faces.store import FacesStore, create_pool
 from facedex.http import create_app
 from facedex.rpc import ServiceClient
@@ -25,7 +26,9 @@ def build_app(settings: Settings) -> FastAPI:
         app.state.tokens = TokenCache(app.state.store)
         app.state.proxy = ServiceClient(settings.proxy.url, settings.matching.proxy_timeout_s, Errors.MATCHER_UNAVAILABLE)
         app.state.health["faces_db"] = lambda: pool.fetchval("SELECT 1")
+        app.state.extractor = make_extractor(settings.extraction)
         yield
+        await app.state.extractor.close()
         await app.state.proxy.close()
         await pool.close()
 
@@ -40,6 +43,6 @@ def build_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    for module in (accounts, lists, faces, matching):
+    for module in (accounts, lists, faces, images, matching):
         app.include_router(module.router)
     return app

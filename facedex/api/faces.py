@@ -6,19 +6,25 @@ import uuid
 
 from fastapi import APIRouter, Request, Response
 
+from facedex.api import images
 from facedex.api.deps import Account, Page, PageSize, Store, parse_descriptor
-from facedex.api.models import DescriptorIn, FaceCreate, FaceCreated, FaceOut, FacesBatchCreate, FacesCreated, FaceUpdate
+from facedex.api.models import DescriptorIn, Detection, FaceCreate, FaceCreated, FaceOut, FacesBatchCreate, FacesCreated, FaceUpdate
 from facedex.faces.store import NewFace
 
 router = APIRouter(tags=["faces"])
 
 
-def _new_face(request: Request, body: FaceCreate) -> NewFace:
+async def _new_face(request: Request, body: FaceCreate) -> tuple[NewFace, Detection | None]:
     face = NewFace(external_id=body.external_id, user_data=body.user_data, list_ids=list(body.list_ids))
+    found = None
     if body.descriptor is not None:
         version, vec = parse_descriptor(request, body.descriptor)
         face.descriptors[version] = vec
-    return face
+    elif body.image is not None:
+        extracted = await images.extract(request, images.image_bytes(body.image), body.image.content_type, False)
+        face.descriptors[extracted.version] = images.descriptor(extracted.version, extracted.faces[0])
+        found = images.detection(extracted.faces[0])
+    return face, found
 
 
 def _out(row: object) -> FaceOut:
@@ -27,15 +33,16 @@ def _out(row: object) -> FaceOut:
 
 @router.post("/1/faces", status_code=201, response_model=FaceCreated)
 async def create_face(request: Request, body: FaceCreate, account: Account, store: Store) -> FaceCreated:
-    """Create a face, optionally with a descriptor and attached to lists."""
-    ids = await store.create_faces(account, [_new_face(request, body)])
-    return FaceCreated(face_id=ids[0])
+    """Create a face, optionally with a descriptor (or an image: its largest face) and attached to lists."""
+    face, found = await _new_face(request, body)
+    ids = await store.create_faces(account, [face])
+    return FaceCreated(face_id=ids[0], detection=found)
 
 
 @router.post("/1/faces/batch", status_code=201, response_model=FacesCreated)
 async def create_faces(request: Request, body: FacesBatchCreate, account: Account, store: Store) -> FacesCreated:
     """Create up to 1000 faces in one transaction (all or nothing), attached to ``list_ids`` and their own lists."""
-    faces = [_new_face(request, f) for f in body.faces]
+    faces = [(await _new_face(request, f))[0] for f in body.faces]
     return FacesCreated(face_ids=await store.create_faces(account, faces, body.list_ids))
 
 

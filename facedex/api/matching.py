@@ -8,33 +8,62 @@ import numpy as np
 from fastapi import APIRouter, Request
 
 from facedex import descriptors, wire
+from facedex.api import images
 from facedex.api.deps import Account, Store, parse_descriptor
-from facedex.api.models import MatchRequestIn, MatchResponseOut, MatchResult, ReferenceMatches
+from facedex.api.models import MatchRequestIn, MatchResponseOut, MatchResult, ReferenceMatches, ReferenceOut
 from facedex.errors import Errors, FacedexError
 
 router = APIRouter(tags=["matching"])
 
 
-async def _reference_matrix(request: Request, body: MatchRequestIn, account: uuid.UUID, store: Store) -> tuple[int, np.ndarray]:
-    """All references as one (m, dim) matrix of one descriptor version."""
-    parsed = [parse_descriptor(request, r.descriptor) if r.descriptor else None for r in body.references]
-    versions = {p[0] for p in parsed if p is not None}
+async def _references(
+    request: Request, body: MatchRequestIn, account: uuid.UUID, store: Store
+) -> tuple[int, np.ndarray, list[ReferenceOut]]:
+    """All references as one (m, dim) matrix of one descriptor version, and what each row answers.
+
+    An image reference gives one row per face used (its largest, or all of them).
+    """
+    refs = body.references
+    parsed = {i: parse_descriptor(request, r.descriptor) for i, r in enumerate(refs) if r.descriptor is not None}
+    image_refs = [(i, r) for i, r in enumerate(refs) if r.image is not None]
+    extracted = dict(zip((i for i, _ in image_refs), await images.extract_many(request, [(r.image, r.all_faces) for _, r in image_refs])))  # type: ignore[misc]
+    versions = {v for v, _ in parsed.values()} | {e.version for e in extracted.values()}
+    asked = body.candidates.descriptor_version
+    if asked is not None:
+        descriptors.get_version(asked)
+        versions.add(asked)
     if len(versions) > 1:
         raise FacedexError(Errors.VERSION_MISMATCH, f"reference versions {sorted(versions)} differ; match one version at a time")
     version = versions.pop() if versions else request.app.state.settings.default_descriptor_version
-    face_refs = [r.face_id for r in body.references if r.face_id is not None]
+    face_refs = [r.face_id for r in refs if r.face_id is not None]
     by_face = await store.get_descriptors(account, face_refs, version) if face_refs else {}
-    rows = [p[1] if p is not None else by_face[r.face_id] for p, r in zip(parsed, body.references)]  # type: ignore[index]
-    return version, np.vstack(rows).astype("<f4", copy=False)
+    rows: list[np.ndarray] = []
+    out: list[ReferenceOut] = []
+    for i, r in enumerate(refs):
+        if i in parsed:
+            rows.append(parsed[i][1])
+            out.append(ReferenceOut(descriptor=r.descriptor))
+        elif i in extracted:
+            for face in extracted[i].faces:
+                rows.append(images.descriptor(extracted[i].version, face))
+                out.append(ReferenceOut(image_index=i, detection=images.detection(face)))
+        else:
+            rows.append(by_face[r.face_id])  # type: ignore[index]
+            out.append(ReferenceOut(face_id=r.face_id))
+    return version, np.vstack(rows).astype("<f4", copy=False), out
 
 
 @router.post("/1/matcher/faces", response_model=MatchResponseOut)
 async def match_faces(request: Request, body: MatchRequestIn, account: Account, store: Store) -> MatchResponseOut:
-    """Find the faces of a list most similar to each reference.
+    """Find the faces of a list most similar to each reference (a descriptor, a face id or an image).
 
     Similarity is the cosine of the two descriptors clipped to [0, 1]; results are
     sorted by similarity, at most ``limit`` per reference, only those ``>= threshold``.
     """
+    return await match(request, body, account, store)
+
+
+async def match(request: Request, body: MatchRequestIn, account: uuid.UUID, store: Store) -> MatchResponseOut:
     settings = request.app.state.settings.matching
     cand = body.candidates
     if not 1 <= cand.limit <= settings.max_limit:
@@ -46,7 +75,9 @@ async def match_faces(request: Request, body: MatchRequestIn, account: Account, 
     if cand.face_ids is not None and len(cand.face_ids) > settings.max_filter_face_ids:
         raise FacedexError(Errors.TOO_MANY_FACES, f"at most {settings.max_filter_face_ids} face_ids in a filter")
 
-    version, refs = await _reference_matrix(request, body, account, store)
+    version, refs, answered = await _references(request, body, account, store)
+    if refs.shape[0] > settings.max_references:
+        raise FacedexError(Errors.TOO_MANY_REFERENCES, f"{refs.shape[0]} references (faces found) is over {settings.max_references}")
     req = wire.MatchRequest(
         account_id=account.bytes,
         list_id=cand.list_id.bytes,
@@ -60,7 +91,7 @@ async def match_faces(request: Request, body: MatchRequestIn, account: Account, 
     )
     resp: wire.MatchResponse = await request.app.state.proxy.call("/1/match", req, wire.MatchResponse)
     matches = []
-    for ref, res in zip(body.references, resp.results, strict=True):
+    for ref, res in zip(answered, resp.results, strict=True):
         sims = np.frombuffer(res.similarities, dtype=np.float32)
         ids = res.face_ids
         matches.append(

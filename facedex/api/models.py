@@ -21,6 +21,25 @@ class DescriptorIn(Strict):
     data: str = Field(..., description="Base64 of the raw little-endian float32 vector.")
 
 
+class ImageIn(Strict):
+    data: str = Field(..., description="Base64 of a JPEG, PNG or WebP file.")
+    content_type: str | None = Field(None, description="MIME type of the file, if known (checked against what it is).")
+
+
+class Box(BaseModel):
+    x: float
+    y: float
+    width: float
+    height: float
+
+
+class Detection(BaseModel):
+    """Where a face was found in an image, in the image's pixels (upright, after EXIF rotation)."""
+
+    box: Box
+    score: float = Field(..., description="Detector confidence, 0 .. 1.")
+
+
 # -------------------------------------------------------------------- accounts
 class AccountCreate(Strict):
     name: str = Field(..., min_length=1, max_length=256)
@@ -69,7 +88,27 @@ class FaceCreate(Strict):
     external_id: str | None = Field(None, max_length=MAX_EXTERNAL_ID)
     user_data: str = Field("", max_length=MAX_USER_DATA)
     descriptor: DescriptorIn | None = None
+    image: ImageIn | None = Field(None, description="A photo instead of a descriptor: its largest face is used.")
     list_ids: list[uuid.UUID] = Field(default_factory=list, max_length=100)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FaceCreate:
+        if self.descriptor is not None and self.image is not None:
+            raise ValueError("a face takes a descriptor or an image, not both")
+        return self
+
+
+class ImageFacesCreate(Strict):
+    image: ImageIn
+    all_faces: bool = Field(False, description="One face per face found (largest first), not only the largest.")
+    external_id: str | None = Field(None, max_length=MAX_EXTERNAL_ID)
+    user_data: str = Field("", max_length=MAX_USER_DATA)
+    list_ids: list[uuid.UUID] = Field(default_factory=list, max_length=100)
+
+
+class ExtractIn(Strict):
+    image: ImageIn
+    all_faces: bool = False
 
 
 class FacesBatchCreate(Strict):
@@ -94,6 +133,25 @@ class FaceOut(BaseModel):
 
 class FaceCreated(BaseModel):
     face_id: uuid.UUID
+    detection: Detection | None = Field(None, description="Set when the face came from an image.")
+
+
+class ImageFacesCreated(BaseModel):
+    faces: list[FaceCreated]
+    width: int
+    height: int
+
+
+class ExtractedFaceOut(BaseModel):
+    detection: Detection
+    landmarks: list[list[float]] = Field(..., description="Eyes, nose tip, mouth corners: five (x, y).")
+    descriptor: DescriptorIn
+
+
+class ExtractOut(BaseModel):
+    width: int
+    height: int
+    faces: list[ExtractedFaceOut]
 
 
 class FacesCreated(BaseModel):
@@ -104,12 +162,23 @@ class FacesCreated(BaseModel):
 class MatchReference(Strict):
     descriptor: DescriptorIn | None = None
     face_id: uuid.UUID | None = None
+    image: ImageIn | None = Field(None, description="A photo: its largest face, or every face with all_faces.")
+    all_faces: bool = Field(False, description="With an image: one reference per face found, largest first.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> MatchReference:
-        if (self.descriptor is None) == (self.face_id is None):
-            raise ValueError("a reference is either a descriptor or a face_id")
+        if sum(x is not None for x in (self.descriptor, self.face_id, self.image)) != 1:
+            raise ValueError("a reference is exactly one of: descriptor, face_id, image")
         return self
+
+
+class ReferenceOut(BaseModel):
+    """The reference a result list answers: as sent, or, for an image, the face found in it (not the image)."""
+
+    descriptor: DescriptorIn | None = None
+    face_id: uuid.UUID | None = None
+    image_index: int | None = Field(None, description="Which reference of the request the image was.")
+    detection: Detection | None = None
 
 
 class MatchCandidates(Strict):
@@ -118,6 +187,9 @@ class MatchCandidates(Strict):
     limit: int = Field(10, description="Most results per reference (1 .. matching.max_limit).")
     threshold: float | None = Field(None, description="Only results with similarity >= threshold (0 .. 1).")
     exact: bool = Field(False, description="Always match by brute force, even where the list has an index.")
+    descriptor_version: int | None = Field(
+        None, description="Descriptor version to match in; default: the references' version (images: 2), else the deployment's default."
+    )
 
 
 class MatchRequestIn(Strict):
@@ -131,7 +203,7 @@ class MatchResult(BaseModel):
 
 
 class ReferenceMatches(BaseModel):
-    reference: MatchReference
+    reference: ReferenceOut
     results: list[MatchResult]
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import orjson
 import typer
 from rich.console import Console
 from rich.markdown import Markdown
@@ -65,21 +66,36 @@ def index(
     seed: int = 0,
     doc: Doc = None,
     section: Annotated[str, typer.Option(help="Name of the section of --doc to replace.")] = "index",
+    from_record: Annotated[
+        Path | None, typer.Option(help="Render this saved JSON record (e.g. a run's checkpoint) instead of running.")
+    ] = None,
 ) -> None:
-    """Build time, memory, load time, quality and QPS of our index and its peers on the same data."""
+    """Build time, memory, load time, quality and QPS of our index and its peers on the same data.
+
+    The record so far is saved after each arm to bench-results/checkpoints/index-<section>.json;
+    ``--from-record`` renders such a file (or any saved record) into --doc.
+    """
     from facedex.bench import index as bi
     from facedex.config import get_settings
 
-    s = get_settings().index
-    spec = arms or ",".join(
-        f"{lib}:{s.precision}:{s.connectivity}:{s.expansion_add}" for lib in ("facedex", "usearch-raw", "faiss-hnsw", "hnswlib")
-    )
-    record = bi.run([int(x) for x in sizes.split(",")], dim, probes, [int(e) for e in efs.split(",")], bi.parse_arms(spec), threshold, seed)
+    if from_record is not None:
+        record = orjson.loads(from_record.read_bytes())
+    else:
+        s = get_settings().index
+        spec = arms or ",".join(
+            f"{lib}:{s.precision}:{s.connectivity}:{s.expansion_add}" for lib in ("facedex", "usearch-raw", "faiss-hnsw", "hnswlib")
+        )
+        checkpoint = Path("bench-results") / "checkpoints" / f"index-{section}.json"
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        record = bi.run([int(x) for x in sizes.split(",")], dim, probes, [int(e) for e in efs.split(",")], bi.parse_arms(spec),
+                        threshold, seed, checkpoint=lambda r: checkpoint.write_bytes(
+                            orjson.dumps({**r, "command": _command()}, option=orjson.OPT_INDENT_2)))
+        record["command"] = _command()
     png = None
     if doc is not None:
         png_path = doc.parent / "img" / f"{section}-recall-qps.png"
         png = f"img/{png_path.name}" if bi.plot(record, png_path) else None
-    _publish("index", record, bi.markdown(record, _command(), png), doc, section)
+    _publish("index", record, bi.markdown(record, str(record["command"]), png), doc, section)
 
 
 @app.command()
@@ -103,6 +119,19 @@ def e2e(
     _publish("e2e", record, be.markdown(record, _command()), doc)
 
 
+@app.command()
+def extract(
+    repeat: Annotated[int, typer.Option(help="Runs per image and stage (median reported).")] = 20,
+    total: Annotated[int, typer.Option(help="Images per throughput measurement.")] = 200,
+    doc: Doc = None,
+) -> None:
+    """Photos -> descriptors: time per image and per face, images/s with one and two workers."""
+    from facedex.bench import extract as bx
+
+    record = bx.run(repeat, total)
+    _publish("extract", record, bx.markdown(record, _command()), doc)
+
+
 INDEX_PARAM_ARMS = "facedex:f16:32:128,facedex:f16:32:64,facedex:i8:32:64,facedex:i8:24:96,facedex:i8:16:128"
 
 
@@ -120,3 +149,4 @@ def all_(doc: Doc = Path("docs/benchmarks.md")) -> None:
     index(sizes="100000", dim=512, probes=1000, efs="32,64,128,256", arms=peers, threshold=0.3, seed=0, doc=doc, section="index")
     peers_1m = ",".join(f"{lib}:{default}" for lib in ("facedex", "faiss-hnsw", "hnswlib"))
     index(sizes="1000000", dim=512, probes=1000, efs="64,128,256", arms=peers_1m, threshold=0.3, seed=0, doc=doc, section="index-1m")
+    extract(repeat=20, total=200, doc=doc)

@@ -21,6 +21,7 @@ import multiprocessing as mp
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -196,9 +197,12 @@ def quality(found: np.ndarray, ds_labels: np.ndarray, probe_labels: np.ndarray, 
 
 
 def run(sizes: list[int], dim: int, n_probes: int, efs: list[int], arms: list[tuple[str, str, int, int]],
-        threshold: float, seed: int) -> dict[str, object]:
+        threshold: float, seed: int, checkpoint: Callable[[dict[str, object]], object] | None = None) -> dict[str, object]:
+    """Every arm on every size; ``checkpoint`` gets the record so far after each arm (a 1M run takes an hour)."""
     ctx = mp.get_context("spawn")
-    rows = []
+    rows: list[dict[str, object]] = []
+    record: dict[str, object] = {"benchmark": "index", "machine": machine(), "threshold": threshold, "seed": seed,
+                                 "probes": n_probes, "rows": rows}
     for n in sizes:
         ds = face_like(n, dim=dim, n_probes=n_probes, seed=seed)
         exact_s, exact_i = topk(ds.probes, ds.gallery, K)
@@ -218,7 +222,9 @@ def run(sizes: list[int], dim: int, n_probes: int, efs: list[int], arms: list[tu
                 rows.append(result)
                 print(f"  {lib} n={n}: build {result['build_s']:.1f}s, " + ", ".join(
                     f"ef={s['ef']} mate={s['mate_recall']:.3f} qps={s['qps_1thread']:.0f}" for s in result["sweeps"]), flush=True)
-    return {"benchmark": "index", "machine": machine(), "threshold": threshold, "seed": seed, "probes": n_probes, "rows": rows}
+                if checkpoint is not None:
+                    checkpoint(record)
+    return record
 
 
 def markdown(record: dict[str, object], command: str, plot: str | None) -> str:

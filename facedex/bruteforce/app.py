@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
-import numpy as np
 from fastapi import FastAPI, Request, Response
 
 from facedex import descriptors, wire
-from facedex.bruteforce.cache import ListCache, ListMatrix
+from facedex.bruteforce.batching import Batcher
+from facedex.bruteforce.cache import ListCache
 from facedex.config import Settings
 from facedex.errors import Errors, FacedexError
 from facedex.faces.store import FacesStore, create_pool
@@ -20,20 +19,7 @@ from facedex.http import create_app
 from facedex.metrics import CACHED_LIST_BYTES
 
 
-def run_search(matrix: ListMatrix, req: wire.MatchRequest) -> wire.MatchResponse:
-    """The exact search itself, run in a worker thread under the matrix's read lock."""
-    queries = req.reference_matrix(matrix.dim)
-    scores, ids = matrix.search(queries, req.limit, req.face_ids)
-    results = []
-    for i in range(queries.shape[0]):
-        sims = descriptors.similarity(scores[i]).astype(np.float32)
-        keep = sims >= req.threshold if req.threshold is not None else slice(None)
-        results.append(wire.ReferenceMatches(face_ids=ids[i][keep].tobytes(), similarities=sims[keep].tobytes()))
-    size = matrix.n if req.face_ids is None else int(sum(f in matrix.pos for f in req.face_ids))
-    return wire.MatchResponse(results=results, route="bruteforce", list_size=size)
-
-
-async def match(cache: ListCache, executor: ThreadPoolExecutor, req: wire.MatchRequest) -> wire.MatchResponse:
+async def match(cache: ListCache, batcher: Batcher, req: wire.MatchRequest) -> wire.MatchResponse:
     spec = descriptors.get_version(req.version)
     if len(req.references) == 0 or len(req.references) % (spec.dim * 4):
         raise FacedexError(Errors.DESCRIPTOR_LENGTH, f"references are not whole {spec.dim}-d float32 vectors")
@@ -41,9 +27,7 @@ async def match(cache: ListCache, executor: ThreadPoolExecutor, req: wire.MatchR
     matrix = await cache.fresh(list_id, req.version)
     if matrix is None or matrix.account_id.bytes != req.account_id:
         raise FacedexError(Errors.LIST_NOT_FOUND, f"list {list_id} not found")
-    async with matrix.lock.read():
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, run_search, matrix, req)
+    return await batcher.search(matrix, req)
 
 
 def build_app(settings: Settings) -> FastAPI:
@@ -56,6 +40,7 @@ def build_app(settings: Settings) -> FastAPI:
         store = FacesStore(pool)
         state["cache"] = ListCache(store, settings.bruteforce_engine.cache_max_bytes)
         state["executor"] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="exact")  # BLAS threads use the cores
+        state["batcher"] = Batcher(state["executor"], settings.matching.max_references)  # type: ignore[arg-type]
         app.state.health["faces_db"] = lambda: pool.fetchval("SELECT 1")
 
         async def scrape() -> None:
@@ -77,7 +62,7 @@ def build_app(settings: Settings) -> FastAPI:
     @app.post("/1/match", tags=["matching"], summary="Exact top-k of references against one list (msgpack)")
     async def match_route(request: Request) -> Response:
         req = wire.decode(await request.body(), wire.MatchRequest)
-        resp = await match(state["cache"], state["executor"], req)  # type: ignore[arg-type]
+        resp = await match(state["cache"], state["batcher"], req)  # type: ignore[arg-type]
         return Response(wire.encode(resp), media_type=wire.CONTENT_TYPE)
 
     @app.get("/1/cache", tags=["service"], summary="Lists held in memory")

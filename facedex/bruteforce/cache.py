@@ -98,17 +98,16 @@ class ListMatrix:
 
     def search(
         self, queries: np.ndarray, k: int, face_ids: list[bytes] | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k; returns (scores, face ids as (m, k, 16) uint8). Run it under the read lock."""
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Exact top-k; returns (scores, face ids as (m, k, 16) uint8, faces searched). Run it under the read lock."""
         from facedex.bruteforce.exact import topk
 
         if face_ids is None:
             scores, rows = topk(queries, self.vectors[: self.n], k)
-        else:
-            subset = np.fromiter((self.pos[f] for f in face_ids if f in self.pos), dtype=np.int64)
-            scores, sub_rows = topk(queries, self.vectors[subset], k)
-            rows = subset[sub_rows]
-        return scores, self.ids[rows]
+            return scores, self.ids[rows], self.n
+        subset = np.fromiter((self.pos[f] for f in face_ids if f in self.pos), dtype=np.int64)
+        scores, sub_rows = topk(queries, self.vectors[subset], k)
+        return scores, self.ids[subset[sub_rows]], len(subset)
 
 
 class ListCache:

@@ -21,8 +21,8 @@ from facedex.errors import Errors, FacedexError
 from facedex.faces.store import FacesStore, create_pool
 from facedex.http import create_app
 from facedex.manager.master import Master
-from facedex.metrics import TASK_QUEUE_DEPTH
 from facedex.manager.tasks import FINAL, INDEXING, PENDING, TaskRepo
+from facedex.metrics import TASK_QUEUE_DEPTH
 from facedex.redis.connection import connect
 from facedex.redis.keys import Keys
 from facedex.storage.base import IndexMeta, newest_per_list, open_storage

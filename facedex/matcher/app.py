@@ -11,8 +11,8 @@ from fastapi import FastAPI
 from facedex.config import Settings
 from facedex.faces.store import FacesStore, create_pool
 from facedex.http import create_app
-from facedex.metrics import INDEX_FACES
 from facedex.matcher.service import MatcherService
+from facedex.metrics import INDEX_FACES
 from facedex.redis.connection import connect
 from facedex.storage.base import open_storage
 

@@ -1,0 +1,42 @@
+"""The extractor sidecar: ``facedex serve extractor`` runs face extraction on a machine of its own.
+
+The API sends it the client's image bytes (msgpack) when ``extraction.url``
+points here; it answers boxes, scores, landmarks and descriptors. It keeps no
+state, so any number of them can stand behind a load balancer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+
+from facedex import wire
+from facedex.config import Settings
+from facedex.extractor.extract import LocalExtractor
+from facedex.http import create_app
+
+
+def build_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.extractor = LocalExtractor(settings.extraction.model_copy(update={"url": None}))
+        yield
+        await app.state.extractor.close()
+
+    app = create_app(
+        "extractor",
+        title="facedex extractor",
+        description="Faces in an image -> boxes, landmarks and SFace descriptors (YuNet + SFace on the CPU).",
+        max_body_bytes=settings.max_body_bytes,
+        lifespan=lifespan,
+    )
+
+    @app.post("/1/extract", tags=["extraction"], summary="Faces of one image (msgpack ExtractRequest -> ExtractResponse)")
+    async def extract(request: Request) -> Response:
+        req = wire.decode(await request.body(), wire.ExtractRequest)
+        resp = await request.app.state.extractor.extract(req.image, req.content_type, req.all_faces)
+        return Response(wire.encode(resp), media_type=wire.CONTENT_TYPE)
+
+    return app
