@@ -59,7 +59,7 @@ def index(
     efs: Annotated[str, typer.Option(help="Search ef values to sweep.")] = "32,64,128,256",
     arms: Annotated[
         str | None,
-        typer.Option(help="lib:precision:M:efC,... (libs: facedex, usearch-raw, faiss-hnsw, hnswlib); "
+        typer.Option(help="lib:precision:M:efC,... (libs: facedex, usearch-raw, faiss-hnsw, hnswlib, pgvector); "
                      "default: facedex at the index settings, and each peer at the same M and efC."),
     ] = None,
     threshold: float = 0.3,
