@@ -104,3 +104,33 @@ def test_relevant_index_is_newest_covering_latest_change() -> None:
     best = newest_per_list(metas)
     assert best["L1"].index_id == "b" and best["L2"].index_id == "c"
     assert newest_per_list(metas, version=2) == {}
+
+
+def test_calibration_picks_an_ef_that_holds_on_other_probes() -> None:
+    """The ef chosen from synthetic new photos of sampled faces gives that recall on real planted probes too."""
+    from facedex.index.calibrate import calibrate, probes_near
+
+    data = face_like(30_000, n_probes=400, seed=8)
+    index = HnswIndex(512, IndexParams(connectivity=8, expansion_add=32, expansion_search=16))
+    index.add(uuid7_block(len(data.gallery)), data.gallery)
+    rng = np.random.default_rng(1)
+    assert np.allclose((probes_near(data.gallery[:50], 0.5, rng) * data.gallery[:50]).sum(axis=1), 0.5, atol=1e-5)
+
+    cal = calibrate(index, data.gallery, candidates=50, start_ef=16, max_ef=4096, target=0.99)
+    assert cal.reached and cal.recall >= 0.99 and cal.ef > 16  # a weak graph needs more than the configured ef
+    assert [ef for ef, _ in cal.curve] == [50 * 2**i for i in range(len(cal.curve))]  # from max(start, candidates), doubling
+    assert all(r < 0.99 for _, r in cal.curve[:-1])
+
+    def mate_recall(ef: int) -> float:
+        keys = index.search_keys(data.probes, 50, ef=ef)
+        hits = total = 0
+        for q in range(len(data.probes)):
+            mates = np.flatnonzero(data.labels == data.probe_labels[q])
+            hits += np.isin(mates, keys[q]).sum()
+            total += len(mates)
+        return hits / total
+
+    assert mate_recall(cal.ef) >= 0.98
+    # a ceiling it cannot reach: the largest allowed ef, and it says so
+    capped = calibrate(index, data.gallery, candidates=50, start_ef=16, max_ef=50, target=0.9999)
+    assert capped.ef == 50 and not capped.reached and len(capped.curve) == 1

@@ -123,6 +123,9 @@ async def test_one_time_build_finds_what_exact_search_finds(services: Services, 
     storage = LocalStorage(Path(services.env["FACEDEX_INDEX_STORAGE__PATH"]))
     meta = storage.get_meta(done["index_id"])
     assert meta is not None and meta.list_id == str(list_id) and meta.count == 20_000
+    # the build measured its own search ef, and the stored parameters carry it to the matcher
+    assert meta.calibration is not None and meta.calibration["reached"] and meta.calibration["recall"] >= 0.99
+    assert meta.params["expansion_search"] == meta.calibration["ef"] >= 128
     folder = storage.fetch(meta.index_id)
     index = HnswIndex.load(folder, 512, IndexParams(**meta.params), view=True)
     found, _ = index.search(big.probes, 10)

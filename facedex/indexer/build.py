@@ -1,7 +1,8 @@
 """The build itself, run in a child process so an OOM kill or a crash cannot take the Indexer down.
 
 Steps: stream the list's descriptors from PostgreSQL (one consistent
-snapshot, paged binary COPY), add them to an HNSW graph (both cores), save
+snapshot, paged binary COPY), add them to an HNSW graph (both cores), measure the search ef this graph
+needs (:mod:`facedex.index.calibrate`), save
 graph + id map + float32 vectors, then put the folder into index storage
 atomically. Progress (0..1) is shared with the parent through a
 ``multiprocessing.Value``; the outcome comes back on a queue.
@@ -14,7 +15,7 @@ import shutil
 import time
 import traceback
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.queues import Queue
 from multiprocessing.sharedctypes import Synchronized
 
@@ -24,6 +25,7 @@ from facedex import descriptors
 from facedex.config import Settings
 from facedex.errors import Errors
 from facedex.index import HnswIndex, IndexParams
+from facedex.index.calibrate import calibrate
 from facedex.storage.base import VECTORS_FILE, IndexMeta, open_storage
 
 LOAD_SHARE, ADD_SHARE = 0.1, 0.85  # progress: loading, then adding, then saving
@@ -86,6 +88,12 @@ def build(settings: Settings, job: BuildJob, progress: Synchronized) -> IndexMet
         return True
 
     index.add(ids, vecs, threads=s.build_threads, progress=on_progress)
+    calibration = None
+    if s.target_recall > 0:
+        calibration = calibrate(index, vecs, settings.indexed.rescore_candidates, s.expansion_search, s.max_expansion_search,
+                                s.target_recall, s.calibration_samples, s.calibration_cosine)
+        params = replace(params, expansion_search=calibration.ef)
+        progress.value = LOAD_SHARE + ADD_SHARE + 0.02
     work = settings.data_dir / "builds" / job.index_id
     shutil.rmtree(work, ignore_errors=True)
     try:
@@ -100,6 +108,7 @@ def build(settings: Settings, job: BuildJob, progress: Synchronized) -> IndexMet
             change_seq=seq,
             params=params.as_dict(),
             build_seconds=round(time.perf_counter() - started, 3),
+            calibration=calibration.as_dict() if calibration else None,
         )
         open_storage(settings).put(work, meta)
     finally:

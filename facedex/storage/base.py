@@ -29,6 +29,7 @@ class IndexMeta:
     files: dict[str, str] = field(default_factory=dict)  # name -> sha256
     create_time: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
     build_seconds: float = 0.0
+    calibration: dict[str, object] | None = None  # how params["expansion_search"] was chosen (facedex.index.calibrate)
     format: int = 1
 
     def to_json(self) -> bytes:
