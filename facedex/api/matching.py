@@ -25,8 +25,8 @@ async def _references(
     """
     refs = body.references
     parsed = {i: parse_descriptor(request, r.descriptor) for i, r in enumerate(refs) if r.descriptor is not None}
-    image_refs = [(i, r) for i, r in enumerate(refs) if r.image is not None]
-    extracted = dict(zip((i for i, _ in image_refs), await images.extract_many(request, [(r.image, r.all_faces) for _, r in image_refs])))  # type: ignore[misc]
+    image_refs = {i: (r.image, r.all_faces) for i, r in enumerate(refs) if r.image is not None}
+    extracted = dict(zip(image_refs, await images.extract_many(request, list(image_refs.values()))))
     versions = {v for v, _ in parsed.values()} | {e.version for e in extracted.values()}
     asked = body.candidates.descriptor_version
     if asked is not None:

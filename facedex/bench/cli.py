@@ -100,22 +100,33 @@ def index(
 
 @app.command()
 def e2e(
-    admin_token: Annotated[str, typer.Option(envvar="FACEDEX_ADMIN_TOKEN", help="Admin token of the running platform.")],
+    admin_token: Annotated[str | None, typer.Option(envvar="FACEDEX_ADMIN_TOKEN", help="Admin token of the running platform.")] = None,
     size: Annotated[int, typer.Option(help="Faces in the list.")] = 100_000,
     concurrency: Annotated[str, typer.Option(help="Comma-separated concurrency levels.")] = "1,8,32",
     requests: Annotated[int, typer.Option(help="Requests per level and route.")] = 500,
     api: Annotated[str | None, typer.Option(help="API URL (default from settings).")] = None,
     manager: Annotated[str | None, typer.Option(help="Index Manager URL (default from settings).")] = None,
     seed: int = 0,
+    own_platform: Annotated[
+        bool, typer.Option(help="Start a throwaway licensed platform (temp data, own database and ports) for the run.")
+    ] = False,
     doc: Doc = None,
 ) -> None:
     """Matching over HTTP on a running platform: latency, throughput, route and recall, indexed and exact."""
     from facedex.bench import e2e as be
     from facedex.config import get_settings
 
-    settings = get_settings()
-    record = be.main(api or settings.api.url, manager or settings.manager.url, admin_token, size,
-                     [int(c) for c in concurrency.split(",")], requests, seed)
+    levels = [int(c) for c in concurrency.split(",")]
+    if own_platform:
+        from facedex.bench.platform import own_platform as start
+
+        with start(log=console.print) as p:
+            record = be.main(p.api, p.manager, p.admin_token, size, levels, requests, seed)
+    else:
+        if not admin_token:
+            raise typer.BadParameter("give --admin-token (or FACEDEX_ADMIN_TOKEN), or use --own-platform")
+        settings = get_settings()
+        record = be.main(api or settings.api.url, manager or settings.manager.url, admin_token, size, levels, requests, seed)
     _publish("e2e", record, be.markdown(record, _command()), doc)
 
 

@@ -42,7 +42,9 @@ async def _setup(http: aiohttp.ClientSession, api: str, manager: str, admin_toke
         async with sem, http.post(f"{api}/1/faces/batch", json={"faces": faces, "list_ids": [list_id]}, headers=auth) as r:
             face_ids[start : start + len(faces)] = (await r.json())["face_ids"]
 
+    started = time.perf_counter()
     await asyncio.gather(*(upload(s) for s in range(0, size, 1000)))
+    setup = {"upload_s": time.perf_counter() - started}
     async with http.post(f"{manager}/1/tasks", json={"list_id": list_id}) as r:
         task = await r.json()
     while True:
@@ -53,7 +55,10 @@ async def _setup(http: aiohttp.ClientSession, api: str, manager: str, admin_toke
         await asyncio.sleep(1)
     if task["status"] != "success":
         raise RuntimeError(f"index build did not succeed: {task}")
-    return data, face_ids, list_id, auth
+    async with http.get(f"{manager}/1/indexes/relevant") as r:
+        meta = next(m for m in await r.json() if m["list_id"] == list_id)
+    setup.update(build_s=meta["build_seconds"], ef=meta["params"]["expansion_search"], calibration=meta.get("calibration"))
+    return data, face_ids, list_id, auth, setup
 
 
 async def _run_level(http, api, auth, list_id, probes, exact: bool, concurrency: int, requests: int):  # type: ignore[no-untyped-def]
@@ -89,7 +94,9 @@ async def _run_level(http, api, auth, list_id, probes, exact: bool, concurrency:
 async def run(api: str, manager: str, admin_token: str, size: int, levels: list[int], requests: int, seed: int) -> dict[str, object]:
     n_probes = 200
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256), timeout=aiohttp.ClientTimeout(total=120)) as http:
-        data, face_ids, list_id, auth = await _setup(http, api, manager, admin_token, size, n_probes, seed)
+        data, face_ids, list_id, auth, setup = await _setup(http, api, manager, admin_token, size, n_probes, seed)
+        print(f"  uploaded {size:,} faces in {setup['upload_s']:.0f} s; index built in {setup['build_s']:.0f} s, "
+              f"calibrated ef {setup['ef']}", flush=True)
         row_of = {f: i for i, f in enumerate(face_ids)}
         exact_s, exact_i = topk(data.probes, data.gallery, 10)
         # wait until the matcher serves the list
@@ -113,7 +120,7 @@ async def run(api: str, manager: str, admin_token: str, size: int, levels: list[
                 rows.append(level)
                 print(f"  {'exact' if exact else 'auto'} c={c}: p50 {level['p50_ms']:.1f} ms, p99 {level['p99_ms']:.1f} ms, "
                       f"{level['throughput_rps']:.0f} req/s, routes {level['routes']}", flush=True)
-    return {"benchmark": "e2e", "machine": machine(), "size": size, "seed": seed, "rows": rows}
+    return {"benchmark": "e2e", "machine": machine(), "size": size, "seed": seed, "setup": setup, "rows": rows}
 
 
 def markdown(record: dict[str, object], command: str) -> str:
@@ -125,6 +132,7 @@ def markdown(record: dict[str, object], command: str) -> str:
         "Index Manager; references are planted probes; limit 10.  ",
         f"Command: `{command}`",
         "",
+        *_setup_line(record.get("setup")),  # type: ignore[arg-type]
         "| route asked | concurrency | requests | answered by | p50 (ms) | p95 (ms) | p99 (ms) | throughput (req/s) | recall@10 | mate recall |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -135,6 +143,15 @@ def markdown(record: dict[str, object], command: str) -> str:
     lines += ["", "\"auto\" lets the proxy route (indexed when the list's index is loaded and licensed); \"exact\" sets "
               "`candidates.exact` and is answered by the brute-force Matcher."]
     return "\n".join(lines)
+
+
+def _setup_line(setup: dict[str, object] | None) -> list[str]:
+    if not setup:
+        return []
+    cal = setup.get("calibration") or {}
+    curve = ", ".join(f"{ef}: {r}" for ef, r in cal.get("curve", []))  # type: ignore[union-attr]
+    return [f"Setup: faces uploaded through `POST /1/faces/batch` in {setup['upload_s']:.0f} s; index build (load, graph, "
+            f"calibration, store) {setup['build_s']:.0f} s; calibrated search ef {setup['ef']} (calibration recall by ef: {curve}).", ""]
 
 
 def main(api: str, manager: str, admin_token: str, size: int, levels: list[int], requests: int, seed: int) -> dict[str, object]:
