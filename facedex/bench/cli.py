@@ -111,6 +111,7 @@ def e2e(
         bool, typer.Option(help="Start a throwaway licensed platform (temp data, own database and ports) for the run.")
     ] = False,
     doc: Doc = None,
+    section: Annotated[str, typer.Option(help="Name of the section of --doc to replace.")] = "e2e",
 ) -> None:
     """Matching over HTTP on a running platform: latency, throughput, route and recall, indexed and exact."""
     from facedex.bench import e2e as be
@@ -127,7 +128,7 @@ def e2e(
             raise typer.BadParameter("give --admin-token (or FACEDEX_ADMIN_TOKEN), or use --own-platform")
         settings = get_settings()
         record = be.main(api or settings.api.url, manager or settings.manager.url, admin_token, size, levels, requests, seed)
-    _publish("e2e", record, be.markdown(record, _command()), doc)
+    _publish("e2e", record, be.markdown(record, _command()), doc, section)
 
 
 @app.command()

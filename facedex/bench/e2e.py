@@ -125,7 +125,7 @@ async def run(api: str, manager: str, admin_token: str, size: int, levels: list[
 
 def markdown(record: dict[str, object], command: str) -> str:
     lines = [
-        "## End to end over HTTP",
+        f"## End to end over HTTP, {record['size']:,} faces",
         "",
         f"Machine: {machine_line(record['machine'])}; every service and the client on the same 2 cores.  ",  # type: ignore[arg-type]
         f"Data: {record['size']:,} face-like descriptors (seed {record['seed']}) created through the API, indexed by the "

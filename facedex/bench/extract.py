@@ -20,7 +20,7 @@ import time
 import cv2
 
 from facedex import wire
-from facedex.bench.common import machine, machine_line
+from facedex.bench.common import machine, machine_line, median_s
 from facedex.bench.photos import astronaut_png, face_recognition_photos
 from facedex.config import ExtractionSettings
 from facedex.extractor.extract import LocalExtractor
@@ -28,13 +28,7 @@ from facedex.extractor.images import decode
 
 
 def _median_ms(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
-    fn()
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000
+    return median_s(fn, repeat) * 1000
 
 
 def run(repeat: int, total: int) -> dict[str, object]:
