@@ -5,10 +5,15 @@ These check plumbing, not speed; real runs are in docs/benchmarks.md.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
 
+import asyncpg
+
+from facedex.bench.platform import LOCAL_POSTGRES
+from facedex.embedded import port_open
 from tests.test_cli import facedex
 
 
@@ -46,3 +51,28 @@ def test_bench_bruteforce_and_index_smoke(database_url: str, tmp_path: Path) -> 
     assert "| **median** |" in text.split("<!-- bench:extract -->")[1]
     assert {r["lib"] for r in index["rows"]} == {"facedex", "faiss-hnsw"}
     assert all(0.9 <= s["mate_recall"] <= 1.0 for r in index["rows"] for s in r["sweeps"])
+
+
+def test_bench_e2e_on_its_own_platform(tmp_path: Path) -> None:
+    """`facedex bench e2e --own-platform`: a licensed platform of its own, the indexed route taken, all cleaned up."""
+    doc = tmp_path / "bench.md"
+    out = facedex("bench", "e2e", "--own-platform", "--size", "3000", "--concurrency", "1,4", "--requests", "20",
+                  "--doc", str(doc), "--section", "e2e-smoke", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    table = doc.read_text().split("<!-- bench:e2e-smoke -->")[1]
+    rows = [line for line in table.splitlines() if line.startswith("| auto") or line.startswith("| exact")]
+    assert len(rows) == 4
+    assert all("indexed 20" in r for r in rows if r.startswith("| auto"))  # licensed: the index answered
+    assert all("bruteforce 20" in r for r in rows if r.startswith("| exact"))
+    assert "calibrated search ef" in table
+    record = json.loads(next((tmp_path / "bench-results").glob("e2e-*.json")).read_text())
+    assert all(r["mate_recall"] >= 0.95 for r in record["rows"])
+    if port_open("127.0.0.1", 5432):  # it used the local server: its database is gone again
+        async def leftovers() -> int:
+            conn = await asyncpg.connect(LOCAL_POSTGRES + "/postgres")
+            try:
+                return int(await conn.fetchval("SELECT count(*) FROM pg_database WHERE datname LIKE 'facedex_bench_e2e_%'"))
+            finally:
+                await conn.close()
+
+        assert asyncio.run(leftovers()) == 0

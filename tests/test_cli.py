@@ -16,9 +16,11 @@ from facedex.embedded import resolve
 from tests.conftest import free_port
 
 
-def facedex(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def facedex(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "facedex", *args], capture_output=True, text=True, timeout=timeout, env=env
+        [sys.executable, "-m", "facedex", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd
     )
 
 

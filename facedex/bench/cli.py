@@ -148,8 +148,11 @@ INDEX_PARAM_ARMS = "facedex:f16:32:128,facedex:f16:32:64,facedex:i8:32:64,facede
 
 
 @app.command("all")
-def all_(doc: Doc = Path("docs/benchmarks.md")) -> None:
-    """Every benchmark at full size, regenerating each section of --doc (about 80 minutes on 2 cores)."""
+def all_(
+    doc: Doc = Path("docs/benchmarks.md"),
+    e2e_runs: Annotated[bool, typer.Option("--e2e/--no-e2e", help="Include the end-to-end runs (own platform each).")] = True,
+) -> None:
+    """Every benchmark at full size, regenerating each section of --doc (about 3 hours on 2 cores)."""
     from facedex.config import get_settings
 
     s = get_settings().index
@@ -157,8 +160,14 @@ def all_(doc: Doc = Path("docs/benchmarks.md")) -> None:
     bruteforce(sizes="100000,1000000", dim=512, repeat=50, batch=64, seed=0, doc=doc)
     index(sizes="100000", dim=512, probes=1000, efs="32,64,128,256", arms=INDEX_PARAM_ARMS, threshold=0.3, seed=0,
           doc=doc, section="index-params")
-    peers = ",".join(f"{lib}:{default}" for lib in ("facedex", "usearch-raw", "faiss-hnsw", "hnswlib"))
+    peers = ",".join(f"{lib}:{default}" for lib in ("facedex", "usearch-raw", "faiss-hnsw", "hnswlib", "pgvector"))
     index(sizes="100000", dim=512, probes=1000, efs="32,64,128,256", arms=peers, threshold=0.3, seed=0, doc=doc, section="index")
+    peers_128 = ",".join(f"{lib}:{default}" for lib in ("facedex", "faiss-hnsw", "hnswlib", "pgvector"))
+    index(sizes="100000", dim=128, probes=1000, efs="32,64,128,256", arms=peers_128, threshold=0.3, seed=0, doc=doc,
+          section="index-128")
     peers_1m = ",".join(f"{lib}:{default}" for lib in ("facedex", "faiss-hnsw", "hnswlib"))
     index(sizes="1000000", dim=512, probes=1000, efs="64,128,256", arms=peers_1m, threshold=0.3, seed=0, doc=doc, section="index-1m")
     extract(repeat=20, total=200, doc=doc)
+    if e2e_runs:
+        for size, section in ((100_000, "e2e"), (1_000_000, "e2e-1m")):
+            e2e(size=size, concurrency="1,8,32", requests=500, seed=0, own_platform=True, doc=doc, section=section)

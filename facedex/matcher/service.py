@@ -77,7 +77,7 @@ class MatcherService:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for label in list(self.loaded):
-            await self.redis.delete(self.keys.label(label, self.matcher_id))
+            await self.withdraw(label)
 
     async def _every(self, period: float, fn: Callable[[], Awaitable[None]]) -> None:
         while True:
@@ -105,7 +105,7 @@ class MatcherService:
         for label in [lbl for lbl in self.loaded if lbl not in relevant]:
             log.info("index of list %s left the storage: dropped", label)
             del self.loaded[label]
-            await self.redis.delete(self.keys.label(label, self.matcher_id))
+            await self.withdraw(label)
         for label, meta in relevant.items():
             current = self.loaded.get(label)
             if meta.index_id in self.bad or (current is not None and current.meta.index_id == meta.index_id):
@@ -153,10 +153,19 @@ class MatcherService:
 
     async def advertise(self) -> None:
         ttl_ms = int(self.cfg.label_ttl_s * 1000)
+        seconds, micros = await self.redis.time()  # the server's clock: matchers' and proxies' clocks may differ
+        expires = seconds * 1000 + micros // 1000 + ttl_ms
         async with self.redis.pipeline(transaction=False) as p:
             for label in self.loaded:
                 p.set(self.keys.label(label, self.matcher_id), self.matcher_id, px=ttl_ms)
+            if self.loaded:
+                p.zadd(self.keys.labels, {self.keys.labels_member(label, self.matcher_id): expires for label in self.loaded})
             await p.execute()
+
+    async def withdraw(self, label: str) -> None:
+        """Stop advertising ``label`` at once (its index left storage, or this matcher stops)."""
+        await self.redis.delete(self.keys.label(label, self.matcher_id))
+        await self.redis.zrem(self.keys.labels, self.keys.labels_member(label, self.matcher_id))
 
     # ------------------------------------------------------------------ serve
     async def consume(self) -> None:

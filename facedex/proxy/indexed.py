@@ -1,7 +1,7 @@
 """The proxy's indexed route: lists some Indexed Matcher advertises go to it through a Redis stream.
 
 ``accepts`` is a set lookup: the labels present in Redis are synced every
-``label_sync_s`` (a SCAN), not per request. A request that the index cannot
+``label_sync_s`` (one ZRANGEBYSCORE of the labels set), not per request. A request that the index cannot
 serve as asked (a face-id filter, another descriptor version) is left to brute
 force. ``match`` checks the license (cached), appends the request to the list's
 stream, and waits for the answer on this proxy's reply channel for at most
@@ -73,11 +73,15 @@ class IndexedPlugin:
                 future.set_result(reply)
 
     async def sync_labels(self) -> None:
+        """Live labels: members of the labels set whose expiry is ahead of the Redis server's clock."""
         assert self.redis is not None
-        found = set()
-        async for key in self.redis.scan_iter(match=self.keys.label_pattern, count=1000):
-            found.add(self.keys.label_list_id(key.decode()))
-        self.labels = found
+        seconds, micros = await self.redis.time()
+        now = seconds * 1000 + micros // 1000
+        async with self.redis.pipeline(transaction=False) as p:
+            p.zremrangebyscore(self.keys.labels, "-inf", now)  # labels of matchers that died without withdrawing
+            p.zrangebyscore(self.keys.labels, now, "+inf")
+            _, members = await p.execute()
+        self.labels = {self.keys.labels_member_list_id(m.decode()) for m in members}
 
     async def _sync_labels(self) -> None:
         while True:

@@ -60,11 +60,18 @@ class Keys:
         return f"{self.prefix}:label:{list_id}:{matcher_id}"
 
     @property
-    def label_pattern(self) -> str:
-        return f"{self.prefix}:label:*"
+    def labels(self) -> str:
+        """Sorted set of ``<list_id>:<matcher_id>`` scored by the label key's expiry (Redis server time, ms):
+        the proxy reads the live labels with one ZRANGEBYSCORE instead of scanning the keyspace."""
+        return f"{self.prefix}:labels"
 
-    def label_list_id(self, key: str) -> str:
-        return key[len(self.prefix) + len(":label:") :].split(":", 1)[0]
+    @staticmethod
+    def labels_member(list_id: str, matcher_id: str) -> str:
+        return f"{list_id}:{matcher_id}"
+
+    @staticmethod
+    def labels_member_list_id(member: str) -> str:
+        return member.split(":", 1)[0]
 
     def stream(self, list_id: str) -> str:
         """Stream: matching requests for one list; the hash tag keeps it whole in Redis Cluster."""
