@@ -82,4 +82,7 @@ def serve(name: str, settings: Settings, host: str | None = None, port: int | No
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
+        # longer than any client's keep-alive (facedex.rpc: 30 s): the client closes idle connections first, so a
+        # request is never written into a connection the server is closing (a POST cannot be safely retried)
+        timeout_keep_alive=75,
     )

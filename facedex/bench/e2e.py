@@ -38,9 +38,12 @@ async def _setup(http: aiohttp.ClientSession, api: str, manager: str, admin_toke
     sem = asyncio.Semaphore(4)
 
     async def upload(start: int) -> None:
-        faces = [{"descriptor": {"version": 1, "data": _b64(v)}} for v in data.gallery[start : start + 1000]]
-        async with sem, http.post(f"{api}/1/faces/batch", json={"faces": faces, "list_ids": [list_id]}, headers=auth) as r:
-            face_ids[start : start + len(faces)] = (await r.json())["face_ids"]
+        async with sem:  # build each body when it is sent: 1M faces of JSON at once would take GBs
+            faces = [{"descriptor": {"version": 1, "data": _b64(v)}} for v in data.gallery[start : start + 1000]]
+            async with http.post(f"{api}/1/faces/batch", json={"faces": faces, "list_ids": [list_id]}, headers=auth) as r:
+                if r.status != 201:
+                    raise RuntimeError(f"upload failed: {r.status} {await r.text()}")
+                face_ids[start : start + len(faces)] = (await r.json())["face_ids"]
 
     started = time.perf_counter()
     await asyncio.gather(*(upload(s) for s in range(0, size, 1000)))
