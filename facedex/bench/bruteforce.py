@@ -25,6 +25,7 @@ from facedex import wire
 from facedex.bench.common import machine, median_s
 from facedex.bench.datasets import face_like
 from facedex.bruteforce.app import match
+from facedex.bruteforce.batching import Batcher
 from facedex.bruteforce.cache import ListCache
 from facedex.faces.store import FacesStore, create_pool
 from facedex.services import prepare_database
@@ -71,7 +72,7 @@ async def run_size(store: FacesStore, n: int, dim: int, repeat: int, batch: int,
     load_s = time.perf_counter() - started
     assert matrix is not None and matrix.n == n
     x = matrix.vectors[: matrix.n]
-    executor = ThreadPoolExecutor(2)
+    batcher = Batcher(ThreadPoolExecutor(2))
 
     def request(refs: np.ndarray) -> wire.MatchRequest:
         return wire.MatchRequest(account_id.bytes, lst.list_id.bytes, 1, refs.astype("<f4").tobytes(), limit=10)
@@ -81,7 +82,7 @@ async def run_size(store: FacesStore, n: int, dim: int, repeat: int, batch: int,
     it = iter(range(10**9))
 
     async def engine_single() -> None:
-        await match(cache, executor, singles[next(it) % repeat])
+        await match(cache, batcher, singles[next(it) % repeat])
 
     def numpy_single() -> None:
         q = probes[next(it) % repeat]
@@ -101,16 +102,16 @@ async def run_size(store: FacesStore, n: int, dim: int, repeat: int, batch: int,
     bound_1, bound_how = stream_bound_s(x, max(3, repeat // 4))
 
     batch_req = request(probes[:batch])
-    engine_b = await amedian(lambda: match(cache, executor, batch_req), max(3, repeat // 8))
+    engine_b = await amedian(lambda: match(cache, batcher, batch_req), max(3, repeat // 8))
     qb = probes[:batch]
     numpy_b = median_s(lambda: np.argpartition(qb @ x.T, n - 10, axis=1)[:, -10:], max(3, repeat // 8))
 
     # correctness of what was timed: the engine's top-1 per probe equals numpy's
-    resp = await match(cache, executor, batch_req)
+    resp = await match(cache, batcher, batch_req)
     top1 = [np.frombuffer(r.face_ids, np.uint8)[:16].tobytes() for r in resp.results]
     want = np.argmax(qb @ x.T, axis=1)
     agree = float(np.mean([t == matrix.ids[w].tobytes() for t, w in zip(top1, want)]))
-    executor.shutdown()
+    batcher.executor.shutdown()
     return {
         "n": n,
         "dim": dim,

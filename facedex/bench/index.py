@@ -254,11 +254,13 @@ def run(sizes: list[int], dim: int, n_probes: int, efs: list[int], arms: list[tu
 
 def markdown(record: dict[str, object], command: str, plot: str | None) -> str:
     rows = record["rows"]  # type: ignore[assignment]
+    spread = ", ".join(f"{1 / np.sqrt(d):.3f}" for d in sorted({r["dim"] for r in rows}))  # type: ignore[index]
     lines = [
         "## Index build and search against its peers",
         "",
         f"Machine: {machine_line(record['machine'])}.  ",  # type: ignore[arg-type]
-        f"Data: {', '.join(sorted({str(r['dim']) for r in rows}))}-d face-like identity clusters (4 faces per identity, same-identity cosine 0.5-0.8, impostors 0 ± 0.044), "
+        f"Data: {', '.join(sorted({str(r['dim']) for r in rows}))}-d face-like identity clusters (4 faces per identity, same-identity cosine 0.5-0.8, "
+        f"impostors 0 ± {spread}), "
         f"{record['probes']} planted probes, seed {record['seed']}; inner product, 2 build threads, all rows from one run.  ",
         f"Command: `{command}`",
         "",
