@@ -64,6 +64,7 @@ def index(
     ] = None,
     threshold: float = 0.3,
     seed: int = 0,
+    repeat: Annotated[int, typer.Option(help="Passes over the probes per ef (median QPS reported).")] = 3,
     doc: Doc = None,
     section: Annotated[str, typer.Option(help="Name of the section of --doc to replace.")] = "index",
     from_record: Annotated[
@@ -89,7 +90,7 @@ def index(
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         record = bi.run([int(x) for x in sizes.split(",")], dim, probes, [int(e) for e in efs.split(",")], bi.parse_arms(spec),
                         threshold, seed, checkpoint=lambda r: checkpoint.write_bytes(
-                            orjson.dumps({**r, "command": _command()}, option=orjson.OPT_INDENT_2)))
+                            orjson.dumps({**r, "command": _command()}, option=orjson.OPT_INDENT_2)), repeat=repeat)
         record["command"] = _command()
     png = None
     if doc is not None:

@@ -1,11 +1,11 @@
 """The build itself, run in a child process so an OOM kill or a crash cannot take the Indexer down.
 
 Steps: stream the list's descriptors from PostgreSQL (one consistent
-snapshot, paged binary COPY), add them to an HNSW graph (both cores), measure the search ef this graph
-needs (:mod:`facedex.index.calibrate`), save
-graph + id map + float32 vectors, then put the folder into index storage
-atomically. Progress (0..1) is shared with the parent through a
-``multiprocessing.Value``; the outcome comes back on a queue.
+snapshot, paged binary COPY), add them to an HNSW graph (both cores), measure
+the search ef this graph needs (:mod:`facedex.index.calibrate`), save graph +
+id map + float32 vectors, then put the folder into index storage atomically.
+Progress (0..1) is shared with the parent through a ``multiprocessing.Value``;
+the outcome comes back on a queue.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from facedex.index import HnswIndex, IndexParams
 from facedex.index.calibrate import calibrate
 from facedex.storage.base import VECTORS_FILE, IndexMeta, open_storage
 
-LOAD_SHARE, ADD_SHARE = 0.1, 0.85  # progress: loading, then adding, then saving
+LOAD_SHARE, ADD_SHARE, CALIBRATE_SHARE = 0.1, 0.83, 0.02  # progress: loading, adding, calibrating, then saving
 
 
 @dataclass
@@ -93,7 +93,7 @@ def build(settings: Settings, job: BuildJob, progress: Synchronized) -> IndexMet
         calibration = calibrate(index, vecs, settings.indexed.rescore_candidates, s.expansion_search, s.max_expansion_search,
                                 s.target_recall, s.calibration_samples, s.calibration_cosine)
         params = replace(params, expansion_search=calibration.ef)
-        progress.value = LOAD_SHARE + ADD_SHARE + 0.02
+        progress.value = LOAD_SHARE + ADD_SHARE + CALIBRATE_SHARE
     work = settings.data_dir / "builds" / job.index_id
     shutil.rmtree(work, ignore_errors=True)
     try:
