@@ -168,6 +168,8 @@ def all_(
           section="index-128")
     peers_1m = ",".join(f"{lib}:{default}" for lib in ("facedex", "faiss-hnsw", "hnswlib"))
     index(sizes="1000000", dim=512, probes=1000, efs="64,128,256", arms=peers_1m, threshold=0.3, seed=0, doc=doc, section="index-1m")
+    index(sizes="1000000", dim=512, probes=500, efs="512,1024,2048,4096", arms=f"facedex:{default}", threshold=0.3, seed=0,
+          repeat=1, doc=doc, section="index-1m-ef")
     extract(repeat=20, total=200, doc=doc)
     if e2e_runs:
         for size, section in ((100_000, "e2e"), (1_000_000, "e2e-1m")):
