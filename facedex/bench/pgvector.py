@@ -15,7 +15,6 @@ sampled every 0.2 s during the build.
 from __future__ import annotations
 
 import asyncio
-import io
 import struct
 import tempfile
 import threading
@@ -26,17 +25,15 @@ import asyncpg
 import numpy as np
 import psutil
 
-_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+from facedex.faces.copy import binary_stream, copy_binary
 
 
 def _vector_copy(x: np.ndarray) -> bytes:
     """Binary COPY of (id int8, v vector(d)) rows; pgvector's binary form is dim, unused (int16), float4s."""
     n, d = x.shape
-    rows = np.empty(n, dtype=[("count", ">i2"), ("len0", ">i4"), ("id", ">i8"), ("len1", ">i4"), ("dim", ">i2"),
-                              ("unused", ">i2"), ("v", ">f4", (d,))])
-    rows["count"], rows["len0"], rows["id"], rows["len1"], rows["dim"], rows["unused"] = 2, 8, np.arange(n), 4 + 4 * d, d, 0
-    rows["v"] = x
-    return _HEADER + rows.tobytes() + b"\xff\xff"
+    value = np.empty(n, dtype=[("dim", ">i2"), ("unused", ">i2"), ("v", ">f4", (d,))])
+    value["dim"], value["unused"], value["v"] = d, 0, x
+    return binary_stream(n, [(">i8", np.arange(n)), (f"V{4 + 4 * d}", value.view(f"V{4 + 4 * d}"))])
 
 
 def _encode(v: np.ndarray) -> bytes:
@@ -63,9 +60,7 @@ class PgVectorIndex:
         for c in self.conns:
             self._run(c.set_type_codec("vector", schema="public", encoder=_encode, decoder=bytes, format="binary"))
         self._run(conn.execute(f"CREATE TABLE items (id int8 PRIMARY KEY, v vector({self.dim}) NOT NULL)"))
-        stream = _vector_copy(x)
-        self._run(conn.copy_to_table("items", source=io.BytesIO(stream), columns=["id", "v"], format="binary"))
-        del stream
+        self._run(copy_binary(conn, "items", ["id", "v"], _vector_copy(x)))
         self._run(conn.execute("VACUUM ANALYZE items"))
         self.build_s, self.peak_mb = self._build(m, efc)
 
