@@ -27,7 +27,7 @@ def test_bench_bruteforce_and_index_smoke(database_url: str, tmp_path: Path) -> 
         assert out.returncode == 0, out.stdout + out.stderr
         out = facedex(
             "bench", "index", "--sizes", "1000", "--probes", "50", "--efs", "32,64",
-            "--arms", "facedex:i8:16:32,faiss-hnsw:f32:16:32", "--doc", str(doc), env=env,
+            "--arms", "facedex:i8:16:32:32/64/128,faiss-hnsw:f32:16:32", "--doc", str(doc), env=env,
         )
         assert out.returncode == 0, out.stdout + out.stderr
         # the checkpoint a long run leaves behind renders into its own section
@@ -50,6 +50,8 @@ def test_bench_bruteforce_and_index_smoke(database_url: str, tmp_path: Path) -> 
     assert run_table.replace("index-recall-qps", "") == from_checkpoint.replace("from-checkpoint-recall-qps", "")
     assert "| **median** |" in text.split("<!-- bench:extract -->")[1]
     assert {r["lib"] for r in index["rows"]} == {"facedex", "faiss-hnsw"}
+    # an arm's own ef list replaces --efs for that arm only
+    assert {r["lib"]: [s["ef"] for s in r["sweeps"]] for r in index["rows"]} == {"facedex": [32, 64, 128], "faiss-hnsw": [32, 64]}
     assert all(0.9 <= s["mate_recall"] <= 1.0 for r in index["rows"] for s in r["sweeps"])
 
 
@@ -76,3 +78,11 @@ def test_bench_e2e_on_its_own_platform(tmp_path: Path) -> None:
                 await conn.close()
 
         assert asyncio.run(leftovers()) == 0
+
+
+def test_records_in_the_same_second_never_overwrite(tmp_path: Path) -> None:
+    from facedex.bench.common import save_record
+
+    paths = [save_record("index", {"n": i}, tmp_path) for i in range(3)]
+    assert len(set(paths)) == 3
+    assert [json.loads(p.read_text())["n"] for p in paths] == [0, 1, 2]

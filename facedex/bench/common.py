@@ -51,11 +51,19 @@ def median_s(fn: Callable[[], object], repeat: int, warmup: int = 1) -> float:
 
 
 def save_record(name: str, record: dict[str, object], out_dir: Path = Path("bench-results")) -> Path:
+    """Write ``NAME-<UTC stamp>.json``; two records in the same second get ``-2``, ``-3``... (never overwrite)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = out_dir / f"{name}-{stamp}.json"
-    path.write_bytes(orjson.dumps(record, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
-    return path
+    data = orjson.dumps(record, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+    for n in range(1, 10_000):
+        path = out_dir / (f"{name}-{stamp}.json" if n == 1 else f"{name}-{stamp}-{n}.json")
+        try:
+            with path.open("xb") as f:
+                f.write(data)
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"no free record name for {name}-{stamp} in {out_dir}")
 
 
 def write_section(doc: Path, name: str, markdown: str) -> None:

@@ -151,12 +151,23 @@ def _save_load(lib: str, index, folder: Path) -> tuple[int, float | None]:  # ty
     return path.stat().st_size, time.perf_counter() - started
 
 
-def parse_arms(spec: str) -> list[tuple[str, str, int, int]]:
-    """``lib:precision:M:efC,...`` -> [(lib, precision, M, efC)]; precision is ignored by f32-only libraries."""
-    arms = []
+Arm = tuple[str, str, int, int, list[int] | None]
+
+
+def parse_arms(spec: str) -> list[Arm]:
+    """``lib:precision:M:efC[:ef/ef/...],...`` -> [(lib, precision, M, efC, efs or None)].
+
+    Precision is ignored by f32-only libraries; an arm's own ef list (``/``-separated) replaces ``--efs`` for
+    that arm, so one run can sweep our index to high ef without paying for the peers' slow tail.
+    """
+    arms: list[Arm] = []
     for item in spec.split(","):
-        lib, precision, m, efc = item.split(":")
-        arms.append((lib, precision if lib in ("facedex", "usearch-raw") else "f32", int(m), int(efc)))
+        parts = item.split(":")
+        if len(parts) not in (4, 5):
+            raise ValueError(f"arm {item!r}: expected lib:precision:M:efC[:ef/ef/...]")
+        lib, precision, m, efc = parts[:4]
+        efs = [int(e) for e in parts[4].split("/")] if len(parts) == 5 else None
+        arms.append((lib, precision if lib in ("facedex", "usearch-raw") else "f32", int(m), int(efc), efs))
     return arms
 
 
@@ -227,7 +238,7 @@ def quality(found: np.ndarray, ds_labels: np.ndarray, probe_labels: np.ndarray, 
     return {"mate_recall": hits / max(total, 1), "top1_agreement": top1 / len(q), "recall_at_10": recall10 / len(q)}
 
 
-def run(sizes: list[int], dim: int, n_probes: int, efs: list[int], arms: list[tuple[str, str, int, int]],
+def run(sizes: list[int], dim: int, n_probes: int, efs: list[int], arms: list[Arm],
         threshold: float, seed: int, checkpoint: Callable[[dict[str, object]], object] | None = None,
         repeat: int = 3) -> dict[str, object]:
     """Every arm on every size; ``checkpoint`` gets the record so far after each arm (a 1M run takes an hour)."""
@@ -242,9 +253,10 @@ def run(sizes: list[int], dim: int, n_probes: int, efs: list[int], arms: list[tu
             data_path, probes_path = os.path.join(tmp, "x.npy"), os.path.join(tmp, "q.npy")
             np.save(data_path, ds.gallery)
             np.save(probes_path, ds.probes)
-            for lib, precision, m, efc in arms:
+            for lib, precision, m, efc, arm_efs in arms:
                 out = ctx.Queue()
-                proc = ctx.Process(target=_child, args=(lib, data_path, probes_path, m, efc, precision, efs, repeat, out), daemon=True)
+                proc = ctx.Process(target=_child, args=(lib, data_path, probes_path, m, efc, precision, arm_efs or efs, repeat, out),
+                                   daemon=True)
                 proc.start()
                 result = _result(proc, out, lib)
                 for sweep in result["sweeps"]:
