@@ -36,13 +36,16 @@ def test_bench_bruteforce_and_index_smoke(database_url: str, tmp_path: Path) -> 
         assert out.returncode == 0, out.stdout + out.stderr
         out = facedex("bench", "extract", "--repeat", "2", "--total", "8", "--doc", str(doc), env=env)
         assert out.returncode == 0, out.stdout + out.stderr
+        out = facedex("bench", "index", "--data", "uniform", "--sizes", "1000", "--probes", "20", "--efs", "16,200",
+                      "--arms", "facedex:f32:16:32", "--doc", str(doc), "--section", "uniform", env=env)
+        assert out.returncode == 0, out.stdout + out.stderr
     finally:
         os.chdir(cwd)
     text = doc.read_text()
     assert "<!-- bench:bruteforce -->" in text and "<!-- bench:index -->" in text
     assert "| 2,000 × 512 |" in text and "| facedex | 1,000 | i8 | 16 | 32 |" in text
     records = sorted((tmp_path / "bench-results").glob("*.json"))
-    assert [r.name.split("-")[0] for r in records] == ["bruteforce", "extract", "index", "index"]
+    assert [r.name.split("-")[0] for r in records] == ["bruteforce", "extract", "index", "index", "index"]
     index = json.loads(records[2].read_text())
     # the section rendered from the checkpoint is the run's table, command included
     run_table = text.split("<!-- bench:index -->")[1].split("<!-- /bench:index -->")[0]
@@ -50,6 +53,11 @@ def test_bench_bruteforce_and_index_smoke(database_url: str, tmp_path: Path) -> 
     assert run_table.replace("index-recall-qps", "") == from_checkpoint.replace("from-checkpoint-recall-qps", "")
     assert "| **median** |" in text.split("<!-- bench:extract -->")[1]
     assert {r["lib"] for r in index["rows"]} == {"facedex", "faiss-hnsw"}
+    # uniform data has no mates: recall@10 is its measure, and a high ef finds the exact top 10
+    uniform_table = text.split("<!-- bench:uniform -->")[1].split("<!-- /bench:uniform -->")[0]
+    assert "i.i.d. uniform" in uniform_table and "| 16 | — |" in uniform_table
+    uniform = json.loads(records[4].read_text())
+    assert uniform["data"] == "uniform" and uniform["rows"][0]["sweeps"][1]["recall_at_10"] >= 0.95
     # an arm's own ef list replaces --efs for that arm only
     assert {r["lib"]: [s["ef"] for s in r["sweeps"]] for r in index["rows"]} == {"facedex": [32, 64, 128], "faiss-hnsw": [32, 64]}
     assert all(0.9 <= s["mate_recall"] <= 1.0 for r in index["rows"] for s in r["sweeps"])

@@ -67,6 +67,7 @@ def index(
     threshold: float = 0.3,
     seed: int = 0,
     repeat: Annotated[int, typer.Option(help="Passes over the probes per ef (median QPS reported).")] = 3,
+    data: Annotated[str, typer.Option(help="face-like (identity clusters, planted mates) or uniform (the hard case).")] = "face-like",
     doc: Doc = None,
     section: Annotated[str, typer.Option(help="Name of the section of --doc to replace.")] = "index",
     from_record: Annotated[
@@ -81,6 +82,8 @@ def index(
     from facedex.bench import index as bi
     from facedex.config import get_settings
 
+    if data not in bi.DATASETS:
+        raise typer.BadParameter(f"--data must be one of {', '.join(bi.DATASETS)}")
     if from_record is not None:
         record = orjson.loads(from_record.read_bytes())
     else:
@@ -92,7 +95,7 @@ def index(
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         record = bi.run([int(x) for x in sizes.split(",")], dim, probes, [int(e) for e in efs.split(",")], bi.parse_arms(spec),
                         threshold, seed, checkpoint=lambda r: checkpoint.write_bytes(
-                            orjson.dumps({**r, "command": _command()}, option=orjson.OPT_INDENT_2)), repeat=repeat)
+                            orjson.dumps({**r, "command": _command()}, option=orjson.OPT_INDENT_2)), repeat=repeat, data=data)
         record["command"] = _command()
     png = None
     if doc is not None:
@@ -166,6 +169,9 @@ def all_(
     default = f"{s.precision}:{s.connectivity}:{s.expansion_add}"
     peers = ",".join(f"{lib}:{default}" for lib in ("facedex", "usearch-raw", "faiss-hnsw", "hnswlib", "pgvector"))
     peers_128 = ",".join(f"{lib}:{default}" for lib in ("facedex", "faiss-hnsw", "hnswlib", "pgvector"))
+    # uniform: our default and our f32 (quantisation vs graph: near-tied top 10s), and the f32 peers
+    peers_uniform = f"facedex:{default},facedex:f32:{s.connectivity}:{s.expansion_add}," + ",".join(
+        f"{lib}:{default}" for lib in ("faiss-hnsw", "hnswlib"))
     # at 1M our index also sweeps the high ef its calibration picks there; the peers stop at 256
     peers_1m = f"facedex:{default}:64/128/256/512/1024/2048/4096," + ",".join(f"{lib}:{default}" for lib in ("faiss-hnsw", "hnswlib"))
     sections: list[tuple[str, Callable[[], None]]] = [
@@ -176,6 +182,8 @@ def all_(
                                 repeat=3, doc=doc, section="index")),
         ("index-128", lambda: index(sizes="100000", dim=128, probes=1000, efs="32,64,128,256", arms=peers_128, threshold=0.3,
                                     seed=0, repeat=3, doc=doc, section="index-128")),
+        ("index-uniform", lambda: index(sizes="100000", dim=512, probes=1000, efs="32,64,128,256,512", arms=peers_uniform,
+                                        threshold=0.3, seed=0, repeat=3, data="uniform", doc=doc, section="index-uniform")),
         ("index-1m", lambda: index(sizes="1000000", dim=512, probes=1000, efs="64,128,256", arms=peers_1m, threshold=0.3, seed=0,
                                    repeat=3, doc=doc, section="index-1m")),
         ("extract", lambda: extract(repeat=20, total=200, doc=doc)),
