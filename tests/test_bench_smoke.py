@@ -94,3 +94,10 @@ def test_records_in_the_same_second_never_overwrite(tmp_path: Path) -> None:
     paths = [save_record("index", {"n": i}, tmp_path) for i in range(3)]
     assert len(set(paths)) == 3
     assert [json.loads(p.read_text())["n"] for p in paths] == [0, 1, 2]
+
+
+def test_bench_all_refuses_unknown_sections(tmp_path: Path) -> None:
+    out = facedex("bench", "all", "--sections", "index,nope", "--doc", str(tmp_path / "b.md"), cwd=tmp_path)
+    assert out.returncode == 2
+    assert "unknown section(s) nope" in out.stdout + out.stderr
+    assert not (tmp_path / "b.md").exists() and not (tmp_path / "bench-results").exists()  # nothing ran

@@ -157,6 +157,9 @@ INDEX_PARAM_ARMS = "facedex:f16:32:128,facedex:f16:32:64,facedex:i8:32:64,facede
 def all_(
     doc: Doc = Path("docs/benchmarks.md"),
     e2e_runs: Annotated[bool, typer.Option("--e2e/--no-e2e", help="Include the end-to-end runs (own platform each).")] = True,
+    only: Annotated[
+        str | None, typer.Option("--sections", help="Run only these sections (comma-separated names), e.g. to finish a cut-short run.")
+    ] = None,
 ) -> None:
     """Every benchmark at full size, regenerating each section of --doc (about 2 hours on 2 cores).
 
@@ -194,6 +197,12 @@ def all_(
             ("e2e-1m", lambda: e2e(size=1_000_000, concurrency="1,8,32", requests=500, seed=0, own_platform=True, doc=doc,
                                    section="e2e-1m")),
         ]
+    if only is not None:
+        wanted = [w.strip() for w in only.split(",") if w.strip()]
+        unknown = sorted(set(wanted) - {name for name, _ in sections})
+        if unknown:
+            raise typer.BadParameter(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(name for name, _ in sections)}")
+        sections = [(name, run) for name, run in sections if name in wanted]
     failed: list[str] = []
     for name, run in sections:
         started = time.monotonic()
