@@ -2,7 +2,9 @@
 
 For each size, a face-like dataset (``datasets.face_like``) with planted
 probes and exact ground truth (numpy). Each library is built and queried in a
-child process of its own, so its peak RSS is its own: build time (2 threads),
+child process of its own, so its peak RSS is its own; the timed passes of all
+libraries are interleaved, so drift of a shared machine during the run does not
+favour one of them. Measured: build time (2 threads),
 peak RSS over the data, bytes per vector on disk, cold-load time, and for each
 ``ef``: single-thread QPS (one query per call, as a matcher serves a request),
 two-thread batched QPS, and the quality metrics:
@@ -176,8 +178,13 @@ def parse_arms(spec: str) -> list[Arm]:
     return arms
 
 
-def _child(lib: str, data_path: str, probes_path: str, m: int, efc: int, precision: str, efs: list[int], repeat: int,
-           out: mp.Queue) -> None:  # type: ignore[type-arg]
+def _child(lib: str, data_path: str, probes_path: str, m: int, efc: int, precision: str,
+           commands: mp.Queue, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    """Build one library's index, report its cost, then answer timed passes until told to stop.
+
+    The child stays alive between passes so the parent can interleave the arms' passes: a machine whose
+    speed drifts during a long run (a shared VM does) then slows every arm alike, not whichever ran last.
+    """
     x = np.load(data_path)
     q = np.load(probes_path)
     _reset_peak()
@@ -188,42 +195,65 @@ def _child(lib: str, data_path: str, probes_path: str, m: int, efc: int, precisi
     peak = _peak_mb() - base
     if lib == "pgvector":  # the build runs in the server: its own clock and memory, not the loading of rows
         build_s, peak = index.build_s, index.peak_mb
-    sweeps = []
-    for ef in efs:
-        _search(lib, index, q[:50], ef, 1)  # warm up
-        passes1, passes2 = [], []
-        for _ in range(repeat):  # QPS: the median of several passes over the probes
-            started = time.perf_counter()
-            rows = [_search(lib, index, q[i : i + 1], ef, 1)[0] for i in range(len(q))]
-            passes1.append(len(q) / (time.perf_counter() - started))
-            started = time.perf_counter()
-            _search(lib, index, q, ef, 2)
-            passes2.append(len(q) / (time.perf_counter() - started))
-        qps1, qps2 = statistics.median(passes1), statistics.median(passes2)
-        width = max(len(r) for r in rows)
-        found = np.full((len(q), width), -1, np.int64)
-        for i, r in enumerate(rows):
-            found[i, : len(r)] = r
-        sweeps.append({"ef": ef, "qps_1thread": qps1, "qps_2threads_batched": qps2, "found": found})
+    del x  # every library holds its own copy; the data is not needed for searching
     with tempfile.TemporaryDirectory() as tmp:
         nbytes, load_s = _save_load(lib, index, Path(tmp))
-    if lib == "pgvector":
-        index.close()
-    out.put({"lib": lib, "build_s": build_s, "peak_rss_mb": peak, "bytes": nbytes, "load_s": load_s, "sweeps": sweeps})
+    out.put({"lib": lib, "build_s": build_s, "peak_rss_mb": peak, "bytes": nbytes, "load_s": load_s})
+    warm: set[int] = set()
+    try:
+        while (command := commands.get()) is not None:
+            ef, want_rows = command
+            if ef not in warm:
+                _search(lib, index, q[:50], ef, 1)
+                warm.add(ef)
+            started = time.perf_counter()
+            rows = [_search(lib, index, q[i : i + 1], ef, 1)[0] for i in range(len(q))]
+            qps1 = len(q) / (time.perf_counter() - started)
+            started = time.perf_counter()
+            _search(lib, index, q, ef, 2)
+            qps2 = len(q) / (time.perf_counter() - started)
+            found = None
+            if want_rows:
+                found = np.full((len(q), max(len(r) for r in rows)), -1, np.int64)
+                for i, r in enumerate(rows):
+                    found[i, : len(r)] = r
+            out.put({"qps_1thread": qps1, "qps_2threads_batched": qps2, "found": found})
+    finally:
+        if lib == "pgvector":
+            index.close()
 
 
-def _result(proc: mp.process.BaseProcess, out: mp.Queue, lib: str) -> dict:  # type: ignore[type-arg]
-    """The child's record; an error, not a hang, when the child dies without one."""
-    import queue
+class _Arm:
+    """The parent's handle on one child: send a command, get its answer; a dead child is an error, not a hang."""
 
-    while True:
-        try:
-            result = out.get(timeout=1.0)
-            proc.join()
-            return result  # type: ignore[no-any-return]
-        except queue.Empty:
-            if not proc.is_alive():
-                raise RuntimeError(f"the {lib} child exited with code {proc.exitcode} and no result") from None
+    def __init__(self, ctx: mp.context.SpawnContext, lib: str, args: tuple[object, ...]) -> None:
+        self.lib = lib
+        self.commands: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
+        self.out: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
+        self.proc = ctx.Process(target=_child, args=(lib, *args, self.commands, self.out), daemon=True)
+        self.proc.start()
+
+    def answer(self) -> dict:  # type: ignore[type-arg]
+        import queue
+
+        while True:
+            try:
+                return self.out.get(timeout=1.0)  # type: ignore[no-any-return]
+            except queue.Empty:
+                if not self.proc.is_alive():
+                    raise RuntimeError(f"the {self.lib} child exited with code {self.proc.exitcode} and no result") from None
+
+    def ask(self, ef: int, want_rows: bool) -> dict:  # type: ignore[type-arg]
+        self.commands.put((ef, want_rows))
+        return self.answer()
+
+    def stop(self) -> None:
+        if self.proc.is_alive():
+            self.commands.put(None)
+            self.proc.join(timeout=60)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
 
 
 def quality(found: np.ndarray, ds_labels: np.ndarray, probe_labels: np.ndarray, x: np.ndarray, q: np.ndarray,
@@ -247,33 +277,56 @@ def quality(found: np.ndarray, ds_labels: np.ndarray, probe_labels: np.ndarray, 
 def run(sizes: list[int], dim: int, n_probes: int, efs: list[int], arms: list[Arm],
         threshold: float, seed: int, checkpoint: Callable[[dict[str, object]], object] | None = None,
         repeat: int = 3, data: str = "face-like") -> dict[str, object]:
-    """Every arm on every size; ``checkpoint`` gets the record so far after each arm (a 1M run takes an hour)."""
+    """Every arm on every size; ``checkpoint`` gets the record so far after each build and each ef (a 1M run takes an hour).
+
+    The arms are built one after another, each in a child process of its own (its peak RSS is its own); then,
+    for each ef, the ``repeat`` timed passes go round the arms in turn (the starting arm rotating), and each
+    arm's QPS is the median of its passes.
+    """
     ctx = mp.get_context("spawn")
     rows: list[dict[str, object]] = []
     record: dict[str, object] = {"benchmark": "index", "machine": machine(), "threshold": threshold, "seed": seed,
-                                 "probes": n_probes, "repeat": repeat, "data": data, "rows": rows}
+                                 "probes": n_probes, "repeat": repeat, "data": data, "interleaved": True, "rows": rows}
     for n in sizes:
         ds = DATASETS[data](n, dim=dim, n_probes=n_probes, seed=seed)
         exact_s, exact_i = topk(ds.probes, ds.gallery, K)
+        children: list[_Arm] = []
         with tempfile.TemporaryDirectory() as tmp:
             data_path, probes_path = os.path.join(tmp, "x.npy"), os.path.join(tmp, "q.npy")
             np.save(data_path, ds.gallery)
             np.save(probes_path, ds.probes)
-            for lib, precision, m, efc, arm_efs in arms:
-                out = ctx.Queue()
-                proc = ctx.Process(target=_child, args=(lib, data_path, probes_path, m, efc, precision, arm_efs or efs, repeat, out),
-                                   daemon=True)
-                proc.start()
-                result = _result(proc, out, lib)
-                for sweep in result["sweeps"]:
-                    sweep.update(quality(sweep.pop("found"), ds.labels, ds.probe_labels, ds.gallery, ds.probes, exact_s, exact_i, threshold))
-                result.update(n=n, dim=dim, bytes_per_vector=result["bytes"] / n, precision=precision, m=m, efc=efc)
-                rows.append(result)
-                print(f"  {lib} n={n}: build {result['build_s']:.1f}s, " + ", ".join(
-                    f"ef={s['ef']} mate={_ratio(s['mate_recall'])} r@10={s['recall_at_10']:.3f} qps={s['qps_1thread']:.0f}"
-                    for s in result["sweeps"]), flush=True)
-                if checkpoint is not None:
-                    checkpoint(record)
+            try:
+                size_rows = []
+                for lib, precision, m, efc, arm_efs in arms:
+                    child = _Arm(ctx, lib, (data_path, probes_path, m, efc, precision))
+                    children.append(child)
+                    row = child.answer()
+                    row.update(n=n, dim=dim, bytes_per_vector=row["bytes"] / n, precision=precision, m=m, efc=efc,
+                               efs=arm_efs or efs, sweeps=[])
+                    rows.append(row)
+                    size_rows.append(row)
+                    print(f"  {lib} n={n}: build {row['build_s']:.1f}s, peak {row['peak_rss_mb']:.0f} MB", flush=True)
+                    if checkpoint is not None:
+                        checkpoint(record)
+                for ef in sorted({e for row in size_rows for e in row["efs"]}):  # type: ignore[attr-defined]
+                    active = [(child, row) for child, row in zip(children, size_rows) if ef in row["efs"]]  # type: ignore[operator]
+                    passes: list[list[dict]] = [[] for _ in active]  # type: ignore[type-arg]
+                    for p in range(repeat):
+                        for j in [(p + i) % len(active) for i in range(len(active))]:
+                            passes[j].append(active[j][0].ask(ef, want_rows=not passes[j]))
+                    for (_, row), done in zip(active, passes):
+                        sweep = {"ef": ef, "qps_1thread": statistics.median(d["qps_1thread"] for d in done),
+                                 "qps_2threads_batched": statistics.median(d["qps_2threads_batched"] for d in done)}
+                        sweep.update(quality(done[0]["found"], ds.labels, ds.probe_labels, ds.gallery, ds.probes, exact_s, exact_i,
+                                             threshold))
+                        row["sweeps"].append(sweep)  # type: ignore[attr-defined]
+                        print(f"  {row['lib']} n={n} ef={ef}: mate={_ratio(sweep['mate_recall'])} "
+                              f"r@10={sweep['recall_at_10']:.3f} qps={sweep['qps_1thread']:.0f}", flush=True)
+                    if checkpoint is not None:
+                        checkpoint(record)
+            finally:
+                for child in children:
+                    child.stop()
     return record
 
 
@@ -281,6 +334,7 @@ def markdown(record: dict[str, object], command: str, plot: str | None) -> str:
     rows = record["rows"]  # type: ignore[assignment]
     spread = ", ".join(f"{1 / np.sqrt(d):.3f}" for d in sorted({r["dim"] for r in rows}))  # type: ignore[index]
     dims = ", ".join(sorted({str(r["dim"]) for r in rows}))  # type: ignore[index]
+    turns = ", the passes of all libraries taken in turn (a drifting machine slows them alike)" if record.get("interleaved") else ""
     if record.get("data", "face-like") == "uniform":
         data = f"{dims}-d i.i.d. uniform unit vectors (no identities, so no mates: recall@10 is the measure), "
     else:
@@ -307,7 +361,7 @@ def markdown(record: dict[str, object], command: str, plot: str | None) -> str:
         "",
         f"Mate recall: planted same-identity faces in exact search's top 10 with similarity ≥ {record['threshold']} "
         "that the index also returns in its top 10. Top-1: the index's best candidate after exact re-scoring equals "
-        f"exact search's best. QPS: the median of {record.get('repeat', 1)} pass(es) over the probes. Peak RSS over data: the build process's peak resident size during the build (VmHWM, "
+        f"exact search's best. QPS: the median of {record.get('repeat', 1)} pass(es) over the probes{turns}. Peak RSS over data: the build process's peak resident size during the build (VmHWM, "
         "reset after the data is loaded) minus its size with the data loaded. "
         "facedex's index is usearch behind `facedex.index.HnswIndex` (id map included); usearch-raw is the library "
         "alone, for the cost of our wrapper.",
