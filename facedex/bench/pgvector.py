@@ -15,6 +15,7 @@ sampled every 0.2 s during the build.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import struct
 import tempfile
 import threading
@@ -134,4 +135,5 @@ class PgVectorIndex:
         for c in self.conns:
             self._run(c.close())
         self.loop.close()
-        self.server.cleanup()
+        self.server.cleanup()  # stops the server; its data folder (a GB at 100k) is ours to remove
+        shutil.rmtree(self.folder, ignore_errors=True)
