@@ -161,7 +161,7 @@ def all_(
         str | None, typer.Option("--sections", help="Run only these sections (comma-separated names), e.g. to finish a cut-short run.")
     ] = None,
 ) -> None:
-    """Every benchmark at full size, regenerating each section of --doc (about 2 hours on 2 cores).
+    """Every benchmark at full size, regenerating each section of --doc (2-4 hours on 2 cores, by the VM's speed).
 
     A section that fails is reported and the run goes on with the next one (its old section stays in --doc);
     the exit code says whether every section ran.

@@ -334,6 +334,7 @@ def markdown(record: dict[str, object], command: str, plot: str | None) -> str:
     rows = record["rows"]  # type: ignore[assignment]
     spread = ", ".join(f"{1 / np.sqrt(d):.3f}" for d in sorted({r["dim"] for r in rows}))  # type: ignore[index]
     dims = ", ".join(sorted({str(r["dim"]) for r in rows}))  # type: ignore[index]
+    sizes = ", ".join(f"{n:,}" for n in sorted({r["n"] for r in rows}))  # type: ignore[index]
     turns = ", the passes of all libraries taken in turn (a drifting machine slows them alike)" if record.get("interleaved") else ""
     if record.get("data", "face-like") == "uniform":
         data = f"{dims}-d i.i.d. uniform unit vectors (no identities, so no mates: recall@10 is the measure), "
@@ -341,7 +342,7 @@ def markdown(record: dict[str, object], command: str, plot: str | None) -> str:
         data = (f"{dims}-d face-like identity clusters (4 faces per identity, same-identity cosine 0.5-0.8, "
                 f"impostors 0 ± {spread}), ")
     lines = [
-        "## Index build and search against its peers",
+        f"## Index build and search: {sizes} × {dims}, {record.get('data', 'face-like')} data",
         "",
         f"Machine: {machine_line(record['machine'])}.  ",  # type: ignore[arg-type]
         f"Data: {data}"
