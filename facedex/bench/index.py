@@ -223,7 +223,7 @@ def _child(lib: str, data_path: str, probes_path: str, m: int, efc: int, precisi
             index.close()
 
 
-class _Arm:
+class _ArmProcess:
     """The parent's handle on one child: send a command, get its answer; a dead child is an error, not a hang."""
 
     def __init__(self, ctx: mp.context.SpawnContext, lib: str, args: tuple[object, ...]) -> None:
@@ -290,7 +290,7 @@ def run(sizes: list[int], dim: int, n_probes: int, efs: list[int], arms: list[Ar
     for n in sizes:
         ds = DATASETS[data](n, dim=dim, n_probes=n_probes, seed=seed)
         exact_s, exact_i = topk(ds.probes, ds.gallery, K)
-        children: list[_Arm] = []
+        children: list[_ArmProcess] = []
         with tempfile.TemporaryDirectory() as tmp:
             data_path, probes_path = os.path.join(tmp, "x.npy"), os.path.join(tmp, "q.npy")
             np.save(data_path, ds.gallery)
@@ -298,7 +298,7 @@ def run(sizes: list[int], dim: int, n_probes: int, efs: list[int], arms: list[Ar
             try:
                 size_rows = []
                 for lib, precision, m, efc, arm_efs in arms:
-                    child = _Arm(ctx, lib, (data_path, probes_path, m, efc, precision))
+                    child = _ArmProcess(ctx, lib, (data_path, probes_path, m, efc, precision))
                     children.append(child)
                     row = child.answer()
                     row.update(n=n, dim=dim, bytes_per_vector=row["bytes"] / n, precision=precision, m=m, efc=efc,
