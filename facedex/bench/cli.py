@@ -177,18 +177,20 @@ def all_(
         f"{lib}:{default}" for lib in ("faiss-hnsw", "hnswlib"))
     # at 1M our index also sweeps the high ef its calibration picks there; the peers stop at 256
     peers_1m = f"facedex:{default}:64/128/256/512/1024/2048/4096," + ",".join(f"{lib}:{default}" for lib in ("faiss-hnsw", "hnswlib"))
+
+    def index_section(section: str, arms: str, sizes: str = "100000", dim: int = 512, efs: str = "32,64,128,256",
+                   data: str = "face-like") -> Callable[[], None]:
+        """One `bench index` section with the suite's fixed probes, threshold, seed and passes."""
+        return lambda: index(sizes=sizes, dim=dim, probes=1000, efs=efs, arms=arms, threshold=0.3, seed=0, repeat=3, data=data,
+                             doc=doc, section=section)
+
     sections: list[tuple[str, Callable[[], None]]] = [
         ("bruteforce", lambda: bruteforce(sizes="100000,1000000", dim=512, repeat=50, batch=64, seed=0, doc=doc)),
-        ("index-params", lambda: index(sizes="100000", dim=512, probes=1000, efs="32,64,128,256", arms=INDEX_PARAM_ARMS,
-                                       threshold=0.3, seed=0, repeat=3, doc=doc, section="index-params")),
-        ("index", lambda: index(sizes="100000", dim=512, probes=1000, efs="32,64,128,256", arms=peers, threshold=0.3, seed=0,
-                                repeat=3, doc=doc, section="index")),
-        ("index-128", lambda: index(sizes="100000", dim=128, probes=1000, efs="32,64,128,256", arms=peers_128, threshold=0.3,
-                                    seed=0, repeat=3, doc=doc, section="index-128")),
-        ("index-uniform", lambda: index(sizes="100000", dim=512, probes=1000, efs="32,64,128,256,512", arms=peers_uniform,
-                                        threshold=0.3, seed=0, repeat=3, data="uniform", doc=doc, section="index-uniform")),
-        ("index-1m", lambda: index(sizes="1000000", dim=512, probes=1000, efs="64,128,256", arms=peers_1m, threshold=0.3, seed=0,
-                                   repeat=3, doc=doc, section="index-1m")),
+        ("index-params", index_section("index-params", INDEX_PARAM_ARMS)),
+        ("index", index_section("index", peers)),
+        ("index-128", index_section("index-128", peers_128, dim=128)),
+        ("index-uniform", index_section("index-uniform", peers_uniform, efs="32,64,128,256,512", data="uniform")),
+        ("index-1m", index_section("index-1m", peers_1m, sizes="1000000", efs="64,128,256")),
         ("extract", lambda: extract(repeat=20, total=200, doc=doc)),
     ]
     if e2e_runs:
