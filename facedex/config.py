@@ -62,8 +62,9 @@ class IndexSettings(BaseModel):
     precision: Literal["f32", "f16", "i8"] = Field("i8", description="Vector precision inside the graph.")
     build_threads: int = Field(0, description="Threads for a build; 0 = all cores.")
     target_recall: float = Field(
-        0.99, description="Each build measures its own ef: the smallest (from expansion_search, doubling) at which this share of "
-        "sampled faces is found again from a new photo of them (cosine calibration_cosine); 0 turns calibration off."
+        0.99, description="Each build measures its own ef: the smallest (from expansion_search, doubling, then the last step "
+        "narrowed twice) at which this share of sampled faces is found again from a new photo of them "
+        "(cosine calibration_cosine); 0 turns calibration off."
     )
     max_expansion_search: int = Field(4096, description="Largest ef calibration may choose.")
     calibration_samples: int = Field(300, description="Faces sampled for calibration.")

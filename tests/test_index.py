@@ -118,8 +118,14 @@ def test_calibration_picks_an_ef_that_holds_on_other_probes() -> None:
 
     cal = calibrate(index, data.gallery, candidates=50, start_ef=16, max_ef=4096, target=0.99)
     assert cal.reached and cal.recall >= 0.99 and cal.ef > 16  # a weak graph needs more than the configured ef
-    assert [ef for ef, _ in cal.curve] == [50 * 2**i for i in range(len(cal.curve))]  # from max(start, candidates), doubling
-    assert all(r < 0.99 for _, r in cal.curve[:-1])
+    # from max(start, candidates), doubling until the target holds, then two halvings of the last step
+    first_held = next(i for i, (_, r) in enumerate(cal.curve) if r >= 0.99)
+    doubling = [ef for ef, _ in cal.curve[: first_held + 1]]
+    assert doubling == [50 * 2**i for i in range(len(doubling))] and len(doubling) >= 2
+    failed, top = doubling[-2:]
+    refined = [ef for ef, _ in cal.curve[first_held + 1 :]]
+    assert len(refined) == 2 and refined[0] == (failed + top) // 2 and all(failed < ef < top for ef in refined)
+    assert cal.ef == min(ef for ef, r in cal.curve if r >= 0.99) and cal.recall == dict(cal.curve)[cal.ef]
 
     def mate_recall(ef: int) -> float:
         keys = index.search_keys(data.probes, 50, ef=ef)
@@ -134,3 +140,4 @@ def test_calibration_picks_an_ef_that_holds_on_other_probes() -> None:
     # a ceiling it cannot reach: the largest allowed ef, and it says so
     capped = calibrate(index, data.gallery, candidates=50, start_ef=16, max_ef=50, target=0.9999)
     assert capped.ef == 50 and not capped.reached and len(capped.curve) == 1
+    assert [ef for ef, _ in calibrate(index, data.gallery, 50, 16, 4096, refine=0).curve] == doubling  # refine=0: powers only

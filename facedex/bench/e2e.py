@@ -152,7 +152,7 @@ def _setup_line(setup: dict[str, object] | None) -> list[str]:
     if not setup:
         return []
     cal = setup.get("calibration") or {}
-    curve = ", ".join(f"{ef}: {r}" for ef, r in cal.get("curve", []))  # type: ignore[union-attr]
+    curve = ", ".join(f"{ef}: {r}" for ef, r in sorted(cal.get("curve", [])))  # type: ignore[union-attr]  # listed as tried; read by ef
     return [f"Setup: faces uploaded through `POST /1/faces/batch` in {setup['upload_s']:.0f} s; index build (load, graph, "
             f"calibration, store) {setup['build_s']:.0f} s; calibrated search ef {setup['ef']} (calibration recall by ef: {curve}).", ""]
 

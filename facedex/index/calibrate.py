@@ -10,8 +10,12 @@ How: sample faces of the list, make a new "photo" of each (the face turned by a
 random direction to cosine ``mate_cosine``: a same-person pair at the hard end of
 SFace/ArcFace's range), search the graph as the Indexed Matcher does (top
 ``candidates`` before exact re-scoring) and count how often the sampled face
-is among them. The smallest ef, doubling from the configured one, that finds at
-least ``target`` of them is stored with the index; the matcher searches with it.
+is among them. The ef doubles from the configured one until it finds at least
+``target`` of them; then ``refine`` halvings of the last step search between
+the last ef that failed and the first that held (256 -> 512 becomes 384, then
+320 or 448), since search time grows with ef and a doubling can overshoot by
+almost 2x. The smallest ef that held is stored with the index; the matcher
+searches with it.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ def calibrate(
     samples: int = 300,
     mate_cosine: float = 0.5,
     seed: int = 0,
+    refine: int = 2,
 ) -> Calibration:
     """``vectors``: the indexed float32 rows, in key order (key i = row i)."""
     n = vectors.shape[0]
@@ -62,11 +67,25 @@ def calibrate(
     queries = probes_near(vectors[rows], mate_cosine, rng)
     k = min(candidates, n)
     curve: list[tuple[int, float]] = []
-    ef = max(start_ef, k)
-    while True:
+
+    def recall_at(ef: int) -> float:
         keys = index.search_keys(queries, k, ef=ef)
         recall = float((keys == rows[:, None]).any(axis=1).mean())
         curve.append((ef, recall))
-        if recall >= target or ef >= max_ef:
-            return Calibration(ef, recall, recall >= target, curve, len(rows))
-        ef = min(2 * ef, max_ef)
+        return recall
+
+    failed: int | None = None  # the largest ef tried that missed the target
+    ef = max(start_ef, k)
+    while (recall := recall_at(ef)) < target and ef < max_ef:
+        failed, ef = ef, min(2 * ef, max_ef)
+    if recall >= target and failed is not None:
+        held = ef
+        for _ in range(refine):
+            mid = (failed + held) // 2
+            if mid in (failed, held):
+                break
+            if (r := recall_at(mid)) >= target:
+                held, ef, recall = mid, mid, r
+            else:
+                failed = mid
+    return Calibration(ef, recall, recall >= target, curve, len(rows))

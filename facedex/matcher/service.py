@@ -12,6 +12,8 @@
   each request is served once. Entries pending on a dead consumer for longer
   than ``claim_idle_ms`` are claimed by the living; entries past their
   deadline are acknowledged unanswered (the proxy has already fallen back).
+  The entries of one read (up to 64) are answered with one graph search
+  (:mod:`facedex.matcher.answer`), so waiting requests keep every core busy.
 - Freshness: before a batch is searched, each list's change head is read (one
   row) and any newer changes are applied, so a detach acknowledged before a
   request was sent is never returned, and an attach is matchable at once.
@@ -25,15 +27,15 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-import numpy as np
 import redis.asyncio as aredis
 from redis.exceptions import ResponseError
 
-from facedex import descriptors, wire
+from facedex import wire
 from facedex.config import Settings
 from facedex.errors import Errors
 from facedex.faces.store import FacesStore
 from facedex.licenses.client import feature_enabled
+from facedex.matcher.answer import answer_batch
 from facedex.matcher.loaded import LoadedIndex
 from facedex.metrics import INDEX_REFRESH_LAG, INDEXED_SERVED
 from facedex.redis.keys import Keys
@@ -235,25 +237,4 @@ class MatcherService:
         if self.cfg.refresh and not await self._catch_up(idx):
             return [error(r, Errors.LIST_NOT_FOUND.code, f"list {list_id} not found") for r in reqs]
         async with idx.lock.read():
-            return await asyncio.to_thread(self._search_all, idx, reqs)
-
-    def _search_all(self, idx: LoadedIndex, reqs: list[wire.IndexedRequest]) -> list[wire.IndexedReply]:
-        out = []
-        for r in reqs:
-            req = r.request
-            if req.account_id != uuid.UUID(idx.meta.account_id).bytes:
-                out.append(wire.IndexedReply(r.rid, None, Errors.LIST_NOT_FOUND.code, "list not found"))
-                continue
-            if req.version != idx.meta.descriptor_version:
-                out.append(wire.IndexedReply(r.rid, None, Errors.INDEX_VERSION_MISMATCH.code,
-                                             f"index holds version {idx.meta.descriptor_version}, got {req.version}"))
-                continue
-            queries = req.reference_matrix(idx.dim)
-            ids, scores = idx.search(queries, req.limit, self.cfg.rescore_candidates)
-            results = []
-            for i, s in zip(ids, scores):
-                sims = descriptors.similarity(s).astype(np.float32)
-                keep = sims >= req.threshold if req.threshold is not None else slice(None)
-                results.append(wire.ReferenceMatches(face_ids=i[keep].tobytes(), similarities=sims[keep].tobytes()))
-            out.append(wire.IndexedReply(r.rid, wire.MatchResponse(results, "indexed", idx.size)))
-        return out
+            return await asyncio.to_thread(answer_batch, idx, reqs, self.cfg.rescore_candidates)
