@@ -79,13 +79,12 @@ def calibrate(
     while (recall := recall_at(ef)) < target and ef < max_ef:
         failed, ef = ef, min(2 * ef, max_ef)
     if recall >= target and failed is not None:
-        held = ef
-        for _ in range(refine):
-            mid = (failed + held) // 2
-            if mid in (failed, held):
+        for _ in range(refine):  # ef held, ``failed`` did not: try halfway
+            mid = (failed + ef) // 2
+            if mid in (failed, ef):
                 break
             if (r := recall_at(mid)) >= target:
-                held, ef, recall = mid, mid, r
+                ef, recall = mid, r
             else:
                 failed = mid
     return Calibration(ef, recall, recall >= target, curve, len(rows))
