@@ -32,6 +32,8 @@ BATCH_REQUESTS = Histogram(
     "facedex_bruteforce_batch_requests", "Requests answered by one exact search (cross-request batching).",
     buckets=(1, 2, 4, 8, 16, 32, 64),
 )
+LOOP_UP = Gauge("facedex_loop_up", "1 while a supervised background loop works, 0 while it fails or stalls.", ["service", "loop"])
+LOOP_RESTARTS = Counter("facedex_loop_restarts_total", "Restarts of a supervised background loop.", ["service", "loop"])
 TASK_QUEUE_DEPTH = Gauge("facedex_task_queue_depth", "Index-build tasks waiting in the queue.")
 
 ScrapeHook = Callable[[], Awaitable[None]]
