@@ -160,5 +160,5 @@ def main() -> None:
     except (UnknownSettingError, ValidationError) as exc:  # bad settings: say which, no traceback
         if isinstance(exc, ValidationError) and exc.title != "Settings":
             raise
-        Console(stderr=True).print(f"[red]invalid settings[/]: {escape(str(exc))}", highlight=False)
+        Console(stderr=True).print(f"[red]invalid settings[/]: {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None

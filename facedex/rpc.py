@@ -43,6 +43,12 @@ class ServiceClient:
         if self._client is not None:
             await self._client.aclose()
 
+    async def check_health(self) -> None:
+        """Raise unless the service's ``/healthcheck`` answers 200 (for the caller's own health check)."""
+        resp = await self.client.get(self.base_url + "/healthcheck", headers=self.headers)
+        if resp.status_code != 200:
+            raise RuntimeError(f"{self.base_url} answered {resp.status_code}")
+
     async def call(self, path: str, message: msgspec.Struct, response_type: type[T], timeout_s: float | None = None) -> T:
         """POST ``message``; the answer decoded as ``response_type``, or the service's error raised by its code."""
         url = self.base_url + path
