@@ -89,3 +89,5 @@ def setup_logging(service: str, fmt: str = "text", level: str = "INFO") -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").setLevel("WARNING")  # replaced by facedex.access (with request ids)
+    for name in ("httpx", "httpcore"):  # a line per outgoing call would double the log; the callee logs its access
+        logging.getLogger(name).setLevel("WARNING")
