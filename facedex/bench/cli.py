@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import shlex
 import sys
 import time
@@ -28,17 +29,20 @@ BENCH_EXTRA = {"faiss", "psutil", "hnswlib", "matplotlib", "skimage"}
 
 
 def _needs_bench_extra(fn: Callable[..., object]) -> Callable[..., object]:
-    """Turn a missing bench library (imported lazily, deep inside a command) into a message naming the extra."""
+    """Check the bench libraries first (arms run in child processes, where a missing one is only a dead child) and
+    turn a missing one into a message naming the extra."""
 
     @functools.wraps(fn)
     def run(*args: object, **kwargs: object) -> object:
         try:
+            for name in sorted(BENCH_EXTRA):
+                importlib.import_module(name)
             return fn(*args, **kwargs)
         except ModuleNotFoundError as exc:
             if (exc.name or "").split(".")[0] not in BENCH_EXTRA:
                 raise
-            console.print(f"[red]{exc.name} is missing[/]: benchmarks need the bench extra: pip install 'facedex[bench]' "
-                          "(from a clone: pip install -e '.[bench]')")
+            console.print(f"{exc.name} is missing: benchmarks need the bench extra: pip install 'facedex[bench]' "
+                          "(from a clone: pip install -e '.[bench]')", style="red", markup=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return run
