@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TypeVar
 
 import httpx
@@ -28,6 +29,7 @@ class ServiceClient:
 
     def __init__(self, base_url: str, timeout_s: float, unavailable: ErrorCode = Errors.MATCHER_UNAVAILABLE) -> None:
         self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
         self.timeout = httpx.Timeout(timeout_s)
         self.unavailable = unavailable
         self.headers: dict[str, str] = {}
@@ -50,16 +52,19 @@ class ServiceClient:
             raise RuntimeError(f"{self.base_url} answered {resp.status_code}")
 
     async def call(self, path: str, message: msgspec.Struct, response_type: type[T], timeout_s: float | None = None) -> T:
-        """POST ``message``; the answer decoded as ``response_type``, or the service's error raised by its code."""
+        """POST ``message``; the answer decoded as ``response_type``, or the service's error raised by its code.
+
+        ``timeout_s`` (default: the client's) bounds the whole call: httpx's own timeouts bound each connect/read/write
+        step, so a slowly trickling answer could otherwise take longer.
+        """
+        total = self.timeout_s if timeout_s is None else timeout_s
         url = self.base_url + path
         headers = {"Content-Type": wire.CONTENT_TYPE, **self.headers}
         if request_id := current_request_id():
             headers[REQUEST_ID_HEADER] = request_id
         try:
-            resp = await self.client.post(
-                url, content=wire.encode(message), headers=headers,
-                timeout=httpx.Timeout(timeout_s) if timeout_s is not None else httpx.USE_CLIENT_DEFAULT,
-            )
+            async with asyncio.timeout(total):
+                resp = await self.client.post(url, content=wire.encode(message), headers=headers, timeout=httpx.Timeout(total))
             body = resp.content
             if resp.status_code == 200:
                 return wire.decode(body, response_type)
