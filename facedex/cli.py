@@ -137,8 +137,10 @@ def list_create(
 
 @app.command()
 def settings() -> None:
-    """Print the settings in force (from FACEDEX_* variables, facedex.toml and defaults)."""
-    console.print_json(get_settings().model_dump_json())
+    """Print the settings in force (from FACEDEX_* variables, facedex.toml and defaults), secrets masked."""
+    from facedex.settings_view import settings_view
+
+    console.print_json(data=settings_view(get_settings()))
 
 
 @app.command()
@@ -148,4 +150,15 @@ def version() -> None:
 
 
 def main() -> None:
-    app()
+    from pydantic import ValidationError
+    from rich.markup import escape
+
+    from facedex.settings_strict import UnknownSettingError
+
+    try:
+        app()
+    except (UnknownSettingError, ValidationError) as exc:  # bad settings: say which, no traceback
+        if isinstance(exc, ValidationError) and exc.title != "Settings":
+            raise
+        Console(stderr=True).print(f"[red]invalid settings[/]: {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None

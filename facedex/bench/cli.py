@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 import shlex
 import sys
 import time
@@ -20,6 +22,30 @@ app = typer.Typer(help="Benchmarks; tables go to docs/benchmarks.md (--doc), raw
 console = Console()
 
 Doc = Annotated[Path | None, typer.Option(help="Update this Markdown file's section for the benchmark.")]
+
+
+# Libraries of the `bench` extra: a runtime install (`pip install facedex`) has none of them.
+BENCH_EXTRA = {"faiss", "psutil", "hnswlib", "matplotlib", "skimage"}
+
+
+def _needs_bench_extra(fn: Callable[..., object]) -> Callable[..., object]:
+    """Check the bench libraries first (arms run in child processes, where a missing one is only a dead child) and
+    turn a missing one into a message naming the extra."""
+
+    @functools.wraps(fn)
+    def run(*args: object, **kwargs: object) -> object:
+        try:
+            for name in sorted(BENCH_EXTRA):
+                importlib.import_module(name)
+            return fn(*args, **kwargs)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] not in BENCH_EXTRA:
+                raise
+            console.print(f"{exc.name} is missing: benchmarks need the bench extra: pip install 'facedex[bench]' "
+                          "(from a clone: pip install -e '.[bench]')", style="red", markup=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return run
 
 
 def _command() -> str:
@@ -218,3 +244,7 @@ def all_(
     if failed:
         console.print(f"[red]failed sections: {', '.join(failed)}[/red]")
         raise typer.Exit(1)
+
+
+for _info in app.registered_commands:  # every bench command says which extra to install when a library is missing
+    _info.callback = _needs_bench_extra(_info.callback)  # type: ignore[arg-type]

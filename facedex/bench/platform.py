@@ -16,7 +16,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from facedex.services import SERVICES
+from facedex.services import SERVICES, facedex_command
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
@@ -83,7 +82,7 @@ def own_platform(log=print) -> Iterator[Platform]:  # type: ignore[no-untyped-de
         env["FACEDEX_DATABASE_URL"] = f"{LOCAL_POSTGRES}/{database}"
     local_redis = port_open("127.0.0.1", 6379)
     log(f"starting a licensed platform in {work} (database {database if local_pg else 'embedded'})")
-    proc = subprocess.Popen([sys.executable, "-m", "facedex", "up"], env=env, stdout=(work / "up.log").open("wb"),
+    proc = subprocess.Popen(facedex_command("up"), env=env, stdout=(work / "up.log").open("wb"),
                             stderr=subprocess.STDOUT)
     try:
         api = f"http://127.0.0.1:{ports['api']}"

@@ -87,6 +87,11 @@ class ListDelta:
 
 _LIST_COLS = "list_id, account_id, user_data, create_time, last_update_time, face_count, change_seq"
 _FACE_COLS = "face_id, account_id, external_id, user_data, create_time, last_update_time"
+# a face's descriptor versions and lists, computed in the same query as its row (one query per page of faces)
+_FACE_DETAIL = (
+    "ARRAY(SELECT version FROM descriptors d WHERE d.face_id=f.face_id ORDER BY version) AS descriptor_versions,"
+    " ARRAY(SELECT list_id FROM list_faces l WHERE l.face_id=f.face_id ORDER BY list_id) AS list_ids"
+)
 
 
 async def create_pool(url: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
@@ -255,10 +260,7 @@ class FacesStore:
 
     async def get_face(self, account_id: uuid.UUID, face_id: uuid.UUID) -> FaceRow:
         row = await self.pool.fetchrow(
-            f"SELECT {_FACE_COLS},"
-            " ARRAY(SELECT version FROM descriptors d WHERE d.face_id=f.face_id ORDER BY version) AS descriptor_versions,"
-            " ARRAY(SELECT list_id FROM list_faces l WHERE l.face_id=f.face_id ORDER BY list_id) AS list_ids"
-            " FROM faces f WHERE face_id=$1 AND account_id=$2",
+            f"SELECT {_FACE_COLS}, {_FACE_DETAIL} FROM faces f WHERE face_id=$1 AND account_id=$2",
             face_id,
             account_id,
         )
@@ -285,7 +287,7 @@ class FacesStore:
             where.append(f"f.external_id=${len(args)}")
         args += [page_size, (page - 1) * page_size]
         rows = await self.pool.fetch(
-            f"SELECT {_FACE_COLS} FROM faces f WHERE {' AND '.join(where)}"
+            f"SELECT {_FACE_COLS}, {_FACE_DETAIL} FROM faces f WHERE {' AND '.join(where)}"
             f" ORDER BY create_time, face_id LIMIT ${len(args) - 1} OFFSET ${len(args)}",
             *args,
         )

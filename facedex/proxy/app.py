@@ -66,9 +66,7 @@ def build_app(settings: Settings) -> FastAPI:
     )
 
     async def bruteforce_health() -> None:
-        async with fallback.client.session.get(settings.bruteforce.url + "/healthcheck") as resp:
-            if resp.status != 200:
-                raise RuntimeError(f"brute-force matcher answered {resp.status}")
+        await fallback.client.check_health()
 
     app.state.health["bruteforce"] = bruteforce_health
 
