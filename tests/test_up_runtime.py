@@ -128,3 +128,12 @@ def test_every_command_helps_without_the_bench_extra(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-P", str(runner), "bench", "index", "--sizes", "1000", "--probes", "10",
                           "--efs", "32", "--arms", "faiss-hnsw:f32:16:32"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 1 and "pip install 'facedex[bench]'" in out.stdout, (out.stdout, out.stderr)
+
+
+def test_restart_backoff_doubles_up_to_a_cap_with_jitter() -> None:
+    from facedex.supervise import Supervisor
+
+    most = Supervisor({}, say=print, jitter=lambda: 1.0)
+    least = Supervisor({}, say=print, jitter=lambda: 0.0)
+    assert [most.delay(n) for n in range(9)] == [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
+    assert [least.delay(n) for n in range(9)] == [0.25, 0.5, 1, 2, 4, 8, 15, 15, 15]
