@@ -21,6 +21,7 @@ class ServiceClient:
         self.base_url = base_url.rstrip("/")
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.unavailable = unavailable
+        self.headers: dict[str, str] = {}  # sent with every call (the internal token: facedex.internal_auth.bearer)
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -39,7 +40,7 @@ class ServiceClient:
         url = self.base_url + path
         try:
             async with self.session.post(
-                url, data=wire.encode(message), headers={"Content-Type": wire.CONTENT_TYPE}
+                url, data=wire.encode(message), headers={**self.headers, "Content-Type": wire.CONTENT_TYPE}
             ) as resp:
                 body = await resp.read()
                 if resp.status == 200:

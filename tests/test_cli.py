@@ -97,12 +97,12 @@ async def test_tasks_cli(services, store) -> None:
     vecs = np.random.default_rng(1).standard_normal((300, 512)).astype(np.float32)
     _, list_id, _ = await new_list(store, vecs)
     url = services.url("manager")
-    out = facedex("tasks", "create", str(list_id), "--url", url, timeout=120)
+    out = facedex("tasks", "create", str(list_id), "--url", url, timeout=120, env=services.env)  # the admin token
     assert out.returncode == 0, out.stdout + out.stderr
     assert "with 300 faces" in out.stdout
-    listed = facedex("tasks", "list", "--url", url, "--status", "success")
+    listed = facedex("tasks", "list", "--url", url, "--status", "success", env=services.env)
     assert str(list_id)[:8] in listed.stdout
-    again = facedex("tasks", "create", str(list_id), "--url", url)
+    again = facedex("tasks", "create", str(list_id), "--url", url, env=services.env)
     assert again.returncode == 1 and "26202" in again.stdout
 
 
