@@ -123,7 +123,7 @@ def _validation_detail(exc: RequestValidationError) -> tuple[ErrorCode, str]:
         if err.get("type") == "json_invalid":
             return Errors.BAD_JSON, f"invalid JSON: {err.get('ctx', {}).get('error', err.get('msg'))}"
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        if err.get("type") == NOT_STORABLE:
+        if err.get("type") in (NOT_STORABLE, "string_unicode"):  # NUL, or a lone surrogate in JSON
             return Errors.TEXT_NOT_STORABLE, f"{where or 'body'}: {err.get('msg')}"
         parts.append(f"{where or 'body'}: {err.get('msg')}")
     return Errors.VALIDATION, "; ".join(parts[:10])

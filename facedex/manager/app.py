@@ -12,7 +12,7 @@ from dataclasses import asdict
 from typing import Annotated, Literal
 
 import aiohttp
-from fastapi import Depends, FastAPI, Query, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict
 
@@ -37,6 +37,21 @@ class TaskCreate(BaseModel):
     descriptor_version: int | None = None
 
 
+async def caller(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
+    """Operators (admin or internal token) see every list; an account token only its own lists' objects."""
+    settings: Settings = request.app.state.settings
+    return await resolve_caller(creds, request.app.state.tokens, settings.admin_token, settings.internal_token)
+
+
+Who = Annotated[Caller, Depends(caller)]
+
+
+async def operator(who: Who) -> Caller:
+    if not who.operator:
+        raise FacedexError(Errors.FORBIDDEN, "this route needs the admin token")
+    return who
+
+
 def build_app(settings: Settings) -> FastAPI:
     storage = open_storage(settings)
     keys = Keys(settings.redis_prefix)
@@ -54,7 +69,8 @@ def build_app(settings: Settings) -> FastAPI:
         master = Master(settings, redis, repo, store, storage, instance_id)
         tokens = TokenCache(store, settings.database_url)
         await tokens.start()
-        state.update(repo=repo, store=store, master=master, redis=redis, tokens=tokens)
+        state.update(repo=repo, store=store, master=master, redis=redis)
+        app.state.tokens = tokens
         app.state.health["faces_db"] = lambda: pool.fetchval("SELECT 1")
         app.state.health["redis"] = redis.ping
 
@@ -78,23 +94,13 @@ def build_app(settings: Settings) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         lifespan=lifespan,
     )
+    app.state.settings = settings
 
     def repo() -> TaskRepo:
         return state["repo"]  # type: ignore[return-value]
 
     def store() -> FacesStore:
         return state["store"]  # type: ignore[return-value]
-
-    async def caller(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
-        """Operators (admin or internal token) see every list; an account token only its own lists' objects."""
-        return await resolve_caller(creds, state["tokens"], settings.admin_token, settings.internal_token)  # type: ignore[arg-type]
-
-    async def operator(who: Annotated[Caller, Depends(caller)]) -> Caller:
-        if not who.operator:
-            raise FacedexError(Errors.FORBIDDEN, "this route needs the admin token")
-        return who
-
-    Who = Annotated[Caller, Depends(caller)]
 
     async def visible_lists(who: Caller) -> set[str] | None:
         """None: every list (an operator)."""
