@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import msgspec
 import numpy as np
 import pytest
 import redis
@@ -400,7 +399,41 @@ async def test_tokens_listed_capped_expiring_and_revoked_on_every_instance(servi
     # the cap (3 on api-2): the account's default token + 2 more; expired and revoked ones do not count
     capped = httpx.Client(base_url=second, headers=owner.headers)
     assert capped.post("/1/account/tokens", json={}).status_code == 201
-    assert capped.post("/1/account/tokens", json={}).status_code == 201
+    assert capped.post("/1/account/tokens").status_code == 201  # no body: defaults
     before = len(owner.get("/1/account/tokens").json())
     _assert_refused(capped.post("/1/account/tokens", json={}), 409, 15002, "over the cap")
     assert len(owner.get("/1/account/tokens").json()) == before
+
+
+# --------------------------------------------------------------------------- credentials in URLs
+def test_services_run_on_a_redis_with_an_acl_user(services: Services, tmp_path: Path) -> None:
+    """The README's production Redis URL (ACL user and password in it) works; without them the server refuses."""
+    import subprocess
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path), "--user", "default", "off", "--user", "facedex", "on", ">s3cret", "~*", "&*", "+@all"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"redis://facedex:s3cret@127.0.0.1:{port}/0"
+        wait_for(lambda: _pings(url), 20, "the private redis-server")
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis.from_url(f"redis://127.0.0.1:{port}/0").ping()
+        services.start("proxy-acl", "proxy", FACEDEX_REDIS_URL=url)
+        health = httpx.get(services.url("proxy-acl") + "/healthcheck").json()
+        assert health["status"] == "ok", health
+        services.stop("proxy-acl")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _pings(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url).ping())
+    except redis.exceptions.ConnectionError:
+        return False

@@ -50,7 +50,6 @@ class AccountCreate(Strict):
 class AccountCreated(BaseModel):
     account_id: uuid.UUID
     token: str = Field(..., description="Bearer token; shown once, store it.")
-    token_id: uuid.UUID | None = Field(None, description="The token's id (GET/DELETE /1/account/tokens).")
 
 
 class TokenCreate(Strict):
