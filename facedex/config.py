@@ -132,6 +132,11 @@ class Settings(BaseSettings):
     default_descriptor_version: int = Field(1, description="Descriptor version used where a request names none.")
     admin_token: str | None = Field(None, description="Bearer token for admin routes (creating accounts). Unset: admin routes are off.")
     max_body_bytes: int = Field(64 << 20, description="Largest request body any service accepts.")
+    internal_token: str | None = Field(
+        None, description="Shared service-to-service secret: every internal route requires it as a bearer token, and match "
+        "requests are signed with a key derived from it. Unset: internal routes refuse every request (`facedex up` makes one)."
+    )
+    max_tokens_per_account: int = Field(100, description="Most live (unexpired) API tokens one account may hold.")
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
 

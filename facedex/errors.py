@@ -29,6 +29,10 @@ class Errors:
     NOT_FOUND = ErrorCode(10006, 404, "Resource not found")
     METHOD_NOT_ALLOWED = ErrorCode(10007, 405, "Method not allowed")
     UNSUPPORTED_MEDIA = ErrorCode(10008, 415, "Unsupported content type")
+    # request level: service-to-service authentication and text the database cannot store (issue 14)
+    INTERNAL_UNAUTHORIZED = ErrorCode(10010, 401, "Missing or invalid internal service token")
+    IDENTITY_UNVERIFIED = ErrorCode(10011, 403, "The caller identity in the message could not be authenticated")
+    TEXT_NOT_STORABLE = ErrorCode(10012, 400, "Text contains characters that cannot be stored (NUL)")
     # descriptors
     DESCRIPTOR_VERSION_UNKNOWN = ErrorCode(11001, 400, "Unknown descriptor version")
     DESCRIPTOR_LENGTH = ErrorCode(11002, 400, "Descriptor has the wrong length for its version")
@@ -59,6 +63,8 @@ class Errors:
     IMAGE_REQUEST = ErrorCode(16008, 400, "Malformed image request")
     # accounts
     ACCOUNT_NOT_FOUND = ErrorCode(15001, 404, "Account not found")
+    TOKEN_LIMIT = ErrorCode(15002, 409, "Too many live tokens for this account")
+    TOKEN_NOT_FOUND = ErrorCode(15003, 404, "Token not found")
     # internal
     INTERNAL = ErrorCode(19001, 500, "Internal server error")
     # index services (numbers as in LUNA LIM)

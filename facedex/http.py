@@ -24,7 +24,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from facedex import __version__
 from facedex.errors import ErrorCode, Errors, FacedexError
 from facedex.logs import REQUEST_ID_HEADER, accepted_request_id, access_log, reset_request_id, set_request_id
+from facedex.internal_auth import token_matches
 from facedex.metrics import MetricsMiddleware, render
+from facedex.text import NOT_STORABLE
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +130,38 @@ class RequestIdMiddleware:
                 extra={"method": scope["method"], "path": scope["path"], "status": status, "duration_ms": duration_ms},
             )
             reset_request_id(token)
+# Routes of an internal service that answer without the internal token: liveness and self-description only.
+# /metrics is NOT among them: its labels name lists and accounts' activity (scrape with the token).
+OPEN_PATHS = frozenset({"/healthcheck", "/version", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+OPEN_PREFIXES = ("/static-offline-docs/",)  # the /docs page's own assets (fastapi-offline's mount)
+
+
+class InternalAuthMiddleware:
+    """The one check of service-to-service calls: ``Authorization: Bearer <internal_token>`` (constant-time).
+
+    Runs before the body is read, so a refused caller costs nothing and changes nothing.
+    """
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"].startswith(OPEN_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() == "bearer" and token_matches(presented.strip(), self.token):
+            await self.app(scope, receive, send)
+            return
+        detail = (
+            "internal_token is not set on this service: set FACEDEX_INTERNAL_TOKEN" if not self.token
+            else "send 'Authorization: Bearer <internal_token>'" if not header else "wrong internal token"
+        )
+        response = error_response(Errors.INTERNAL_UNAUTHORIZED, detail)
+        response.headers["WWW-Authenticate"] = "Bearer"
+        await response(scope, receive, send)
 
 
 def _validation_detail(exc: RequestValidationError) -> tuple[ErrorCode, str]:
@@ -136,6 +170,8 @@ def _validation_detail(exc: RequestValidationError) -> tuple[ErrorCode, str]:
         if err.get("type") == "json_invalid":
             return Errors.BAD_JSON, f"invalid JSON: {err.get('ctx', {}).get('error', err.get('msg'))}"
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        if err.get("type") in (NOT_STORABLE, "string_unicode"):  # NUL, or a lone surrogate in JSON
+            return Errors.TEXT_NOT_STORABLE, f"{where or 'body'}: {err.get('msg')}"
         parts.append(f"{where or 'body'}: {err.get('msg')}")
     return Errors.VALIDATION, "; ".join(parts[:10])
 
@@ -148,8 +184,11 @@ def create_app(
     max_body_bytes: int,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[Any]] | None = None,
     health: dict[str, HealthCheck] | None = None,
+    internal_token: str | None = None,
+    internal: bool = False,
     **kwargs: Any,
 ) -> FastAPI:
+    """``internal=True``: every route but OPEN_PATHS requires ``internal_token`` (401, 10010 without it)."""
     app = FastAPIOffline(  # FastAPI with /docs and /redoc assets served from a pip package, not a CDN
         title=title,
         description=description,
@@ -161,6 +200,10 @@ def create_app(
     app.state.health = dict(health or {})
     app.state.scrape_hooks = []  # async callables refreshing gauges before a /metrics scrape
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    if internal:
+        if not internal_token:
+            log.warning("%s: internal_token is not set; every internal route will answer 401", service)
+        app.add_middleware(InternalAuthMiddleware, token=internal_token)
     app.add_middleware(MetricsMiddleware, service=service)
     app.add_middleware(RequestIdMiddleware)  # added last: outermost
 

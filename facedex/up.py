@@ -23,16 +23,25 @@ from facedex.restarts import ServiceRestarter
 console = Console(stderr=True)
 
 
-def _admin_token(settings: Settings) -> str:
-    """The configured admin token, or one kept (mode 0600) in the data folder."""
-    if settings.admin_token:
-        return settings.admin_token
-    path = settings.data_dir / "admin_token"
+def _kept_secret(configured: str | None, path: Path) -> str:
+    """The configured secret, or one kept (mode 0600, created so) in the data folder."""
+    if configured:
+        return configured
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, not even briefly
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
     return path.read_text().strip()
+
+
+def _admin_token(settings: Settings) -> str:
+    return _kept_secret(settings.admin_token, settings.data_dir / "admin_token")
+
+
+def _internal_token(settings: Settings) -> str:
+    """The service-to-service secret every service started here shares (facedex.internal_auth)."""
+    return _kept_secret(settings.internal_token, settings.data_dir / "internal_token")
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
@@ -91,6 +100,7 @@ def run_up(settings: Settings, demo: bool = False, exit_after_demo: bool = False
             FACEDEX_DATABASE_URL=resolved.database_url,
             FACEDEX_REDIS_URL=resolved.redis_url or "",
             FACEDEX_ADMIN_TOKEN=admin_token,
+            FACEDEX_INTERNAL_TOKEN=_internal_token(settings),
         )
         if not settings.indexing.indexers:  # the manager dispatches to the indexer started here
             env["FACEDEX_INDEXING__INDEXERS"] = f'["{settings.indexer.url}"]'

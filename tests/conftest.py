@@ -119,8 +119,13 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
 class Services:
     """The services of one test run, each instance a `facedex serve` process on its own port."""
 
+    current: Services | None = None  # the session's instance (helpers without a fixture reach its credentials)
+
     def __init__(self, database_url: str, redis_url: str, redis_prefix: str, work: Path) -> None:
         self.admin_token = secrets.token_urlsafe(16)
+        self.internal_token = secrets.token_urlsafe(24)  # the service-to-service secret (facedex.internal_auth)
+        self.internal = {"Authorization": f"Bearer {self.internal_token}"}  # headers for calls to internal routes
+        self.admin = {"Authorization": f"Bearer {self.admin_token}"}  # headers of an operator (Index Manager, admin routes)
         self.ports: dict[str, int] = {}
         self.env = dict(os.environ)
         self.env.update(
@@ -128,6 +133,7 @@ class Services:
             FACEDEX_REDIS_URL=redis_url,
             FACEDEX_REDIS_PREFIX=redis_prefix,
             FACEDEX_ADMIN_TOKEN=self.admin_token,
+            FACEDEX_INTERNAL_TOKEN=self.internal_token,
             FACEDEX_MAX_BODY_BYTES=str(8 << 20),
             FACEDEX_DATA_DIR=str(work),
             FACEDEX_INDEX_STORAGE__PATH=str(work / "indexes"),
@@ -200,6 +206,7 @@ class Services:
 @pytest.fixture(scope="session")
 def services(database_url: str, redis_url: str, redis_prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     svc = Services(database_url, redis_url, redis_prefix, tmp_path_factory.mktemp("services"))
+    Services.current = svc
     try:
         for name in ("licenses", "bruteforce", "proxy", "api", "indexer", "manager", "matcher"):
             svc.start(name)

@@ -178,7 +178,7 @@ def test_service_endpoints(services) -> None:
         assert httpx.get(services.url(name) + "/version").json()["service"] == name
     spec = httpx.get(services.url("api") + "/openapi.json").json()
     assert "/1/matcher/faces" in spec["paths"]
-    assert httpx.get(services.url("proxy") + "/1/plugins").json() == {"plugins": ["indexed", "bruteforce"]}
+    assert httpx.get(services.url("proxy") + "/1/plugins", headers=services.internal).json() == {"plugins": ["indexed", "bruteforce"]}
 
 
 async def test_concurrent_requests_are_batched_and_each_answer_is_exact(services, client: httpx.Client) -> None:
@@ -192,7 +192,7 @@ async def test_concurrent_requests_are_batched_and_each_answer_is_exact(services
     scores = data.probes @ data.gallery.T
 
     def batches() -> tuple[float, float]:
-        text = httpx.get(services.url("bruteforce") + "/metrics").text
+        text = httpx.get(services.url("bruteforce") + "/metrics", headers=services.internal).text
         single = re.search(r'facedex_bruteforce_batch_requests_bucket\{le="1.0"\} (\S+)', text)
         total = re.search(r"facedex_bruteforce_batch_requests_count (\S+)", text)
         return float(single.group(1)) if single else 0.0, float(total.group(1)) if total else 0.0

@@ -42,13 +42,15 @@ def test_embedded_servers_start_when_nothing_answers(tmp_path: Path, monkeypatch
     monkeypatch.setattr(embedded, "LOCAL_POSTGRES", f"postgresql://postgres@127.0.0.1:{dead}/facedex")
     monkeypatch.setattr(embedded, "port_open", lambda host, port, timeout=0.5: False)
 
+    from facedex.faces.migrate import migration_files
+
     async def run() -> None:
         with_urls = await resolve("postgresql://x@127.0.0.1:1/y", "redis://127.0.0.1:1/0", tmp_path, embed=True)
         assert with_urls.started == []  # a URL in the settings wins, nothing started
         resolved = await resolve(None, None, tmp_path, embed=True)
         try:
             assert len(resolved.started) == 2 and str(tmp_path) in resolved.started[0]
-            assert await prepare_database(resolved.database_url) == ["0001_init.sql"]
+            assert await prepare_database(resolved.database_url) == [name for _, name, _ in migration_files()]
             conn = await asyncpg.connect(resolved.database_url)
             assert await conn.fetchval("SELECT count(*) FROM lists") == 0
             await conn.close()
@@ -97,12 +99,12 @@ async def test_tasks_cli(services, store) -> None:
     vecs = np.random.default_rng(1).standard_normal((300, 512)).astype(np.float32)
     _, list_id, _ = await new_list(store, vecs)
     url = services.url("manager")
-    out = facedex("tasks", "create", str(list_id), "--url", url, timeout=120)
+    out = facedex("tasks", "create", str(list_id), "--url", url, timeout=120, env=services.env)  # the admin token
     assert out.returncode == 0, out.stdout + out.stderr
     assert "with 300 faces" in out.stdout
-    listed = facedex("tasks", "list", "--url", url, "--status", "success")
+    listed = facedex("tasks", "list", "--url", url, "--status", "success", env=services.env)
     assert str(list_id)[:8] in listed.stdout
-    again = facedex("tasks", "create", str(list_id), "--url", url)
+    again = facedex("tasks", "create", str(list_id), "--url", url, env=services.env)
     assert again.returncode == 1 and "26202" in again.stdout
 
 

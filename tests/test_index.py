@@ -79,23 +79,29 @@ def meta(index_id: str, list_id: str, seq: int, t: str) -> IndexMeta:
     return IndexMeta(index_id, list_id, "acc", 1, 10, seq, {}, create_time=t)
 
 
+I1, I2 = "0190a1b2-0000-7000-8000-000000000001", "0190a1b2-0000-7000-8000-000000000002"
+
+
 def test_local_storage_is_atomic_and_verified(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path / "store")
     work = tmp_path / "work"
     work.mkdir()
     (work / "index.usearch").write_bytes(b"graph")
     (work / "ids.npy").write_bytes(b"ids")
-    storage.put(work, meta("i1", "L", 5, "2026-01-01"))
-    (tmp_path / "store" / ".tmp-i2").mkdir()  # a crashed put: never listed
-    assert [m.index_id for m in storage.list()] == ["i1"]
-    got = storage.get_meta("i1")
+    storage.put(work, meta(I1, "L", 5, "2026-01-01"))
+    (tmp_path / "store" / f".tmp-{I2}").mkdir()  # a crashed put: never listed
+    assert [m.index_id for m in storage.list()] == [I1]
+    got = storage.get_meta(I1)
     assert got is not None and set(got.files) == {"index.usearch", "ids.npy"}
-    assert storage.fetch("i1") == tmp_path / "store" / "i1"
-    (tmp_path / "store" / "i1" / "ids.npy").write_bytes(b"tampered")
+    assert storage.fetch(I1) == tmp_path / "store" / I1
+    (tmp_path / "store" / I1 / "ids.npy").write_bytes(b"tampered")
     with pytest.raises(CorruptIndex):
-        storage.fetch("i1")
-    assert storage.delete("i1") and not storage.delete("i1") and storage.list() == []
+        storage.fetch(I1)
+    assert storage.delete(I1) and not storage.delete(I1) and storage.list() == []
     assert storage.get_meta("../etc") is None
+    with pytest.raises(ValueError):  # a folder name that is not an index id is never written
+        storage.put(work, meta("../outside", "L", 1, "2026-01-01"))
+    assert not (tmp_path / "outside").exists() and not (tmp_path / ".tmp-..").exists()
     assert json.loads(meta("x", "L", 1, "t").to_json())["list_id"] == "L"
 
 

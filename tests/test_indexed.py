@@ -34,7 +34,7 @@ def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-u
 
 
 def served_by_matcher(services: Services, name: str, list_id: str) -> bool:
-    loaded = httpx.get(services.url(name) + "/1/indexes").json()
+    loaded = httpx.get(services.url(name) + "/1/indexes", headers=services.internal).json()
     return any(i["list_id"] == list_id for i in loaded["indexes"])
 
 
@@ -49,7 +49,7 @@ async def ready(services: Services, store: FacesStore):
     for start in range(0, N, 20_000):
         ids += await store.import_matrix(account, uuid.UUID(list_id), 1, data.gallery[start : start + 20_000])
     manager = services.url("manager")
-    task = httpx.post(f"{manager}/1/tasks", json={"list_id": list_id}).json()
+    task = httpx.post(f"{manager}/1/tasks", json={"list_id": list_id}, headers=services.internal).json()
     assert wait_task(manager, task["task_id"], timeout=300)["status"] == "success"
     wait_for(lambda: served_by_matcher(services, "matcher", list_id), 30, "the matcher to load the index")
     time.sleep(1.0)  # the proxy's label sync
@@ -93,7 +93,7 @@ def test_indexed_route_equals_brute_force(ready, services: Services) -> None:
     mates_indexed = [(r["face_id"], r["similarity"]) for r in indexed["matches"][0]["results"] if r["similarity"] >= 0.3]
     assert mates_exact and [f for f, _ in mates_exact] == [f for f, _ in mates_indexed]
     assert np.allclose([s for _, s in mates_exact], [s for _, s in mates_indexed], atol=1e-5)
-    metrics = httpx.get(services.url("proxy") + "/metrics").text
+    metrics = httpx.get(services.url("proxy") + "/metrics", headers=services.internal).text
     assert 'facedex_match_route_total{fallback="",route="indexed"}' in metrics
 
 
@@ -132,7 +132,7 @@ def test_kill_matcher_then_restart_and_share(ready, services: Services) -> None:
     time.sleep(1.0)  # the proxy's label sync
     routes = [match(client, list_id, data.probes[q % 200], limit=1)["route"] for q in range(60)]
     assert routes.count("indexed") >= 55
-    served = [httpx.get(services.url(n) + "/1/indexes").json()["served"] for n in ("matcher", "matcher-2")]
+    served = [httpx.get(services.url(n) + "/1/indexes", headers=services.internal).json()["served"] for n in ("matcher", "matcher-2")]
     assert all(s > 0 for s in served), served  # the consumer group shares the load
     services.stop("matcher-2")
 
@@ -141,13 +141,13 @@ async def test_reload_under_load_has_no_failed_request(ready, services: Services
     """Requests flow from before the rebuild until after the new index is swapped in; none fails."""
     data, client, list_id, ids = ready
     manager = services.url("manager")
-    before = httpx.get(services.url("matcher") + "/1/indexes").json()
+    before = httpx.get(services.url("matcher") + "/1/indexes", headers=services.internal).json()
     old_index = next(i["index_id"] for i in before["indexes"] if i["list_id"] == list_id)
     client.patch(f"/1/lists/{list_id}/faces", json={"action": "detach", "face_ids": [ids[0]]})  # a change: rebuild allowed
-    task = httpx.post(f"{manager}/1/tasks", json={"list_id": list_id}).json()
+    task = httpx.post(f"{manager}/1/tasks", json={"list_id": list_id}, headers=services.internal).json()
 
     def swapped() -> bool:
-        now = httpx.get(services.url("matcher") + "/1/indexes").json()
+        now = httpx.get(services.url("matcher") + "/1/indexes", headers=services.internal).json()
         return any(i["list_id"] == list_id and i["index_id"] != old_index for i in now["indexes"])
 
     results: list[tuple[int, str, int, str]] = []  # status, route, probe, best face

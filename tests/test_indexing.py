@@ -23,7 +23,7 @@ from tests.conftest import Services
 def wait_task(url: str, task_id: str, timeout: float = 120, until: tuple[str, ...] = ("success", "failed", "cancelled")) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        task = httpx.get(f"{url}/1/tasks/{task_id}").json()
+        task = httpx.get(f"{url}/1/tasks/{task_id}", headers=Services.current.internal).json()  # type: ignore[union-attr]
         if task["status"] in until:
             return task
         time.sleep(0.2)
@@ -78,11 +78,11 @@ async def test_background_dynamic_indexing(services: Services, own_store, big) -
     )
     account, list_id, ids = await new_list(store, big.gallery[:11_000])
     time.sleep(2.5)  # two planning runs: below the threshold, nothing to do
-    assert httpx.get(f"{manager}/1/tasks").json() == []
+    assert httpx.get(f"{manager}/1/tasks", headers=services.internal).json() == []
 
     more = await store.import_matrix(account, list_id, 1, big.gallery[11_000:12_500])
     deadline = time.monotonic() + 10
-    while not (tasks := httpx.get(f"{manager}/1/tasks").json()):
+    while not (tasks := httpx.get(f"{manager}/1/tasks", headers=services.internal).json()):
         assert time.monotonic() < deadline, "the list crossed the threshold but no task was planned"
         time.sleep(0.2)
     assert [t["list_id"] for t in tasks] == [str(list_id)] and tasks[0]["type"] == "background"
@@ -90,16 +90,16 @@ async def test_background_dynamic_indexing(services: Services, own_store, big) -
     assert first["status"] == "success" and first["count"] == 12_500
 
     time.sleep(2.5)  # unchanged: no rebuild
-    assert len(httpx.get(f"{manager}/1/tasks").json()) == 1
+    assert len(httpx.get(f"{manager}/1/tasks", headers=services.internal).json()) == 1
 
     await store.detach(account, list_id, [more[0]])
     deadline = time.monotonic() + 10
-    while len(tasks := httpx.get(f"{manager}/1/tasks").json()) < 2:
+    while len(tasks := httpx.get(f"{manager}/1/tasks", headers=services.internal).json()) < 2:
         assert time.monotonic() < deadline, "a change was not picked up"
         time.sleep(0.2)
     second = wait_task(manager, tasks[0]["task_id"])
     assert second["status"] == "success" and second["count"] == 12_499
-    relevant = httpx.get(f"{manager}/1/indexes/relevant").json()
+    relevant = httpx.get(f"{manager}/1/indexes/relevant", headers=services.internal).json()
     assert [m["index_id"] for m in relevant] == [second["index_id"]]
     services.stop("manager-dyn")
     services.stop("indexer-dyn")
@@ -108,11 +108,11 @@ async def test_background_dynamic_indexing(services: Services, own_store, big) -
 async def test_one_time_build_finds_what_exact_search_finds(services: Services, store: FacesStore, big) -> None:
     manager = services.url("manager")
     _, list_id, ids = await new_list(store, big.gallery)
-    resp = httpx.post(f"{manager}/1/tasks", json={"list_id": str(list_id)})
+    resp = httpx.post(f"{manager}/1/tasks", json={"list_id": str(list_id)}, headers=services.internal)
     assert resp.status_code == 201, resp.text
     task = resp.json()
     assert task["status"] == "pending" and task["type"] == "one_time"
-    dup = httpx.post(f"{manager}/1/tasks", json={"list_id": str(list_id)})
+    dup = httpx.post(f"{manager}/1/tasks", json={"list_id": str(list_id)}, headers=services.internal)
     assert dup.status_code == 409 and dup.json()["error_code"] == 26201
 
     done = wait_task(manager, task["task_id"])
@@ -145,25 +145,26 @@ async def test_one_time_build_finds_what_exact_search_finds(services: Services, 
     assert top1 >= 0.99 and hits / total >= 0.99
 
     # nothing changed since: a new build is refused; the index is listed as relevant
-    again = httpx.post(f"{manager}/1/tasks", json={"list_id": str(list_id)})
+    again = httpx.post(f"{manager}/1/tasks", json={"list_id": str(list_id)}, headers=services.internal)
     assert again.status_code == 409 and again.json()["error_code"] == 26202
-    relevant = {m["list_id"]: m["index_id"] for m in httpx.get(f"{manager}/1/indexes/relevant").json()}
+    relevant = {m["list_id"]: m["index_id"] for m in httpx.get(f"{manager}/1/indexes/relevant", headers=services.internal).json()}
     assert relevant[str(list_id)] == done["index_id"]
-    listed = httpx.get(f"{manager}/1/tasks", params={"list_id": str(list_id)}).json()
+    listed = httpx.get(f"{manager}/1/tasks", params={"list_id": str(list_id)}, headers=services.internal).json()
     assert [t["task_id"] for t in listed] == [task["task_id"]]
 
 
 async def test_task_errors(services: Services, store: FacesStore) -> None:
     manager = services.url("manager")
-    resp = httpx.post(f"{manager}/1/tasks", json={"list_id": str(uuid.uuid4())})
+    resp = httpx.post(f"{manager}/1/tasks", json={"list_id": str(uuid.uuid4())}, headers=services.internal)
     assert resp.status_code == 404 and resp.json()["error_code"] == 12001
     account, _ = await store.create_account("e")
     empty = await store.create_list(account)
-    resp = httpx.post(f"{manager}/1/tasks", json={"list_id": str(empty.list_id)})
+    resp = httpx.post(f"{manager}/1/tasks", json={"list_id": str(empty.list_id)}, headers=services.internal)
     assert resp.status_code == 400 and resp.json()["error_code"] == 26105
-    assert httpx.get(f"{manager}/1/tasks/nope").json()["error_code"] == 26001
-    assert httpx.delete(f"{manager}/1/indexes/nope").json()["error_code"] == 26204
-    resp = httpx.post(f"{manager}/1/tasks", json={"list_id": "x"})
+    assert httpx.get(f"{manager}/1/tasks/{uuid.uuid4()}", headers=services.internal).json()["error_code"] == 26001
+    assert httpx.delete(f"{manager}/1/indexes/{uuid.uuid4()}", headers=services.internal).json()["error_code"] == 26204
+    assert httpx.get(f"{manager}/1/tasks/nope", headers=services.internal).json()["error_code"] == 10002  # ids are UUIDs
+    resp = httpx.post(f"{manager}/1/tasks", json={"list_id": "x"}, headers=services.internal)
     assert resp.status_code == 422
 
 
@@ -172,14 +173,14 @@ async def test_cancel_and_killed_build_child(services: Services, store: FacesSto
     _, list_a, _ = await new_list(store, big.gallery)
     _, list_b, _ = await new_list(store, big.gallery[:2000])
     _, list_c, _ = await new_list(store, big.gallery[:500])
-    a = httpx.post(f"{manager}/1/tasks", json={"list_id": str(list_a)}).json()
-    b = httpx.post(f"{manager}/1/tasks", json={"list_id": str(list_b)}).json()
-    c = httpx.post(f"{manager}/1/tasks", json={"list_id": str(list_c)}).json()
+    a = httpx.post(f"{manager}/1/tasks", json={"list_id": str(list_a)}, headers=services.internal).json()
+    b = httpx.post(f"{manager}/1/tasks", json={"list_id": str(list_b)}, headers=services.internal).json()
+    c = httpx.post(f"{manager}/1/tasks", json={"list_id": str(list_c)}, headers=services.internal).json()
     # b waits behind a: cancel it while pending
-    cancelled = httpx.delete(f"{manager}/1/tasks/{b['task_id']}").json()
+    cancelled = httpx.delete(f"{manager}/1/tasks/{b['task_id']}", headers=services.internal).json()
     assert cancelled["status"] == "cancelled"
     wait_task(manager, a["task_id"], until=("indexing",))
-    while httpx.get(f"{indexer}/1/state").json()["progress"] < 0.15:  # well into the graph build
+    while httpx.get(f"{indexer}/1/state", headers=services.internal).json()["progress"] < 0.15:  # well into the graph build
         time.sleep(0.1)
     children = psutil.Process(services.procs["indexer"].pid).children()
     build = [p for p in children if "multiprocessing" in " ".join(p.cmdline()) and "resource_tracker" not in " ".join(p.cmdline())]
@@ -190,14 +191,14 @@ async def test_cancel_and_killed_build_child(services: Services, store: FacesSto
     assert "SIGKILL" in failed["error"]["detail"]
     # the indexer is still up and builds the next task
     assert wait_task(manager, c["task_id"])["status"] == "success"
-    assert httpx.get(f"{manager}/1/queue").json()["length"] == 0
+    assert httpx.get(f"{manager}/1/queue", headers=services.internal).json()["length"] == 0
     # a failed task frees the list: a new task may be created
-    retry = httpx.post(f"{manager}/1/tasks", json={"list_id": str(list_a)})
+    retry = httpx.post(f"{manager}/1/tasks", json={"list_id": str(list_a)}, headers=services.internal)
     assert retry.status_code == 201
     running = wait_task(manager, retry.json()["task_id"], until=("indexing",))
-    assert httpx.delete(f"{manager}/1/tasks/{running['task_id']}").status_code == 200
+    assert httpx.delete(f"{manager}/1/tasks/{running['task_id']}", headers=services.internal).status_code == 200
     assert wait_task(manager, running["task_id"])["status"] == "cancelled"
-    done = httpx.delete(f"{manager}/1/tasks/{running['task_id']}")
+    done = httpx.delete(f"{manager}/1/tasks/{running['task_id']}", headers=services.internal)
     assert done.status_code == 409 and done.json()["error_code"] == 26205
 
 
@@ -207,23 +208,23 @@ async def test_master_failover_mid_build(services: Services, store: FacesStore, 
     services.start("manager-b", "manager")
     services.start("manager-c", "manager")
     _, list_id, _ = await new_list(store, big.gallery)
-    master_before = httpx.get(f"{manager}/1/master").json()["master"]
-    task = httpx.post(f"{services.url('manager-b')}/1/tasks", json={"list_id": str(list_id)}).json()
+    master_before = httpx.get(f"{manager}/1/master", headers=services.internal).json()["master"]
+    task = httpx.post(f"{services.url('manager-b')}/1/tasks", json={"list_id": str(list_id)}, headers=services.internal).json()
     wait_task(manager, task["task_id"], until=("indexing",))
     by_name = {name: services.procs[name] for name in ("manager", "manager-b", "manager-c")}
-    master_name = next(n for n in by_name if httpx.get(f"{services.url(n)}/1/master").json()["is_master"])
-    assert httpx.get(f"{services.url(master_name)}/1/master").json()["master"] == master_before
+    master_name = next(n for n in by_name if httpx.get(f"{services.url(n)}/1/master", headers=services.internal).json()["is_master"])
+    assert httpx.get(f"{services.url(master_name)}/1/master", headers=services.internal).json()["master"] == master_before
     by_name[master_name].kill()
     by_name[master_name].wait()
     survivor = next(n for n in by_name if n != master_name)
     deadline = time.monotonic() + 10
-    while httpx.get(f"{services.url(survivor)}/1/master").json()["master"] in (None, master_before):
+    while httpx.get(f"{services.url(survivor)}/1/master", headers=services.internal).json()["master"] in (None, master_before):
         assert time.monotonic() < deadline, "no new master within 10 s"
         time.sleep(0.2)
     done = wait_task(services.url(survivor), task["task_id"])
     assert done["status"] == "success" and done["count"] == 20_000
     # the task ran once: one index for the list, the one the task recorded
-    indexes = httpx.get(f"{services.url(survivor)}/1/indexes", params={"list_id": str(list_id)}).json()
+    indexes = httpx.get(f"{services.url(survivor)}/1/indexes", params={"list_id": str(list_id)}, headers=services.internal).json()
     assert [i["index_id"] for i in indexes] == [done["index_id"]]
     if master_name == "manager":  # keep the session's default manager address working for later tests
         services.start("manager")

@@ -8,7 +8,7 @@ import uuid
 import numpy as np
 import pytest
 
-from facedex import wire
+from facedex import internal_auth, wire
 from facedex.config import ServiceAddress, Settings
 from facedex.errors import FacedexError
 from facedex.faces.store import FacesStore, NewFace
@@ -43,6 +43,12 @@ class FakeIndexed:
         return wire.MatchResponse(results=[wire.ReferenceMatches(b"", b"")], route="fake")
 
 
+def signed(token: str, account_id: bytes, list_id: bytes, references: bytes, **kw: object) -> wire.MatchRequest:
+    """A match request as the API sends it: the account id signed for the list."""
+    auth, expires = internal_auth.sign(token, account_id, list_id, 60)
+    return wire.MatchRequest(account_id, list_id, 1, references, auth=auth, auth_expires_ms=expires, **kw)  # type: ignore[arg-type]
+
+
 @pytest.fixture
 async def setup(services, store: FacesStore, account: uuid.UUID):
     rng = np.random.default_rng(0)
@@ -50,9 +56,9 @@ async def setup(services, store: FacesStore, account: uuid.UUID):
     vecs = rng.standard_normal((20, 512)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     ids = await store.create_faces(account, [NewFace(descriptors={1: v}) for v in vecs], [lst.list_id])
-    settings = Settings(bruteforce=ServiceAddress(port=services.ports["bruteforce"]))
+    settings = Settings(bruteforce=ServiceAddress(port=services.ports["bruteforce"]), internal_token=services.internal_token)
     fallback = BruteForceRoute(settings)
-    req = wire.MatchRequest(account.bytes, lst.list_id.bytes, 1, vecs[:1].tobytes(), limit=3)
+    req = signed(services.internal_token, account.bytes, lst.list_id.bytes, vecs[:1].tobytes(), limit=3)
     yield settings, fallback, req, ids
     await fallback.stop()
 
@@ -62,7 +68,7 @@ async def test_plugin_serves_what_it_accepts(setup) -> None:
     plugin = FakeIndexed(settings, "serve", req.list_id)
     router = Router([plugin], fallback)
     assert (await router.match(req)).route == "fake"
-    filtered = wire.MatchRequest(req.account_id, req.list_id, 1, req.references, limit=3, face_ids=[ids[0].bytes])
+    filtered = signed(settings.internal_token, req.account_id, req.list_id, req.references, limit=3, face_ids=[ids[0].bytes])
     resp = await router.match(filtered)  # a filter the plugin does not support: brute force, no error
     assert resp.route == "bruteforce" and resp.fallback_reason is None
     assert np.frombuffer(resp.results[0].face_ids, np.uint8).reshape(-1, 16)[0].tobytes() == ids[0].bytes
@@ -81,7 +87,7 @@ async def test_failing_plugin_falls_back_to_exact(setup, behaviour: str) -> None
 
 async def test_brute_force_errors_are_relayed_with_their_code(setup) -> None:
     settings, fallback, req, _ = setup
-    missing = wire.MatchRequest(req.account_id, uuid.uuid4().bytes, 1, req.references, limit=3)
+    missing = signed(settings.internal_token, req.account_id, uuid.uuid4().bytes, req.references, limit=3)
     with pytest.raises(FacedexError) as exc:
         await Router([], fallback).match(missing)
     assert exc.value.error.code == 12001

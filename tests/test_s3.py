@@ -23,6 +23,9 @@ def s3_settings(endpoint: str, bucket: str) -> IndexStorageSettings:
     )
 
 
+I1, I2 = "0190a1b2-0000-7000-8000-000000000001", "0190a1b2-0000-7000-8000-000000000002"
+
+
 def test_s3_storage_round_trip(s3_endpoint: str, tmp_path: Path) -> None:
     storage = S3Storage(s3_settings(s3_endpoint, "unit"), tmp_path / "cache")
     storage.client.create_bucket(Bucket="unit")
@@ -31,20 +34,20 @@ def test_s3_storage_round_trip(s3_endpoint: str, tmp_path: Path) -> None:
     big = np.random.default_rng(0).bytes(12 << 20)  # over boto3's multipart threshold (8 MiB)
     (work / "index.usearch").write_bytes(big)
     (work / "ids.npy").write_bytes(b"ids")
-    meta = IndexMeta("i1", "L", "acc", 1, 3, 9, {"precision": "f16"})
+    meta = IndexMeta(I1, "L", "acc", 1, 3, 9, {"precision": "f16"})
     storage.put(work, meta)
     # an upload that died before meta.json: invisible
-    storage.client.put_object(Bucket="unit", Key="idx/i2/index.usearch", Body=b"partial")
-    assert [m.index_id for m in storage.list()] == ["i1"]
-    folder = storage.fetch("i1")
+    storage.client.put_object(Bucket="unit", Key=f"idx/{I2}/index.usearch", Body=b"partial")
+    assert [m.index_id for m in storage.list()] == [I1]
+    folder = storage.fetch(I1)
     assert (folder / "index.usearch").read_bytes() == big
-    assert storage.get_meta("i2") is None
+    assert storage.get_meta(I2) is None
     # a tampered object is caught on download
-    storage.client.put_object(Bucket="unit", Key="idx/i1/ids.npy", Body=b"evil")
+    storage.client.put_object(Bucket="unit", Key=f"idx/{I1}/ids.npy", Body=b"evil")
     fresh = S3Storage(s3_settings(s3_endpoint, "unit"), tmp_path / "cache2")
     with pytest.raises(CorruptIndex):
-        fresh.fetch("i1")
-    assert storage.delete("i1") and storage.list() == [] and not storage.delete("i1")
+        fresh.fetch(I1)
+    assert storage.delete(I1) and storage.list() == [] and not storage.delete(I1)
 
 
 async def test_build_stored_in_s3(services: Services, store, s3_endpoint: str, tmp_path: Path) -> None:
@@ -63,16 +66,16 @@ async def test_build_stored_in_s3(services: Services, store, s3_endpoint: str, t
     vecs = np.random.default_rng(2).standard_normal((3000, 512)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     _, list_id, ids = await new_list(store, vecs)
-    task = httpx.post(f"{manager}/1/tasks", json={"list_id": str(list_id)}).json()
+    task = httpx.post(f"{manager}/1/tasks", json={"list_id": str(list_id)}, headers=services.internal).json()
     done = wait_task(manager, task["task_id"])
     assert done["status"] == "success", done
-    listed = httpx.get(f"{manager}/1/indexes").json()
+    listed = httpx.get(f"{manager}/1/indexes", headers=services.internal).json()
     assert [m["index_id"] for m in listed] == [done["index_id"]] and listed[0]["count"] == 3000
     storage = S3Storage(s3_settings(s3_endpoint, "builds").model_copy(update={"s3_prefix": ""}), tmp_path / "c")
     index = HnswIndex.load(storage.fetch(done["index_id"]), 512, IndexParams(**listed[0]["params"]))
     found, _ = index.search(vecs[:20], 1)
     assert [f[0].tobytes() for f in found] == [i.bytes for i in ids[:20]]
-    assert httpx.delete(f"{manager}/1/indexes/{done['index_id']}").status_code == 204
-    assert httpx.get(f"{manager}/1/indexes").json() == []
+    assert httpx.delete(f"{manager}/1/indexes/{done['index_id']}", headers=services.internal).status_code == 204
+    assert httpx.get(f"{manager}/1/indexes", headers=services.internal).json() == []
     services.stop("manager-s3")
     services.stop("indexer-s3")

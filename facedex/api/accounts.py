@@ -1,12 +1,15 @@
-"""Accounts: created by an admin; each gets a bearer token that scopes everything it does."""
+"""Accounts: created by an admin; each holds bearer tokens (listed, created, revoked) that scope everything it does."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from fastapi import APIRouter, Depends, Request, Response
 
 from facedex.api.auth import require_admin
 from facedex.api.deps import Account, Store
-from facedex.api.models import AccountCreate, AccountCreated, AccountOut
+from facedex.api.models import AccountCreate, AccountCreated, AccountOut, TokenCreate, TokenCreated, TokenOut
 
 router = APIRouter(tags=["accounts"])
 
@@ -24,7 +27,23 @@ async def get_account(account: Account, store: Store) -> AccountOut:
     return AccountOut(**dict(await store.get_account(account)))
 
 
-@router.post("/1/account/tokens", status_code=201, response_model=AccountCreated)
-async def create_token(account: Account, store: Store) -> AccountCreated:
-    """Another token for the same account."""
-    return AccountCreated(account_id=account, token=await store.create_token(account, "api"))
+@router.get("/1/account/tokens", response_model=list[TokenOut])
+async def get_tokens(account: Account, store: Store) -> list[TokenOut]:
+    """The account's tokens: ids and metadata, never the secrets (expired ones too, until deleted)."""
+    return [TokenOut.model_validate(t, from_attributes=True) for t in await store.list_tokens(account)]
+
+
+@router.post("/1/account/tokens", status_code=201, response_model=TokenCreated)
+async def create_token(request: Request, account: Account, store: Store, body: TokenCreate | None = None) -> TokenCreated:
+    """Another token for the same account, optionally expiring; at most ``max_tokens_per_account`` live ones (15002)."""
+    body = body or TokenCreate()
+    expires = datetime.now(UTC) + timedelta(seconds=body.expires_in_s) if body.expires_in_s else None
+    row = await store.create_token(account, body.name, expires, request.app.state.settings.max_tokens_per_account)
+    return TokenCreated.model_validate(row, from_attributes=True)
+
+
+@router.delete("/1/account/tokens/{token_id}", status_code=204)
+async def delete_token(token_id: uuid.UUID, account: Account, store: Store) -> Response:
+    """Revoke a token of this account; every API instance refuses it from the next request on."""
+    await store.delete_token(account, token_id)
+    return Response(status_code=204)

@@ -14,6 +14,7 @@ from facedex.errors import Errors
 from facedex.extractor.extract import make_extractor
 from facedex.faces.store import FacesStore, create_pool
 from facedex.http import create_app
+from facedex.internal_auth import bearer
 from facedex.rpc import ServiceClient
 
 
@@ -23,13 +24,16 @@ def build_app(settings: Settings) -> FastAPI:
         assert settings.database_url, "database_url must be resolved before a service starts"
         pool = await create_pool(settings.database_url, max_size=20)
         app.state.store = FacesStore(pool)
-        app.state.tokens = TokenCache(app.state.store)
+        app.state.tokens = TokenCache(app.state.store, settings.database_url)
+        await app.state.tokens.start()
         app.state.proxy = ServiceClient(settings.proxy.url, settings.matching.proxy_timeout_s, Errors.MATCHER_UNAVAILABLE)
+        app.state.proxy.headers = bearer(settings.internal_token)
         app.state.health["faces_db"] = lambda: pool.fetchval("SELECT 1")
-        app.state.extractor = make_extractor(settings.extraction)
+        app.state.extractor = make_extractor(settings.extraction, settings.internal_token)
         yield
         await app.state.extractor.close()
         await app.state.proxy.close()
+        await app.state.tokens.stop()
         await pool.close()
 
     app = create_app(

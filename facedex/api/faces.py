@@ -11,6 +11,7 @@ from facedex.api import images
 from facedex.api.deps import Account, Page, PageSize, Store, parse_descriptor
 from facedex.api.models import DescriptorIn, Detection, FaceCreate, FaceCreated, FaceOut, FacesBatchCreate, FacesCreated, FaceUpdate
 from facedex.faces.store import NewFace
+from facedex.text import StoredText
 
 router = APIRouter(tags=["faces"])
 
@@ -52,7 +53,7 @@ async def get_faces(
     account: Account,
     store: Store,
     list_id: uuid.UUID | None = None,
-    external_id: str | None = None,
+    external_id: StoredText | None = None,
     page: Page = 1,
     page_size: PageSize = 100,
 ) -> list[FaceOut]:

@@ -7,7 +7,7 @@ import uuid
 import numpy as np
 from fastapi import APIRouter, Request
 
-from facedex import descriptors, wire
+from facedex import descriptors, internal_auth, wire
 from facedex.api import images
 from facedex.api.deps import Account, Store, parse_descriptor
 from facedex.api.models import MatchRequestIn, MatchResponseOut, MatchResult, ReferenceMatches, ReferenceOut
@@ -79,6 +79,10 @@ async def match(request: Request, body: MatchRequestIn, account: uuid.UUID, stor
     version, refs, answered = await _references(request, body, account, store)
     if refs.shape[0] > settings.max_references:
         raise FacedexError(Errors.TOO_MANY_REFERENCES, f"{refs.shape[0]} references (faces found) is over {settings.max_references}")
+    # the account id travels signed: the proxy and the matchers trust no account id the API did not vouch for
+    auth, auth_expires_ms = internal_auth.sign(
+        request.app.state.settings.internal_token, account.bytes, cand.list_id.bytes, settings.proxy_timeout_s + 60
+    )
     req = wire.MatchRequest(
         account_id=account.bytes,
         list_id=cand.list_id.bytes,
@@ -86,9 +90,11 @@ async def match(request: Request, body: MatchRequestIn, account: uuid.UUID, stor
         references=refs.tobytes(),
         limit=cand.limit,
         threshold=cand.threshold,
-        face_ids=[f.bytes for f in cand.face_ids] if cand.face_ids is not None else None,
+        face_ids=[f.bytes for f in dict.fromkeys(cand.face_ids)] if cand.face_ids is not None else None,  # duplicates collapse
         request_id=current_request_id(),
         exact=cand.exact,
+        auth=auth,
+        auth_expires_ms=auth_expires_ms,
     )
     resp: wire.MatchResponse = await request.app.state.proxy.call("/1/match", req, wire.MatchResponse)
     matches = []

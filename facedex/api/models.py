@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from facedex.text import StoredText
+
 MAX_USER_DATA = 1024
 MAX_EXTERNAL_ID = 256
 
@@ -42,10 +44,31 @@ class Detection(BaseModel):
 
 # -------------------------------------------------------------------- accounts
 class AccountCreate(Strict):
-    name: str = Field(..., min_length=1, max_length=256)
+    name: StoredText = Field(..., min_length=1, max_length=256)
 
 
 class AccountCreated(BaseModel):
+    account_id: uuid.UUID
+    token: str = Field(..., description="Bearer token; shown once, store it.")
+
+
+class TokenCreate(Strict):
+    name: StoredText = Field("api", min_length=1, max_length=256)
+    expires_in_s: int | None = Field(
+        None, ge=60, le=10 * 365 * 86400, description="Lifetime in seconds; unset: until revoked."
+    )
+
+
+class TokenOut(BaseModel):
+    """A token's metadata; the secret is never shown again after creation."""
+
+    token_id: uuid.UUID
+    name: str
+    create_time: datetime
+    expire_time: datetime | None
+
+
+class TokenCreated(TokenOut):
     account_id: uuid.UUID
     token: str = Field(..., description="Bearer token; shown once, store it.")
 
@@ -58,11 +81,11 @@ class AccountOut(BaseModel):
 
 # ----------------------------------------------------------------------- lists
 class ListCreate(Strict):
-    user_data: str = Field("", max_length=MAX_USER_DATA)
+    user_data: StoredText = Field("", max_length=MAX_USER_DATA)
 
 
 class ListUpdate(Strict):
-    user_data: str = Field(..., max_length=MAX_USER_DATA)
+    user_data: StoredText = Field(..., max_length=MAX_USER_DATA)
 
 
 class ListOut(BaseModel):
@@ -85,8 +108,8 @@ class ListFacesChanged(BaseModel):
 
 # ----------------------------------------------------------------------- faces
 class FaceCreate(Strict):
-    external_id: str | None = Field(None, max_length=MAX_EXTERNAL_ID)
-    user_data: str = Field("", max_length=MAX_USER_DATA)
+    external_id: StoredText | None = Field(None, max_length=MAX_EXTERNAL_ID)
+    user_data: StoredText = Field("", max_length=MAX_USER_DATA)
     descriptor: DescriptorIn | None = None
     image: ImageIn | None = Field(None, description="A photo instead of a descriptor: its largest face is used.")
     list_ids: list[uuid.UUID] = Field(default_factory=list, max_length=100)
@@ -101,8 +124,8 @@ class FaceCreate(Strict):
 class ImageFacesCreate(Strict):
     image: ImageIn
     all_faces: bool = Field(False, description="One face per face found (largest first), not only the largest.")
-    external_id: str | None = Field(None, max_length=MAX_EXTERNAL_ID)
-    user_data: str = Field("", max_length=MAX_USER_DATA)
+    external_id: StoredText | None = Field(None, max_length=MAX_EXTERNAL_ID)
+    user_data: StoredText = Field("", max_length=MAX_USER_DATA)
     list_ids: list[uuid.UUID] = Field(default_factory=list, max_length=100)
 
 
@@ -117,8 +140,8 @@ class FacesBatchCreate(Strict):
 
 
 class FaceUpdate(Strict):
-    external_id: str | None = Field(None, max_length=MAX_EXTERNAL_ID)
-    user_data: str | None = Field(None, max_length=MAX_USER_DATA)
+    external_id: StoredText | None = Field(None, max_length=MAX_EXTERNAL_ID)
+    user_data: StoredText | None = Field(None, max_length=MAX_USER_DATA)
 
 
 class FaceOut(BaseModel):

@@ -48,17 +48,18 @@ async def _setup(http: aiohttp.ClientSession, api: str, manager: str, admin_toke
     started = time.perf_counter()
     await asyncio.gather(*(upload(s) for s in range(0, size, 1000)))
     setup = {"upload_s": time.perf_counter() - started}
-    async with http.post(f"{manager}/1/tasks", json={"list_id": list_id}) as r:
+    operator = {"Authorization": f"Bearer {admin_token}"}  # the Index Manager's routes need a credential too
+    async with http.post(f"{manager}/1/tasks", json={"list_id": list_id}, headers=operator) as r:
         task = await r.json()
     while True:
-        async with http.get(f"{manager}/1/tasks/{task['task_id']}") as r:
+        async with http.get(f"{manager}/1/tasks/{task['task_id']}", headers=operator) as r:
             task = await r.json()
         if task["status"] in ("success", "failed", "cancelled"):
             break
         await asyncio.sleep(1)
     if task["status"] != "success":
         raise RuntimeError(f"index build did not succeed: {task}")
-    async with http.get(f"{manager}/1/indexes/relevant") as r:
+    async with http.get(f"{manager}/1/indexes/relevant", headers=operator) as r:
         meta = next(m for m in await r.json() if m["list_id"] == list_id)
     setup.update(build_s=meta["build_seconds"], ef=meta["params"]["expansion_search"], calibration=meta.get("calibration"))
     return data, face_ids, list_id, auth, setup

@@ -72,6 +72,7 @@ def own_platform(log=print) -> Iterator[Platform]:  # type: ignore[no-untyped-de
     private, public = generate_keys()
     (work / "license.json").write_bytes(issue(private, "facedex bench e2e", ["index"], 1))
     env = {**os.environ, "FACEDEX_DATA_DIR": str(work), "FACEDEX_ADMIN_TOKEN": secrets.token_urlsafe(16),
+           "FACEDEX_INTERNAL_TOKEN": secrets.token_urlsafe(24),
            "FACEDEX_LICENSE__PUBLIC_KEY": public, "FACEDEX_LICENSE__PATH": str(work / "license.json"),
            "FACEDEX_REDIS_PREFIX": f"bench-e2e-{tag}"}
     ports = {name: _free_port() for name in SERVICES}

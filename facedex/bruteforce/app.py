@@ -16,6 +16,7 @@ from facedex.config import Settings
 from facedex.errors import Errors, FacedexError
 from facedex.faces.store import FacesStore, create_pool
 from facedex.http import create_app
+from facedex.internal_auth import verify as verify_identity
 from facedex.metrics import CACHED_LIST_BYTES
 
 
@@ -56,12 +57,15 @@ def build_app(settings: Settings) -> FastAPI:
         title="facedex Matcher (brute force)",
         description="Exact matching over list matrices cached in memory and kept fresh from the Faces DB change log.",
         max_body_bytes=settings.max_body_bytes,
+        internal=True,
+        internal_token=settings.internal_token,
         lifespan=lifespan,
     )
 
     @app.post("/1/match", tags=["matching"], summary="Exact top-k of references against one list (msgpack)")
     async def match_route(request: Request) -> Response:
         req = wire.decode(await request.body(), wire.MatchRequest)
+        verify_identity(settings.internal_token, req)
         resp = await match(state["cache"], state["batcher"], req)  # type: ignore[arg-type]
         return Response(wire.encode(resp), media_type=wire.CONTENT_TYPE)
 

@@ -30,6 +30,8 @@ def build_app(settings: Settings) -> FastAPI:
         title="facedex extractor",
         description="Faces in an image -> boxes, landmarks and SFace descriptors (YuNet + SFace on the CPU).",
         max_body_bytes=settings.max_body_bytes,
+        internal=True,
+        internal_token=settings.internal_token,
         lifespan=lifespan,
     )
 

@@ -25,6 +25,7 @@ from facedex.config import ExtractionSettings
 from facedex.errors import Errors
 from facedex.extractor.images import decode
 from facedex.extractor.pipeline import VERSION, Pipelines
+from facedex.internal_auth import bearer
 from facedex.metrics import EXTRACTION_SECONDS
 from facedex.rpc import ServiceClient
 
@@ -73,8 +74,9 @@ class LocalExtractor:
 
 
 class RemoteExtractor:
-    def __init__(self, url: str, timeout_s: float) -> None:
+    def __init__(self, url: str, timeout_s: float, internal_token: str | None = None) -> None:
         self.client = ServiceClient(url, timeout_s, Errors.EXTRACTOR_UNAVAILABLE)
+        self.client.headers = bearer(internal_token)
 
     async def extract(self, image: bytes, content_type: str | None, all_faces: bool) -> wire.ExtractResponse:
         request = wire.ExtractRequest(image=image, content_type=content_type, all_faces=all_faces)
@@ -84,7 +86,7 @@ class RemoteExtractor:
         await self.client.close()
 
 
-def make_extractor(settings: ExtractionSettings) -> Extractor:
+def make_extractor(settings: ExtractionSettings, internal_token: str | None = None) -> Extractor:
     if settings.url:
-        return RemoteExtractor(settings.url, settings.timeout_s)
+        return RemoteExtractor(settings.url, settings.timeout_s, internal_token)
     return LocalExtractor(settings)

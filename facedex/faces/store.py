@@ -33,8 +33,21 @@ ATTACH, DETACH, UPDATE = 1, 2, 3
 T = TypeVar("T")
 
 
+TOKEN_REVOKED_CHANNEL = "facedex_token_revoked"  # NOTIFY payload: the revoked token's hash, hex
+
+
 def hash_token(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
+
+
+@dataclass(slots=True)
+class TokenRow:
+    token_id: uuid.UUID
+    account_id: uuid.UUID
+    name: str
+    create_time: datetime
+    expire_time: datetime | None
+    token: str | None = None  # the secret: only right after creation
 
 
 @dataclass(slots=True)
@@ -86,6 +99,7 @@ class ListDelta:
 
 
 _LIST_COLS = "list_id, account_id, user_data, create_time, last_update_time, face_count, change_seq"
+_TOKEN_COLS = "token_id, account_id, name, create_time, expire_time"
 _FACE_COLS = "face_id, account_id, external_id, user_data, create_time, last_update_time"
 # a face's descriptor versions and lists, computed in the same query as its row (one query per page of faces)
 _FACE_DETAIL = (
@@ -128,9 +142,29 @@ class FacesStore:
             token = await self._insert_token(conn, account_id, "default")
         return account_id, token
 
-    async def create_token(self, account_id: uuid.UUID, name: str) -> str:
-        async with self.pool.acquire() as conn:
-            return await self._insert_token(conn, account_id, name)
+    async def create_token(
+        self, account_id: uuid.UUID, name: str, expire_time: datetime | None = None, max_live: int | None = None
+    ) -> TokenRow:
+        """A new token for the account; refused (15002) when it already holds ``max_live`` unexpired tokens.
+
+        The account row is locked first, so concurrent creations cannot both pass the count.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval("SELECT 1 FROM accounts WHERE account_id=$1 FOR UPDATE", account_id) is None:
+                raise FacedexError(Errors.ACCOUNT_NOT_FOUND)
+            if max_live is not None:
+                live = await conn.fetchval(
+                    "SELECT count(*) FROM tokens WHERE account_id=$1 AND (expire_time IS NULL OR expire_time > now())",
+                    account_id,
+                )
+                if live >= max_live:
+                    raise FacedexError(Errors.TOKEN_LIMIT, f"the account already has {live} live tokens (at most {max_live})")
+            token = "fdx_" + secrets.token_urlsafe(32)
+            row = await conn.fetchrow(
+                f"INSERT INTO tokens (token_hash, account_id, name, expire_time) VALUES ($1, $2, $3, $4) RETURNING {_TOKEN_COLS}",
+                hash_token(token), account_id, name, expire_time,
+            )
+        return TokenRow(**row, token=token)
 
     @staticmethod
     async def _insert_token(conn: asyncpg.Connection, account_id: uuid.UUID, name: str) -> str:
@@ -140,8 +174,29 @@ class FacesStore:
         )
         return token
 
-    async def account_for_token(self, token: str) -> uuid.UUID | None:
-        return await self.pool.fetchval("SELECT account_id FROM tokens WHERE token_hash = $1", hash_token(token))
+    async def account_for_token(self, token: str) -> tuple[uuid.UUID, datetime | None] | None:
+        """(account, expiry) of a live token; None for an unknown, revoked or expired one."""
+        row = await self.pool.fetchrow(
+            "SELECT account_id, expire_time FROM tokens WHERE token_hash = $1 AND (expire_time IS NULL OR expire_time > now())",
+            hash_token(token),
+        )
+        return (row["account_id"], row["expire_time"]) if row is not None else None
+
+    async def list_tokens(self, account_id: uuid.UUID) -> list[TokenRow]:
+        rows = await self.pool.fetch(
+            f"SELECT {_TOKEN_COLS} FROM tokens WHERE account_id=$1 ORDER BY create_time, token_id", account_id
+        )
+        return [TokenRow(**r) for r in rows]
+
+    async def delete_token(self, account_id: uuid.UUID, token_id: uuid.UUID) -> None:
+        """Revoke a token: deleted, and announced to every API instance in the same transaction."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            digest = await conn.fetchval(
+                "DELETE FROM tokens WHERE token_id=$1 AND account_id=$2 RETURNING token_hash", token_id, account_id
+            )
+            if digest is None:
+                raise FacedexError(Errors.TOKEN_NOT_FOUND, f"token {token_id} not found")
+            await conn.execute("SELECT pg_notify($1, $2)", TOKEN_REVOKED_CHANNEL, bytes(digest).hex())
 
     async def get_account(self, account_id: uuid.UUID) -> asyncpg.Record:
         row = await self.pool.fetchrow("SELECT account_id, name, create_time FROM accounts WHERE account_id=$1", account_id)
@@ -464,6 +519,10 @@ class FacesStore:
             raise FacedexError(Errors.FACES_NOT_FOUND, f"faces not found: {shown}")
 
     # ------------------------------------------------------------ matcher reads
+    async def account_list_ids(self, account_id: uuid.UUID) -> set[str]:
+        """Ids (as strings) of every list of the account: the Index Manager scopes tasks and indexes with them."""
+        return {str(r[0]) for r in await self.pool.fetch("SELECT list_id FROM lists WHERE account_id=$1", account_id)}
+
     async def list_head(self, list_id: uuid.UUID) -> tuple[uuid.UUID, int, int] | None:
         """(account_id, change_seq, face_count) of a list, or None if it does not exist."""
         row = await self.pool.fetchrow("SELECT account_id, change_seq, face_count FROM lists WHERE list_id=$1", list_id)

@@ -15,13 +15,14 @@ import multiprocessing as mp
 import queue
 import signal
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 
 import orjson
 from fastapi import FastAPI
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from facedex import descriptors
 from facedex.config import Settings
@@ -33,9 +34,12 @@ log = logging.getLogger(__name__)
 
 
 class IndexListRequest(BaseModel):
-    task_id: str
-    list_id: str
-    index_id: str
+    """Ids are UUIDs: the index id becomes a storage folder and the list id a SQL parameter."""
+
+    model_config = ConfigDict(extra="forbid")
+    task_id: uuid.UUID
+    list_id: uuid.UUID
+    index_id: uuid.UUID
     descriptor_version: int | None = None
 
 
@@ -74,7 +78,7 @@ class Builder:
             raise FacedexError(Errors.INDEXER_BUSY, f"building task {self.state.task_id}; one build at a time")
         version = req.descriptor_version or self.settings.default_descriptor_version
         descriptors.get_version(version)
-        job = BuildJob(req.task_id, req.list_id, req.index_id, version)
+        job = BuildJob(str(req.task_id), str(req.list_id), str(req.index_id), version)
         self.progress.value = 0.0
         self._cancelled = False
         while not self.results.empty():  # nothing of an earlier build may be read as this one's
@@ -86,7 +90,7 @@ class Builder:
             daemon=True,
         )
         self.proc.start()
-        self.state = BuildState("indexing", req.task_id, req.list_id, req.index_id, 0.0, start_time=time.time())
+        self.state = BuildState("indexing", job.task_id, job.list_id, job.index_id, 0.0, start_time=time.time())
         self._watcher = asyncio.get_running_loop().create_task(self._watch(self.proc))
         log.info("build of list %s (task %s) started in pid %s", req.list_id, req.task_id, self.proc.pid)
         return self.state
@@ -152,6 +156,8 @@ def build_app(settings: Settings) -> FastAPI:
         title="facedex Indexer",
         description="Builds the index of one list at a time in a child process and stores it.",
         max_body_bytes=settings.max_body_bytes,
+        internal=True,
+        internal_token=settings.internal_token,
         lifespan=lifespan,
     )
 
@@ -166,7 +172,7 @@ def build_app(settings: Settings) -> FastAPI:
         return asdict(builder.state)
 
     @app.delete("/1/index_list/{task_id}", tags=["indexing"], summary="Cancel the running build")
-    async def cancel(task_id: str) -> dict[str, object]:
-        return asdict(builder.cancel(task_id))
+    async def cancel(task_id: uuid.UUID) -> dict[str, object]:
+        return asdict(builder.cancel(str(task_id)))
 
     return app

@@ -6,9 +6,10 @@ at once; matchers cache the answer for ``licenses.check_period_s``.
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path as FilePath
+from typing import Annotated
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Path
 
 from facedex.config import Settings
 from facedex.http import create_app
@@ -19,7 +20,7 @@ def check(settings: Settings) -> License:
     cfg = settings.license
     if not cfg.public_key:
         raise LicenseError("no public key configured (licenses.public_key)")
-    path = Path(cfg.path or settings.data_dir / "license.json").expanduser()
+    path = FilePath(cfg.path or settings.data_dir / "license.json").expanduser()
     if not path.is_file():
         raise LicenseError(f"no license file at {path}")
     return verify(path.read_bytes(), cfg.public_key)
@@ -41,6 +42,8 @@ def build_app(settings: Settings) -> FastAPI:
         title="facedex Licenses",
         description="Verifies the signed license file and tells services which features it enables.",
         max_body_bytes=settings.max_body_bytes,
+        internal=True,
+        internal_token=settings.internal_token,
     )
 
     @app.get("/1/license", tags=["licenses"], summary="The license in force, or why there is none")
@@ -53,7 +56,7 @@ def build_app(settings: Settings) -> FastAPI:
                 "license_id": lic.license_id}
 
     @app.get("/1/features/{feature}", tags=["licenses"], summary="Whether the license enables a feature")
-    async def feature(feature: str) -> dict[str, object]:
+    async def feature(feature: Annotated[str, Path(pattern=r"^[a-z0-9_-]{1,64}$")]) -> dict[str, object]:
         return feature_status(settings, feature)
 
     return app

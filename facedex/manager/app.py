@@ -9,19 +9,22 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict
-from typing import Annotated
+from typing import Annotated, Literal
 
 import aiohttp
-from fastapi import FastAPI, Query, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict
 
 from facedex import descriptors
+from facedex.auth import Caller, TokenCache, bearer, resolve_caller
 from facedex.config import Settings
 from facedex.errors import Errors, FacedexError
 from facedex.faces.store import FacesStore, create_pool
 from facedex.http import create_app
+from facedex.internal_auth import bearer as bearer_header
 from facedex.manager.master import Master
-from facedex.manager.tasks import FINAL, INDEXING, PENDING, TaskRepo
+from facedex.manager.tasks import FINAL, INDEXING, PENDING, Task, TaskRepo
 from facedex.metrics import TASK_QUEUE_DEPTH
 from facedex.redis.connection import connect
 from facedex.redis.keys import Keys
@@ -32,6 +35,21 @@ class TaskCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     list_id: uuid.UUID
     descriptor_version: int | None = None
+
+
+async def caller(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
+    """Operators (admin or internal token) see every list; an account token only its own lists' objects."""
+    settings: Settings = request.app.state.settings
+    return await resolve_caller(creds, request.app.state.tokens, settings.admin_token, settings.internal_token)
+
+
+Who = Annotated[Caller, Depends(caller)]
+
+
+async def operator(who: Who) -> Caller:
+    if not who.operator:
+        raise FacedexError(Errors.FORBIDDEN, "this route needs the admin token")
+    return who
 
 
 def build_app(settings: Settings) -> FastAPI:
@@ -49,7 +67,10 @@ def build_app(settings: Settings) -> FastAPI:
         store = FacesStore(pool)
         repo = TaskRepo(redis, keys)
         master = Master(settings, redis, repo, store, storage, instance_id)
+        tokens = TokenCache(store, settings.database_url)
+        await tokens.start()
         state.update(repo=repo, store=store, master=master, redis=redis)
+        app.state.tokens = tokens
         app.state.health["faces_db"] = lambda: pool.fetchval("SELECT 1")
         app.state.health["redis"] = redis.ping
 
@@ -62,6 +83,7 @@ def build_app(settings: Settings) -> FastAPI:
         loop_task.cancel()
         with suppress(asyncio.CancelledError):
             await loop_task
+        await tokens.stop()
         await redis.aclose()
         await pool.close()
 
@@ -72,17 +94,31 @@ def build_app(settings: Settings) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         lifespan=lifespan,
     )
+    app.state.settings = settings
 
     def repo() -> TaskRepo:
         return state["repo"]  # type: ignore[return-value]
 
+    def store() -> FacesStore:
+        return state["store"]  # type: ignore[return-value]
+
+    async def visible_lists(who: Caller) -> set[str] | None:
+        """None: every list (an operator)."""
+        return None if who.operator else await store().account_list_ids(who.account_id)  # type: ignore[arg-type]
+
+    async def owned_task(who: Caller, task_id: uuid.UUID) -> Task:
+        task = await repo().get(str(task_id))
+        lists = await visible_lists(who)
+        if lists is not None and task.list_id not in lists:
+            raise FacedexError(Errors.TASK_NOT_FOUND, f"task {task_id} not found")  # another account's: as if absent
+        return task
+
     @app.post("/1/tasks", status_code=201, tags=["tasks"], summary="Queue a one-time index build for a list")
-    async def create_task(body: TaskCreate) -> dict[str, object]:
+    async def create_task(body: TaskCreate, who: Who) -> dict[str, object]:
         version = body.descriptor_version or settings.default_descriptor_version
         descriptors.get_version(version)
-        store: FacesStore = state["store"]  # type: ignore[assignment]
-        head = await store.list_head(body.list_id)
-        if head is None:
+        head = await store().list_head(body.list_id)
+        if head is None or (not who.operator and head[0] != who.account_id):
             raise FacedexError(Errors.LIST_NOT_FOUND, f"list {body.list_id} not found")
         _, change_seq, face_count = head
         if face_count == 0:
@@ -94,61 +130,71 @@ def build_app(settings: Settings) -> FastAPI:
 
     @app.get("/1/tasks", tags=["tasks"], summary="Tasks, newest first")
     async def get_tasks(
-        status: str | None = None,
+        who: Who,
+        status: Literal["pending", "indexing", "success", "failed", "cancelled"] | None = None,
         list_id: uuid.UUID | None = None,
-        page: Annotated[int, Query(ge=1)] = 1,
+        page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
         page_size: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[dict[str, object]]:
-        tasks = await repo().list(status, str(list_id) if list_id else None, page, page_size)
+        tasks = await repo().list(status, str(list_id) if list_id else None, page, page_size, await visible_lists(who))
         return [t.public() for t in tasks]
 
     @app.get("/1/tasks/{task_id}", tags=["tasks"], summary="One task, with progress and error")
-    async def get_task(task_id: str) -> dict[str, object]:
-        return (await repo().get(task_id)).public()
+    async def get_task(task_id: uuid.UUID, who: Who) -> dict[str, object]:
+        return (await owned_task(who, task_id)).public()
 
     @app.delete("/1/tasks/{task_id}", tags=["tasks"], summary="Cancel a pending or running task")
-    async def cancel_task(task_id: str) -> dict[str, object]:
-        task = await repo().get(task_id)
+    async def cancel_task(task_id: uuid.UUID, who: Who) -> dict[str, object]:
+        task = await owned_task(who, task_id)
         if task.status in FINAL:
             raise FacedexError(Errors.TASK_FINISHED, f"task {task_id} is already {task.status}")
         if task.status == PENDING and await repo().cancel_pending(task):
-            return (await repo().get(task_id)).public()
-        task = await repo().get(task_id)
+            return (await repo().get(str(task_id))).public()
+        task = await repo().get(str(task_id))
         if task.status == INDEXING:  # the master records the outcome (cancelled) on its next lookup
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5), headers=bearer_header(settings.internal_token)) as http:
                 async with http.delete(f"{task.indexer.rstrip('/')}/1/index_list/{task_id}") as resp:
                     if resp.status != 200:
                         raise FacedexError(Errors.INDEXER_UNAVAILABLE, f"indexer {task.indexer} answered {resp.status}")
         return task.public()
 
     @app.get("/1/queue", tags=["tasks"], summary="Pending task ids, in the order they will run")
-    async def queue() -> dict[str, object]:
+    async def queue(who: Who) -> dict[str, object]:
         pending = await repo().queue()
+        lists = await visible_lists(who)
+        if lists is not None:
+            tasks = [await repo().get_or_none(t) for t in pending]
+            pending = [t.task_id for t in tasks if t is not None and t.list_id in lists]
         return {"length": len(pending), "task_ids": pending}
 
     @app.get("/1/indexes", tags=["indexes"], summary="Indexes in storage, newest first")
-    async def indexes(list_id: uuid.UUID | None = None) -> list[dict[str, object]]:
+    async def indexes(who: Who, list_id: uuid.UUID | None = None) -> list[dict[str, object]]:
         metas = await asyncio.to_thread(storage.list)
-        return [_meta(m) for m in metas if list_id is None or m.list_id == str(list_id)]
+        return [_meta(m) for m in metas if (list_id is None or m.list_id == str(list_id)) and _visible(who, m)]
 
     @app.get("/1/indexes/relevant", tags=["indexes"], summary="The newest index of each list (default descriptor version)")
-    async def relevant() -> list[dict[str, object]]:
+    async def relevant(who: Who) -> list[dict[str, object]]:
         best = newest_per_list(await asyncio.to_thread(storage.list), settings.default_descriptor_version)
-        return [_meta(m) for m in best.values()]
+        return [_meta(m) for m in best.values() if _visible(who, m)]
 
     @app.delete("/1/indexes/{index_id}", status_code=204, tags=["indexes"], summary="Remove an index from storage")
-    async def delete_index(index_id: str) -> Response:
-        if not await asyncio.to_thread(storage.delete, index_id):
+    async def delete_index(index_id: uuid.UUID, who: Who) -> Response:
+        meta = await asyncio.to_thread(storage.get_meta, str(index_id))
+        if meta is None or not _visible(who, meta) or not await asyncio.to_thread(storage.delete, str(index_id)):
             raise FacedexError(Errors.INDEX_NOT_FOUND, f"index {index_id} not found in the storage")
         return Response(status_code=204)
 
-    @app.get("/1/master", tags=["service"], summary="Which instance is the master")
-    async def master() -> dict[str, object]:
+    @app.get("/1/master", tags=["service"], summary="Which instance is the master (admin token)")
+    async def master(who: Annotated[Caller, Depends(operator)]) -> dict[str, object]:
         redis = state["redis"]
         holder = await redis.get(keys.master_lock)  # type: ignore[attr-defined]
         return {"master": holder, "this_instance": instance_id, "is_master": holder == instance_id}
 
     return app
+
+
+def _visible(who: Caller, meta: IndexMeta) -> bool:
+    return who.operator or meta.account_id == str(who.account_id)
 
 
 def _meta(m: IndexMeta) -> dict[str, object]:

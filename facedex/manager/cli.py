@@ -24,6 +24,16 @@ def _url(url: str | None) -> str:
     return url or get_settings().manager.url
 
 
+def _headers() -> dict[str, str]:
+    """The operator's credential: the admin token from settings, else the one `facedex up` keeps in the data folder."""
+    settings = get_settings()
+    token = settings.admin_token
+    path = settings.data_dir / "admin_token"
+    if not token and path.is_file():
+        token = path.read_text().strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def _check(resp: httpx.Response) -> dict | list:  # type: ignore[type-arg]
     if resp.status_code >= 400:
         err = resp.json()
@@ -39,7 +49,7 @@ def create(
     url: Url = None,
 ) -> None:
     """Queue a one-time index build for a list."""
-    task = _check(httpx.post(_url(url) + "/1/tasks", json={"list_id": str(list_id)}))
+    task = _check(httpx.post(_url(url) + "/1/tasks", json={"list_id": str(list_id)}, headers=_headers()))
     console.print(f"task {task['task_id']} queued for list {list_id}")  # type: ignore[index]
     if watch:
         watch_(task["task_id"], url)  # type: ignore[index]
@@ -51,7 +61,7 @@ def list_(
     url: Url = None,
 ) -> None:
     """Tasks, newest first."""
-    tasks = _check(httpx.get(_url(url) + "/1/tasks", params={"status": status} if status else None))
+    tasks = _check(httpx.get(_url(url) + "/1/tasks", params={"status": status} if status else None, headers=_headers()))
     table = Table()
     for column in ("task", "list", "type", "status", "progress", "faces", "error"):
         table.add_column(column)
@@ -71,7 +81,7 @@ def watch_(task_id: str, url: Url = None) -> None:
     with Progress(*columns, console=console) as bar:
         shown = bar.add_task(f"task {task_id[:8]}", total=1.0)
         while True:
-            task = _check(httpx.get(f"{_url(url)}/1/tasks/{task_id}"))
+            task = _check(httpx.get(f"{_url(url)}/1/tasks/{task_id}", headers=_headers()))
             bar.update(shown, completed=task["progress"], description=f"task {task_id[:8]} {task['status']}")  # type: ignore[index]
             if task["status"] in ("success", "failed", "cancelled"):  # type: ignore[index]
                 break

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from facedex.config import Settings
 from facedex.errors import Errors, FacedexError
+from facedex.internal_auth import bearer
 from facedex.faces.store import FacesStore
 from facedex.manager.schedule import Schedule
 from facedex.manager.tasks import CANCELLED, FAILED, PENDING, SUCCESS, Task, TaskRepo
@@ -53,12 +54,13 @@ class Master:
         self.store = store
         self.storage = storage
         self.instance_id = instance_id
+        self.internal_token = settings.internal_token
         self.is_master = False
         self.http: aiohttp.ClientSession | None = None
         self.schedule = Schedule(self.s.planning_schedule) if self.s.planning_schedule else None
 
     async def run(self) -> None:
-        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5), headers=bearer(self.internal_token))
         try:
             while True:
                 started = time.monotonic()

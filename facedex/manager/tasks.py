@@ -96,8 +96,10 @@ class TaskRepo:
             raise FacedexError(Errors.TASK_NOT_FOUND, f"task {task_id} not found")
         return task
 
-    async def list(self, status: str | None, list_id: str | None, page: int, page_size: int) -> list[Task]:
-        """Newest first; filters are applied while paging through the index."""
+    async def list(
+        self, status: str | None, list_id: str | None, page: int, page_size: int, list_ids: set[str] | None = None
+    ) -> list[Task]:
+        """Newest first; filters (``list_ids``: only tasks of these lists) are applied while paging through the index."""
         out: list[Task] = []
         skip = (page - 1) * page_size
         start = 0
@@ -114,7 +116,9 @@ class TaskRepo:
                 if not data:
                     continue
                 t = Task.from_redis(data)
-                if (status and t.status != status) or (list_id and t.list_id != list_id):
+                if (status and t.status != status) or (list_id and t.list_id != list_id) or (
+                    list_ids is not None and t.list_id not in list_ids
+                ):
                     continue
                 if skip:
                     skip -= 1

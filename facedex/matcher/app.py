@@ -48,6 +48,8 @@ def build_app(settings: Settings) -> FastAPI:
         title="facedex Indexed Matcher",
         description="Serves list indexes from memory; matching requests arrive on Redis streams, not HTTP.",
         max_body_bytes=settings.max_body_bytes,
+        internal=True,
+        internal_token=settings.internal_token,
         lifespan=lifespan,
     )
 

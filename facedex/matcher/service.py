@@ -32,7 +32,8 @@ from redis.exceptions import ResponseError
 
 from facedex import wire
 from facedex.config import Settings
-from facedex.errors import Errors
+from facedex.errors import Errors, FacedexError
+from facedex.internal_auth import verify as verify_identity
 from facedex.faces.store import FacesStore
 from facedex.licenses.client import feature_enabled
 from facedex.matcher.answer import answer_batch
@@ -234,7 +235,22 @@ class MatcherService:
         idx = self.loaded.get(list_id)
         if idx is None:
             return [error(r, Errors.INDEX_FOR_LABEL_NOT_FOUND.code, f"no index of list {list_id} here") for r in reqs]
-        if self.cfg.refresh and not await self._catch_up(idx):
-            return [error(r, Errors.LIST_NOT_FOUND.code, f"list {list_id} not found") for r in reqs]
-        async with idx.lock.read():
-            return await asyncio.to_thread(answer_batch, idx, reqs, self.cfg.rescore_candidates)
+        # Anyone who can write to Redis can append to this stream: answer only requests whose account id the API
+        # signed for this very list (answer_batch then checks that this account owns the index).
+        refused: dict[int, wire.IndexedReply] = {}
+        for i, r in enumerate(reqs):
+            try:
+                verify_identity(self.settings.internal_token, r.request)
+                if r.request.list_id != uuid.UUID(list_id).bytes:
+                    raise FacedexError(Errors.IDENTITY_UNVERIFIED, "the request names another list than its stream")
+            except FacedexError as exc:
+                refused[i] = error(r, exc.error.code, exc.detail)
+        ok = [r for i, r in enumerate(reqs) if i not in refused]
+        if ok and self.cfg.refresh and not await self._catch_up(idx):
+            return [refused.get(i) or error(r, Errors.LIST_NOT_FOUND.code, f"list {list_id} not found") for i, r in enumerate(reqs)]
+        answered: list[wire.IndexedReply] = []
+        if ok:
+            async with idx.lock.read():
+                answered = await asyncio.to_thread(answer_batch, idx, ok, self.cfg.rescore_candidates)
+        it = iter(answered)
+        return [refused[i] if i in refused else next(it) for i in range(len(reqs))]

@@ -13,6 +13,7 @@ from facedex import wire
 from facedex.config import Settings
 from facedex.errors import FacedexError
 from facedex.http import create_app
+from facedex.internal_auth import verify as verify_identity
 from facedex.metrics import MATCH_ROUTE
 from facedex.proxy.plugins import BruteForceRoute, MatchingPlugin, load_plugins
 
@@ -62,6 +63,8 @@ def build_app(settings: Settings) -> FastAPI:
         title="facedex Matcher Proxy",
         description="Routes each matching request to a preferred matcher (plugins) or to the brute-force Matcher.",
         max_body_bytes=settings.max_body_bytes,
+        internal=True,
+        internal_token=settings.internal_token,
         lifespan=lifespan,
     )
 
@@ -73,6 +76,7 @@ def build_app(settings: Settings) -> FastAPI:
     @app.post("/1/match", tags=["matching"], summary="Match references against one list (msgpack)")
     async def match_route(request: Request) -> Response:
         req = wire.decode(await request.body(), wire.MatchRequest)
+        verify_identity(settings.internal_token, req)  # before any route sees it: no plugin serves a forged account
         return Response(wire.encode(await router.match(req)), media_type=wire.CONTENT_TYPE)
 
     @app.get("/1/plugins", tags=["service"], summary="Active matching plugins, in order")

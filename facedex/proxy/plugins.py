@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 
 from facedex import wire
 from facedex.config import Settings
+from facedex.internal_auth import bearer
 from facedex.rpc import ServiceClient
 
 
@@ -42,6 +43,7 @@ class BruteForceRoute:
 
     def __init__(self, settings: Settings) -> None:
         self.client = ServiceClient(settings.bruteforce.url, settings.matching.proxy_timeout_s)
+        self.client.headers = bearer(settings.internal_token)
 
     async def start(self) -> None:
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +51,24 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 def checksums(folder: Path) -> dict[str, str]:
     return {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != META_FILE}
+
+
+def valid_index_id(index_id: str) -> bool:
+    """Index ids are canonical UUIDs: the only names storage ever builds a path or an S3 key from."""
+    try:
+        return str(uuid.UUID(index_id)) == index_id
+    except (ValueError, TypeError, AttributeError):
+        return False
+
+
+def folder_under(root: Path, index_id: str, prefix: str = "") -> Path:
+    """``root/<prefix><index_id>``, refused (ValueError) unless the id is a UUID and the path stays under ``root``."""
+    if not valid_index_id(index_id):
+        raise ValueError(f"not an index id: {index_id!r}")
+    path = (root / f"{prefix}{index_id}").resolve()
+    if path.parent != root.resolve():
+        raise ValueError(f"index path {path} is outside the storage root {root}")
+    return path
 
 
 class CorruptIndex(Exception):

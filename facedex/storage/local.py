@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from facedex.storage.base import META_FILE, IndexMeta, checksums, verify
+from facedex.storage.base import META_FILE, IndexMeta, checksums, folder_under, valid_index_id, verify
 
 
 class LocalStorage:
@@ -19,27 +19,32 @@ class LocalStorage:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def put(self, folder: Path, meta: IndexMeta) -> None:
+        final = folder_under(self.root, meta.index_id)  # before anything is written or removed
+        tmp = folder_under(self.root, meta.index_id, ".tmp-")
         meta.files = checksums(folder)
-        tmp = self.root / f".tmp-{meta.index_id}"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(folder, tmp)
         (tmp / META_FILE).write_bytes(meta.to_json())
-        tmp.rename(self.root / meta.index_id)
+        tmp.rename(final)
 
     def list(self) -> list[IndexMeta]:
         metas = []
         for path in self.root.iterdir():
-            if path.name.startswith(".") or not (path / META_FILE).is_file():
+            if not valid_index_id(path.name) or not (path / META_FILE).is_file():
                 continue
             try:
-                metas.append(IndexMeta.from_json((path / META_FILE).read_bytes()))
+                meta = IndexMeta.from_json((path / META_FILE).read_bytes())
             except (ValueError, TypeError):
                 continue  # a foreign or damaged folder is not an index
+            if meta.index_id == path.name:  # a meta.json naming another folder is not trusted
+                metas.append(meta)
         return sorted(metas, key=lambda m: m.create_time, reverse=True)
 
     def get_meta(self, index_id: str) -> IndexMeta | None:
-        path = self.root / index_id / META_FILE
-        if "/" in index_id or index_id.startswith(".") or not path.is_file():
+        if not valid_index_id(index_id):
+            return None
+        path = folder_under(self.root, index_id) / META_FILE
+        if not path.is_file():
             return None
         return IndexMeta.from_json(path.read_bytes())
 
@@ -47,14 +52,14 @@ class LocalStorage:
         meta = self.get_meta(index_id)
         if meta is None:
             raise FileNotFoundError(index_id)
-        folder = self.root / index_id
+        folder = folder_under(self.root, index_id)
         verify(folder, meta)
         return folder
 
     def delete(self, index_id: str) -> bool:
         if self.get_meta(index_id) is None:
             return False
-        gone = self.root / f".del-{index_id}"
-        (self.root / index_id).rename(gone)  # disappears at once for readers
+        gone = folder_under(self.root, index_id, ".del-")
+        folder_under(self.root, index_id).rename(gone)  # disappears at once for readers
         shutil.rmtree(gone, ignore_errors=True)
         return True

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from facedex.storage.base import META_FILE, IndexMeta, checksums, verify
+from facedex.storage.base import META_FILE, IndexMeta, checksums, folder_under, valid_index_id, verify
 
 if TYPE_CHECKING:
     from facedex.config import IndexStorageSettings
@@ -37,6 +37,8 @@ class S3Storage:
         )
 
     def _key(self, index_id: str, name: str) -> str:
+        if not valid_index_id(index_id) or "/" in name:
+            raise ValueError(f"not an index id / file name: {index_id!r} / {name!r}")
         return f"{self.prefix}{index_id}/{name}"
 
     def put(self, folder: Path, meta: IndexMeta) -> None:
@@ -52,10 +54,17 @@ class S3Storage:
             for obj in page.get("Contents", []):
                 if obj["Key"].endswith("/" + META_FILE):
                     body = self.client.get_object(Bucket=self.bucket, Key=obj["Key"])["Body"].read()
-                    metas.append(IndexMeta.from_json(body))
+                    meta = IndexMeta.from_json(body)
+                    if obj["Key"] == self._key_or_none(meta.index_id):  # a meta naming another index is not trusted
+                        metas.append(meta)
         return sorted(metas, key=lambda m: m.create_time, reverse=True)
 
+    def _key_or_none(self, index_id: str) -> str | None:
+        return self._key(index_id, META_FILE) if valid_index_id(index_id) else None
+
     def get_meta(self, index_id: str) -> IndexMeta | None:
+        if not valid_index_id(index_id):
+            return None
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=self._key(index_id, META_FILE))["Body"].read()
         except self.client.exceptions.NoSuchKey:
@@ -66,13 +75,15 @@ class S3Storage:
         meta = self.get_meta(index_id)
         if meta is None:
             raise FileNotFoundError(index_id)
-        folder = self.cache / index_id
+        folder = folder_under(self.cache, index_id)
         if folder.is_dir():
             return folder  # verified when it was downloaded
-        tmp = self.cache / f".tmp-{index_id}"
+        tmp = folder_under(self.cache, index_id, ".tmp-")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         for name in meta.files:
+            if "/" in name or name.startswith("."):
+                raise ValueError(f"index {index_id}: bad file name {name!r} in meta.json")
             self.client.download_file(self.bucket, self._key(index_id, name), str(tmp / name))
         verify(tmp, meta)
         (tmp / META_FILE).write_bytes(meta.to_json())
@@ -86,5 +97,5 @@ class S3Storage:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(index_id, META_FILE))
         for name in meta.files:
             self.client.delete_object(Bucket=self.bucket, Key=self._key(index_id, name))
-        shutil.rmtree(self.cache / index_id, ignore_errors=True)
+        shutil.rmtree(folder_under(self.cache, index_id), ignore_errors=True)
         return True
