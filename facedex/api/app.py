@@ -14,7 +14,7 @@ from facedex.errors import Errors
 from facedex.extractor.extract import make_extractor
 from facedex.faces.store import FacesStore, create_pool
 from facedex.http import create_app
-from facedex.rpc import ServiceClient
+from facedex.failover import FailoverClient
 
 
 def build_app(settings: Settings) -> FastAPI:
@@ -24,7 +24,10 @@ def build_app(settings: Settings) -> FastAPI:
         pool = await create_pool(settings.database_url, max_size=20)
         app.state.store = FacesStore(pool)
         app.state.tokens = TokenCache(app.state.store)
-        app.state.proxy = ServiceClient(settings.proxy.url, settings.matching.proxy_timeout_s, Errors.MATCHER_UNAVAILABLE)
+        m = settings.matching
+        # several proxies: a dead one is skipped within the request (facedex.failover)
+        app.state.proxy = FailoverClient(m.proxy_urls or [settings.proxy.url], m.proxy_timeout_s, Errors.MATCHER_UNAVAILABLE,
+                                         cooldown_s=m.instance_cooldown_s)
         app.state.health["faces_db"] = lambda: pool.fetchval("SELECT 1")
         app.state.extractor = make_extractor(settings.extraction)
         yield

@@ -109,6 +109,7 @@ async def match(request: Request, body: MatchRequestIn, account: uuid.UUID, stor
         list_size=resp.list_size,
         descriptor_version=version,
         fallback_reason=resp.fallback_reason,
+        consistency="stale" if resp.consistency == "stale" else "fresh",
     )
 
 

@@ -12,6 +12,7 @@ log to stay exact while lists change.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import secrets
@@ -87,6 +88,11 @@ class ListDelta:
 
 _LIST_COLS = "list_id, account_id, user_data, create_time, last_update_time, face_count, change_seq"
 _FACE_COLS = "face_id, account_id, external_id, user_data, create_time, last_update_time"
+
+
+# What an unreachable, restarting or stalled PostgreSQL raises (matchers then answer stale or refuse).
+UNREACHABLE = (TimeoutError, OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+               asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError, asyncpg.AdminShutdownError)
 
 
 async def create_pool(url: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
@@ -462,9 +468,18 @@ class FacesStore:
             raise FacedexError(Errors.FACES_NOT_FOUND, f"faces not found: {shown}")
 
     # ------------------------------------------------------------ matcher reads
-    async def list_head(self, list_id: uuid.UUID) -> tuple[uuid.UUID, int, int] | None:
-        """(account_id, change_seq, face_count) of a list, or None if it does not exist."""
-        row = await self.pool.fetchrow("SELECT account_id, change_seq, face_count FROM lists WHERE list_id=$1", list_id)
+    async def list_head(self, list_id: uuid.UUID, timeout: float | None = None) -> tuple[uuid.UUID, int, int] | None:
+        """(account_id, change_seq, face_count) of a list, or None if it does not exist.
+
+        ``timeout`` bounds the whole call (waiting for a pooled connection too): matchers ask before every
+        search, and an unreachable Faces DB must make them answer stale or refuse, not hang.
+        """
+        sql = "SELECT account_id, change_seq, face_count FROM lists WHERE list_id=$1"
+        if timeout is None:
+            row = await self.pool.fetchrow(sql, list_id)
+        else:
+            async with asyncio.timeout(timeout):
+                row = await self.pool.fetchrow(sql, list_id, timeout=timeout)
         return None if row is None else (row["account_id"], row["change_seq"], row["face_count"])
 
     async def lists_at_least(self, min_faces: int) -> list[tuple[uuid.UUID, int, int]]:

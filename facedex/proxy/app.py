@@ -65,12 +65,11 @@ def build_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
 
-    async def bruteforce_health() -> None:
-        async with fallback.client.session.get(settings.bruteforce.url + "/healthcheck") as resp:
-            if resp.status != 200:
-                raise RuntimeError(f"brute-force matcher answered {resp.status}")
-
-    app.state.health["bruteforce"] = bruteforce_health
+    app.state.health["bruteforce"] = fallback.client.healthy
+    for plugin in router.plugins:  # a plugin's background loops (e.g. the indexed reply listener)
+        check = getattr(plugin, "health_check", None)
+        if check is not None:
+            app.state.health[f"plugin:{plugin.name}"] = check
 
     @app.post("/1/match", tags=["matching"], summary="Match references against one list (msgpack)")
     async def match_route(request: Request) -> Response:

@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 
 from facedex import wire
 from facedex.config import Settings
-from facedex.rpc import ServiceClient
+from facedex.failover import FailoverClient
 
 
 class Rematch(Exception):
@@ -41,7 +41,10 @@ class BruteForceRoute:
     name = "bruteforce"
 
     def __init__(self, settings: Settings) -> None:
-        self.client = ServiceClient(settings.bruteforce.url, settings.matching.proxy_timeout_s)
+        m = settings.matching
+        # several brute-force Matchers: a dead one is skipped within the request (facedex.failover)
+        self.client = FailoverClient(m.bruteforce_urls or [settings.bruteforce.url], m.proxy_timeout_s,
+                                     cooldown_s=m.instance_cooldown_s)
 
     async def start(self) -> None:
         return None
