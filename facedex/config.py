@@ -46,7 +46,7 @@ class MatchingSettings(BaseModel):
     when_stale: Literal["answer", "refuse"] = Field(
         "answer", description='PostgreSQL unreachable: "answer" from what matchers hold (consistency "stale"), or "refuse" (14007).'
     )
-    max_body_bytes: int = Field(4 << 20, description="Largest body of a matching request (references are counted before parsing).")
+    max_body_bytes: int = Field(32 << 20, description="Largest body of a matching request (references are counted before parsing).")
 
 
 class BruteForceSettings(BaseModel):

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from facedex import descriptors, wire
 from facedex.api import images
 from facedex.api.deps import Account, Store, parse_descriptor
+from facedex.api.match_body import openapi_body, read_match_request
 from facedex.api.models import MatchRequestIn, MatchResponseOut, MatchResult, ReferenceMatches, ReferenceOut
 from facedex.errors import Errors, FacedexError
 
@@ -53,14 +54,19 @@ async def _references(
     return version, np.vstack(rows).astype("<f4", copy=False), out
 
 
-@router.post("/1/matcher/faces", response_model=MatchResponseOut)
-async def match_faces(request: Request, body: MatchRequestIn, account: Account, store: Store) -> MatchResponseOut:
+@router.post(
+    "/1/matcher/faces",
+    response_model=MatchResponseOut,
+    openapi_extra=openapi_body(),
+)
+async def match_faces(request: Request, account: Account, store: Store) -> MatchResponseOut:
     """Find the faces of a list most similar to each reference (a descriptor, a face id or an image).
 
     Similarity is the cosine of the two descriptors clipped to [0, 1]; results are
     sorted by similarity, at most ``limit`` per reference, only those ``>= threshold``.
+    The body's references and filter ids are counted before it is parsed (:mod:`facedex.api.match_body`).
     """
-    return await match(request, body, account, store)
+    return await match(request, await read_match_request(request), account, store)
 
 
 async def match(request: Request, body: MatchRequestIn, account: uuid.UUID, store: Store) -> MatchResponseOut:
