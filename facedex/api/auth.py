@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 import uuid
@@ -10,7 +11,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from facedex.errors import Errors, FacedexError
-from facedex.faces.store import FacesStore
+from facedex.faces.store import UNREACHABLE, FacesStore
 
 bearer = HTTPBearer(auto_error=False, description="An account token (fdx_...).")
 
@@ -18,8 +19,9 @@ bearer = HTTPBearer(auto_error=False, description="An account token (fdx_...).")
 class TokenCache:
     """Token -> account for a short while, so a request costs no extra DB round trip."""
 
-    def __init__(self, store: FacesStore, ttl_s: float = 30.0, max_entries: int = 10_000) -> None:
+    def __init__(self, store: FacesStore, ttl_s: float = 30.0, max_entries: int = 10_000, db_timeout_s: float = 2.0) -> None:
         self.store = store
+        self.db_timeout_s = db_timeout_s  # an expired entry is still used while the Faces DB does not answer
         self.ttl_s = ttl_s
         self.max_entries = max_entries
         self._entries: dict[str, tuple[uuid.UUID, float]] = {}
@@ -29,7 +31,13 @@ class TokenCache:
         hit = self._entries.get(token)
         if hit is not None and hit[1] > now:
             return hit[0]
-        account_id = await self.store.account_for_token(token)
+        try:
+            async with asyncio.timeout(self.db_timeout_s):
+                account_id = await self.store.account_for_token(token)
+        except UNREACHABLE as exc:
+            if hit is not None:  # the Faces DB is down or stalled: the token was valid moments ago
+                return hit[0]
+            raise FacedexError(Errors.FACES_DB_UNAVAILABLE, f"cannot check the token: {type(exc).__name__}") from exc
         if account_id is not None:
             if len(self._entries) >= self.max_entries:
                 self._entries.clear()

@@ -92,7 +92,8 @@ _FACE_COLS = "face_id, account_id, external_id, user_data, create_time, last_upd
 
 # What an unreachable, restarting or stalled PostgreSQL raises (matchers then answer stale or refuse).
 UNREACHABLE = (TimeoutError, OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-               asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError, asyncpg.AdminShutdownError)
+               asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError, asyncpg.AdminShutdownError,
+               asyncpg.InternalClientError)  # a pooled connection left mid-operation by a cancelled query
 
 
 async def create_pool(url: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:

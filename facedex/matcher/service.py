@@ -52,7 +52,7 @@ class MatcherService:
         self.loader = Loader(storage, store, self.version, self.cfg.refresh, settings.matching.head_timeout_s,
                              on_loaded=self._on_loaded, on_dropped=self.labels.withdraw)
         self.consumer = Consumer(redis, keys, matcher_id, lambda: self.loader.loaded, self._answer, self.cfg.claim_idle_ms)
-        self.supervisor = Supervisor("matcher")
+        self.supervisor = Supervisor("matcher", max_backoff_s=1.0)  # the indexed route is back within ~1 s of Redis
         sup = self.supervisor
         sup.every("license", settings.license.check_period_s, self.license.check)
         sup.every("reload", self.cfg.reload_period_s, self.loader.reload, round_timeout_s=600)
