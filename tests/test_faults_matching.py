@@ -390,3 +390,50 @@ def test_postgres_restart_and_stall(cluster, private) -> None:
     assert max(a.seconds for a in load.answers) < 10.0, "no request hung on the Faces DB"
     fresh_again = [a for a in load.since(resumed + 1.5)]
     assert fresh_again and all(a.consistency == "fresh" for a in fresh_again)
+
+
+def test_refuse_when_stale_if_the_operator_says_so(cluster, private) -> None:
+    """With matching.when_stale = "refuse", an unreachable Faces DB gives 14007 within about a second, not a stale answer."""
+    import asyncio
+
+    from facedex import wire
+    from facedex.errors import Errors, FacedexError
+    from facedex.rpc import ServiceClient
+
+    svc, load = cluster
+    _, pg = private
+    svc.start("bruteforce-refuse", "bruteforce", FACEDEX_MATCHING__WHEN_STALE="refuse")
+    account = httpx.get(load.api + "/1/account", headers={"Authorization": f"Bearer {load.token}"}).json()["account_id"]
+    req = wire.MatchRequest(uuid_bytes(account), uuid_bytes(load.list_id), 1, load.probes[0].astype("<f4").tobytes(), 5)
+
+    async def call() -> tuple[float, object]:
+        client = ServiceClient(svc.url("bruteforce-refuse"), 30)
+        started = time.monotonic()
+        try:
+            return time.monotonic() - started, await client.call("/1/match", req, wire.MatchResponse)
+        except FacedexError as exc:
+            return time.monotonic() - started, exc
+        finally:
+            await client.close()
+
+    try:
+        _, warm = asyncio.run(call())  # the list is now cached
+        assert isinstance(warm, wire.MatchResponse) and warm.consistency == "fresh"
+        procs = pg.processes()
+        for p in procs:
+            p.suspend()
+        try:
+            took, refused = asyncio.run(call())
+        finally:
+            for p in procs:
+                p.resume()
+        assert isinstance(refused, FacedexError) and refused.error is Errors.FACES_DB_UNAVAILABLE, refused
+        assert took < 3.0, f"refused after {took:.1f}s"
+    finally:
+        svc.stop("bruteforce-refuse")
+
+
+def uuid_bytes(text: str) -> bytes:
+    import uuid
+
+    return uuid.UUID(text).bytes

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import time
 import uuid
@@ -11,7 +10,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from facedex.errors import Errors, FacedexError
-from facedex.faces.store import UNREACHABLE, FacesStore
+from facedex.faces.store import UNREACHABLE, FacesStore, bounded
 
 bearer = HTTPBearer(auto_error=False, description="An account token (fdx_...).")
 
@@ -32,8 +31,7 @@ class TokenCache:
         if hit is not None and hit[1] > now:
             return hit[0]
         try:
-            async with asyncio.timeout(self.db_timeout_s):
-                account_id = await self.store.account_for_token(token)
+            account_id = await bounded(self.store.account_for_token(token), self.db_timeout_s)
         except UNREACHABLE as exc:
             if hit is not None:  # the Faces DB is down or stalled: the token was valid moments ago
                 return hit[0]

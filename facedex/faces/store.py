@@ -96,6 +96,27 @@ UNREACHABLE = (TimeoutError, OSError, asyncpg.PostgresConnectionError, asyncpg.I
                asyncpg.InternalClientError)  # a pooled connection left mid-operation by a cancelled query
 
 
+_abandoned: set[asyncio.Task[object]] = set()
+
+
+async def bounded(aw: Awaitable[T], timeout: float) -> T:
+    """``aw``'s result within ``timeout`` seconds, else TimeoutError.
+
+    Why not ``asyncio.timeout``: a cancelled asyncpg query cleans up (waits for the server to confirm the
+    cancel, rolls back, resets the pooled connection) before the cancellation returns, so against a stalled
+    server it hangs anyway. Here the call runs as a task of its own; past the deadline it is cancelled and
+    left to clean up in the background while the caller goes on.
+    """
+    task: asyncio.Task[T] = asyncio.ensure_future(aw)
+    try:
+        return await asyncio.wait_for(asyncio.shield(task), timeout)
+    except (TimeoutError, asyncio.CancelledError):  # the caller gave up: so does the call, in the background
+        task.cancel()
+        _abandoned.add(task)  # type: ignore[arg-type]
+        task.add_done_callback(lambda t: (_abandoned.discard(t), t.cancelled() or t.exception()))  # type: ignore[arg-type]
+        raise
+
+
 async def create_pool(url: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size)
     assert pool is not None
@@ -479,8 +500,7 @@ class FacesStore:
         if timeout is None:
             row = await self.pool.fetchrow(sql, list_id)
         else:
-            async with asyncio.timeout(timeout):
-                row = await self.pool.fetchrow(sql, list_id, timeout=timeout)
+            row = await bounded(self.pool.fetchrow(sql, list_id, timeout=timeout), timeout)
         return None if row is None else (row["account_id"], row["change_seq"], row["face_count"])
 
     async def lists_at_least(self, min_faces: int) -> list[tuple[uuid.UUID, int, int]]:

@@ -14,7 +14,7 @@ import logging
 import uuid
 from typing import Literal
 
-from facedex.faces.store import UNREACHABLE, FacesStore
+from facedex.faces.store import UNREACHABLE, FacesStore, bounded
 from facedex.matcher.loaded import LoadedIndex
 from facedex.metrics import INDEX_REFRESH_LAG
 
@@ -34,8 +34,7 @@ async def catch_up(store: FacesStore, idx: LoadedIndex, version: int, timeout_s:
         INDEX_REFRESH_LAG.labels(idx.list_id).set(head[1] - idx.head)
         if head[1] <= idx.head:
             return "fresh"
-        async with asyncio.timeout(max(10 * timeout_s, 5.0)):  # a delta can be large; still bounded
-            delta = await store.delta(list_id, version, idx.head)
+        delta = await bounded(store.delta(list_id, version, idx.head), max(10 * timeout_s, 5.0))  # can be large
     except UNREACHABLE as exc:
         log.warning("list %s: Faces DB unreachable (%s: %s); serving the index as loaded", idx.list_id,
                     type(exc).__name__, exc)
