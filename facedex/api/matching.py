@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
 from facedex import descriptors, wire
 from facedex.api import images
@@ -66,7 +67,10 @@ async def match_faces(request: Request, account: Account, store: Store) -> Match
     sorted by similarity, at most ``limit`` per reference, only those ``>= threshold``.
     The body's references and filter ids are counted before it is parsed (:mod:`facedex.api.match_body`).
     """
-    return await match(request, await read_match_request(request), account, store)
+    out = await match(request, await read_match_request(request), account, store)
+    if sum(len(m.results) for m in out.matches) > OFF_LOOP_RESULTS:
+        return Response(await asyncio.to_thread(out.model_dump_json), media_type="application/json")  # type: ignore[return-value]
+    return out
 
 
 async def match(request: Request, body: MatchRequestIn, account: uuid.UUID, store: Store) -> MatchResponseOut:
@@ -96,6 +100,19 @@ async def match(request: Request, body: MatchRequestIn, account: uuid.UUID, stor
         exact=cand.exact,
     )
     resp: wire.MatchResponse = await request.app.state.proxy.call("/1/match", req, wire.MatchResponse)
+    if _result_count(resp) > OFF_LOOP_RESULTS:  # up to max_references x max_limit objects: not on the event loop
+        return await asyncio.to_thread(_response, answered, resp, version)
+    return _response(answered, resp, version)
+
+
+OFF_LOOP_RESULTS = 2000  # building or serialising more result objects than this could block the loop for >10 ms
+
+
+def _result_count(resp: wire.MatchResponse) -> int:
+    return sum(len(r.similarities) // 4 for r in resp.results)
+
+
+def _response(answered: list[ReferenceOut], resp: wire.MatchResponse, version: int) -> MatchResponseOut:
     matches = []
     for ref, res in zip(answered, resp.results, strict=True):
         sims = np.frombuffer(res.similarities, dtype=np.float32)

@@ -119,6 +119,7 @@ class ListCache:
         self.max_bytes = max_bytes
         self._entries: OrderedDict[tuple[uuid.UUID, int], ListMatrix] = OrderedDict()
         self._loading: dict[tuple[uuid.UUID, int], asyncio.Lock] = {}
+        self._warned = 0.0  # when an unreachable Faces DB was last logged
 
     @property
     def nbytes(self) -> int:
@@ -149,7 +150,10 @@ class ListCache:
             matrix = self._entries.get(key)
             if matrix is None:
                 raise FacedexError(Errors.FACES_DB_UNAVAILABLE, f"{type(exc).__name__}: {exc}") from exc
-            log.warning("list %s: Faces DB unreachable (%s); answering from the cached matrix", list_id, type(exc).__name__)
+            now = time.monotonic()
+            if now - self._warned > 5.0:  # once in a while, not per request
+                self._warned = now
+                log.warning("list %s: Faces DB unreachable (%s); answering from the cached matrix", list_id, type(exc).__name__)
             return matrix, True
 
     async def _fresh(self, list_id: uuid.UUID, version: int, head_timeout_s: float | None) -> ListMatrix | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from typing import Literal
 
@@ -21,6 +22,9 @@ from facedex.metrics import INDEX_REFRESH_LAG
 log = logging.getLogger(__name__)
 
 Freshness = Literal["fresh", "stale", "gone"]
+
+WARN_EVERY_S = 5.0
+_warned: dict[str, float] = {}  # list id -> when its outage was last logged
 
 
 async def catch_up(store: FacesStore, idx: LoadedIndex, version: int, timeout_s: float) -> Freshness:
@@ -36,8 +40,11 @@ async def catch_up(store: FacesStore, idx: LoadedIndex, version: int, timeout_s:
             return "fresh"
         delta = await bounded(store.delta(list_id, version, idx.head), max(10 * timeout_s, 5.0))  # can be large
     except UNREACHABLE as exc:
-        log.warning("list %s: Faces DB unreachable (%s: %s); serving the index as loaded", idx.list_id,
-                    type(exc).__name__, exc)
+        now = time.monotonic()
+        if now - _warned.get(idx.list_id, 0.0) > WARN_EVERY_S:  # once in a while, not per batch
+            _warned[idx.list_id] = now
+            log.warning("list %s: Faces DB unreachable (%s: %s); serving the index as loaded", idx.list_id,
+                        type(exc).__name__, exc)
         return "stale"
     if delta is None:
         return "gone"
