@@ -7,6 +7,12 @@ force. ``match`` checks the license (cached), appends the request to the list's
 stream, and waits for the answer on this proxy's reply channel for at most
 ``indexed.request_timeout_s``; a timeout, an error answer or a refused license
 raises, and the proxy answers by brute force instead.
+
+The reply listener and the label sync are supervised loops (:mod:`facedex.supervise`): a listener that
+loses its connection (a Redis restart) is restarted with a new PubSub, so it re-subscribes; while labels
+cannot be read none are routed here; both are part of ``/healthcheck``. Admission control: a request whose
+list stream already holds more work than it could wait for (backlog x the observed answer time per entry
+ahead > the timeout) goes to brute force at once.
 """
 
 from __future__ import annotations
