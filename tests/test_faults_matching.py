@@ -377,7 +377,11 @@ def test_postgres_restart_and_stall(cluster, private) -> None:
             p.suspend()
         stalled = time.monotonic()
         try:
-            time.sleep(4.0)
+            time.sleep(1.0)
+            asked = time.monotonic()
+            red = health(svc.url("bruteforce2"))  # answers (red) within its 5 s client timeout, not hung on the DB
+            assert red == 503 and time.monotonic() - asked < 5.0, red
+            time.sleep(max(0.0, stalled + 4.0 - time.monotonic()))
         finally:
             for p in procs:
                 p.resume()

@@ -12,7 +12,7 @@ from facedex.api.auth import TokenCache
 from facedex.config import Settings
 from facedex.errors import Errors
 from facedex.extractor.extract import make_extractor
-from facedex.faces.store import FacesStore, create_pool
+from facedex.faces.store import FacesStore, bounded, create_pool
 from facedex.http import create_app
 from facedex.failover import FailoverClient
 
@@ -28,7 +28,7 @@ def build_app(settings: Settings) -> FastAPI:
         # several proxies: a dead one is skipped within the request (facedex.failover)
         app.state.proxy = FailoverClient(m.proxy_urls or [settings.proxy.url], m.proxy_timeout_s, Errors.MATCHER_UNAVAILABLE,
                                          cooldown_s=m.instance_cooldown_s)
-        app.state.health["faces_db"] = lambda: pool.fetchval("SELECT 1")
+        app.state.health["faces_db"] = lambda: bounded(pool.fetchval("SELECT 1"), 2.0)  # a stalled DB: red, not hung
         app.state.extractor = make_extractor(settings.extraction)
         yield
         await app.state.extractor.close()

@@ -15,7 +15,7 @@ from facedex.bruteforce.batching import Batcher
 from facedex.bruteforce.cache import ListCache
 from facedex.config import MatchingSettings, Settings
 from facedex.errors import Errors, FacedexError
-from facedex.faces.store import FacesStore, create_pool
+from facedex.faces.store import FacesStore, bounded, create_pool
 from facedex.http import create_app
 from facedex.metrics import CACHED_LIST_BYTES
 
@@ -46,7 +46,7 @@ def build_app(settings: Settings) -> FastAPI:
         state["cache"] = ListCache(store, settings.bruteforce_engine.cache_max_bytes)
         state["executor"] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="exact")  # BLAS threads use the cores
         state["batcher"] = Batcher(state["executor"], settings.matching.max_references)  # type: ignore[arg-type]
-        app.state.health["faces_db"] = lambda: pool.fetchval("SELECT 1")
+        app.state.health["faces_db"] = lambda: bounded(pool.fetchval("SELECT 1"), 2.0)  # a stalled DB: red, not hung
 
         async def scrape() -> None:
             CACHED_LIST_BYTES.set(state["cache"].nbytes)  # type: ignore[attr-defined]

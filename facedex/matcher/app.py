@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from facedex.config import Settings
-from facedex.faces.store import FacesStore, create_pool
+from facedex.faces.store import FacesStore, bounded, create_pool
 from facedex.http import create_app
 from facedex.matcher.service import MatcherService
 from facedex.metrics import INDEX_FACES
@@ -28,7 +28,7 @@ def build_app(settings: Settings) -> FastAPI:
         redis = connect(settings.redis_url, decode=False, socket_timeout=2.0)
         service = MatcherService(settings, redis, FacesStore(pool), open_storage(settings), matcher_id)
         state["service"] = service
-        app.state.health["faces_db"] = lambda: pool.fetchval("SELECT 1")
+        app.state.health["faces_db"] = lambda: bounded(pool.fetchval("SELECT 1"), 2.0)  # a stalled DB: red, not hung
         app.state.health["redis"] = redis.ping
         app.state.health["loops"] = service.supervisor.check
 
