@@ -4,8 +4,10 @@ Account tokens are looked up by their SHA-256 and cached per process for up to
 ``ttl_s``, but only while this process listens for revocations: deleting a
 token NOTIFYs ``facedex_token_revoked`` in the same transaction, and every
 process drops the entry as the notification arrives. When the listening
-connection is lost the cache is cleared and bypassed until it is back, so a
-revoked token is never served from a stale cache.
+connection is lost the cache is bypassed until it is back (and cleared then), so
+a revoked token is never served from a stale cache while the Faces DB answers.
+While it does not (down or stalled), a token seen valid before is still served:
+revoking one needs the Faces DB too, and matching keeps answering in an outage.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import asyncpg
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from facedex.errors import Errors, FacedexError
-from facedex.faces.store import TOKEN_REVOKED_CHANNEL, FacesStore, hash_token
+from facedex.faces.store import TOKEN_REVOKED_CHANNEL, UNREACHABLE, FacesStore, bounded, hash_token
 from facedex.internal_auth import token_matches
 
 log = logging.getLogger(__name__)
@@ -50,13 +52,17 @@ class Caller:
 class TokenCache:
     """Token -> account, cached while revocations can be heard (see the module docstring)."""
 
-    def __init__(self, store: FacesStore, database_url: str | None = None, ttl_s: float = 30.0, max_entries: int = 10_000) -> None:
+    def __init__(
+        self, store: FacesStore, database_url: str | None = None, ttl_s: float = 30.0, max_entries: int = 10_000,
+        db_timeout_s: float = 2.0,
+    ) -> None:
         self.store = store
+        self.db_timeout_s = db_timeout_s
         self.database_url = database_url
         self.ttl_s = ttl_s
         self.max_entries = max_entries
         self.listening = False
-        self._entries: dict[bytes, tuple[uuid.UUID, float]] = {}
+        self._entries: dict[bytes, tuple[uuid.UUID, float, float]] = {}  # hash -> (account, fresh until, expires)
         self._generation = 0  # bumped by every revocation: a lookup that raced one is not cached
         self._task: asyncio.Task[None] | None = None
 
@@ -76,9 +82,9 @@ class TokenCache:
             self._entries.pop(bytes.fromhex(payload), None)
 
     def _lost(self) -> None:
+        """Revocations can no longer be heard: bypass the cache (kept only for a Faces DB outage)."""
         self.listening = False
         self._generation += 1
-        self._entries.clear()
 
     async def _listen(self) -> None:
         assert self.database_url
@@ -89,7 +95,8 @@ class TokenCache:
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c: lost.set())
                 await conn.add_listener(TOKEN_REVOKED_CHANNEL, self._revoked)
-                self._lost()  # anything cached before we listened may be stale
+                self._generation += 1
+                self._entries.clear()  # anything cached before we listened may have been revoked meanwhile
                 self.listening = True
                 while not lost.is_set():
                     with contextlib.suppress(TimeoutError):
@@ -114,17 +121,22 @@ class TokenCache:
         if hit is not None and hit[1] > now and self.listening:
             return hit[0]
         generation = self._generation
-        found = await self.store.account_for_token(token)
+        try:
+            found = await bounded(self.store.account_for_token(token), self.db_timeout_s)
+        except UNREACHABLE as exc:
+            if hit is not None and hit[2] > now:  # the Faces DB is down or stalled: the token was valid moments ago
+                return hit[0]
+            raise FacedexError(Errors.FACES_DB_UNAVAILABLE, f"cannot check the token: {type(exc).__name__}") from exc
         if found is None:
             return None
         account_id, expire_time = found
-        if self.listening and generation == self._generation:
-            until = now + self.ttl_s
+        if generation == self._generation:
+            expires = float("inf")
             if expire_time is not None:
-                until = min(until, now + (expire_time - datetime.now(expire_time.tzinfo)).total_seconds())
+                expires = now + (expire_time - datetime.now(expire_time.tzinfo)).total_seconds()
             if len(self._entries) >= self.max_entries:
                 self._entries.clear()
-            self._entries[key] = (account_id, until)
+            self._entries[key] = (account_id, min(now + self.ttl_s, expires), expires)
         return account_id
 
 

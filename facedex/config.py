@@ -35,6 +35,18 @@ class MatchingSettings(BaseModel):
     max_references: int = Field(64, description="Most references in one matching request.")
     max_filter_face_ids: int = Field(100_000, description="Most face ids in a candidate filter.")
     proxy_timeout_s: float = Field(30.0, description="API -> proxy and proxy -> matcher request timeout.")
+    proxy_urls: list[str] = Field(
+        default_factory=list, description="Matcher Proxy origins the API uses, tried in turn (failover); empty: proxy.url."
+    )
+    bruteforce_urls: list[str] = Field(
+        default_factory=list, description="Brute-force Matcher origins the proxy uses, tried in turn; empty: bruteforce.url."
+    )
+    instance_cooldown_s: float = Field(2.0, description="An instance that failed (refused, reset, 5xx) is skipped this long.")
+    head_timeout_s: float = Field(0.5, description="Matchers: bound on the list change-head query; past it, cached data is stale.")
+    when_stale: Literal["answer", "refuse"] = Field(
+        "answer", description='PostgreSQL unreachable: "answer" from what matchers hold (consistency "stale"), or "refuse" (14007).'
+    )
+    max_body_bytes: int = Field(32 << 20, description="Largest body of a matching request (references are counted before parsing).")
 
 
 class BruteForceSettings(BaseModel):

@@ -52,6 +52,8 @@ class Errors:
     TOO_MANY_REFERENCES = ErrorCode(14003, 422, "Too many references")
     MATCHER_UNAVAILABLE = ErrorCode(14004, 503, "Matching service unavailable")
     VERSION_MISMATCH = ErrorCode(14005, 400, "References have different descriptor versions")
+    MATCH_BODY_TOO_LARGE = ErrorCode(14006, 413, "Matching request body too large")
+    FACES_DB_UNAVAILABLE = ErrorCode(14007, 503, "Faces DB unreachable and stale answers are refused")
     # images
     IMAGE_DECODE = ErrorCode(16001, 400, "Image could not be decoded")
     IMAGE_PIXELS = ErrorCode(16002, 400, "Image has too many pixels")

@@ -44,6 +44,7 @@ class MatchResponse(msgspec.Struct, frozen=True):
     route: str  # which matcher answered: "bruteforce", "indexed", ...
     list_size: int = 0  # faces searched (after the filter)
     fallback_reason: str | None = None  # why the proxy did not use a preferred route
+    consistency: str = "fresh"  # "stale": the Faces DB was unreachable; answered from what the matcher held
 
 
 class IndexedRequest(msgspec.Struct, frozen=True):

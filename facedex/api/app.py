@@ -12,10 +12,10 @@ from facedex.api.auth import TokenCache
 from facedex.config import Settings
 from facedex.errors import Errors
 from facedex.extractor.extract import make_extractor
-from facedex.faces.store import FacesStore, create_pool
+from facedex.faces.store import FacesStore, bounded, create_pool
 from facedex.http import create_app
+from facedex.failover import FailoverClient
 from facedex.internal_auth import bearer
-from facedex.rpc import ServiceClient
 
 
 def build_app(settings: Settings) -> FastAPI:
@@ -26,9 +26,12 @@ def build_app(settings: Settings) -> FastAPI:
         app.state.store = FacesStore(pool)
         app.state.tokens = TokenCache(app.state.store, settings.database_url)
         await app.state.tokens.start()
-        app.state.proxy = ServiceClient(settings.proxy.url, settings.matching.proxy_timeout_s, Errors.MATCHER_UNAVAILABLE)
+        m = settings.matching
+        # several proxies: a dead one is skipped within the request (facedex.failover)
+        app.state.proxy = FailoverClient(m.proxy_urls or [settings.proxy.url], m.proxy_timeout_s, Errors.MATCHER_UNAVAILABLE,
+                                         cooldown_s=m.instance_cooldown_s)
         app.state.proxy.headers = bearer(settings.internal_token)
-        app.state.health["faces_db"] = lambda: pool.fetchval("SELECT 1")
+        app.state.health["faces_db"] = lambda: bounded(pool.fetchval("SELECT 1"), 2.0)  # a stalled DB: red, not hung
         app.state.extractor = make_extractor(settings.extraction, settings.internal_token)
         yield
         await app.state.extractor.close()

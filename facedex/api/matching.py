@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
 from facedex import descriptors, internal_auth, wire
 from facedex.api import images
 from facedex.api.deps import Account, Store, parse_descriptor
+from facedex.api.match_body import openapi_body, read_match_request
 from facedex.api.models import MatchRequestIn, MatchResponseOut, MatchResult, ReferenceMatches, ReferenceOut
 from facedex.errors import Errors, FacedexError
 from facedex.logs import current_request_id
@@ -54,14 +56,22 @@ async def _references(
     return version, np.vstack(rows).astype("<f4", copy=False), out
 
 
-@router.post("/1/matcher/faces", response_model=MatchResponseOut)
-async def match_faces(request: Request, body: MatchRequestIn, account: Account, store: Store) -> MatchResponseOut:
+@router.post(
+    "/1/matcher/faces",
+    response_model=MatchResponseOut,
+    openapi_extra=openapi_body(),
+)
+async def match_faces(request: Request, account: Account, store: Store) -> MatchResponseOut:
     """Find the faces of a list most similar to each reference (a descriptor, a face id or an image).
 
     Similarity is the cosine of the two descriptors clipped to [0, 1]; results are
     sorted by similarity, at most ``limit`` per reference, only those ``>= threshold``.
+    The body's references and filter ids are counted before it is parsed (:mod:`facedex.api.match_body`).
     """
-    return await match(request, body, account, store)
+    out = await match(request, await read_match_request(request), account, store)
+    if sum(len(m.results) for m in out.matches) > OFF_LOOP_RESULTS:
+        return Response(await asyncio.to_thread(out.model_dump_json), media_type="application/json")  # type: ignore[return-value]
+    return out
 
 
 async def match(request: Request, body: MatchRequestIn, account: uuid.UUID, store: Store) -> MatchResponseOut:
@@ -97,6 +107,19 @@ async def match(request: Request, body: MatchRequestIn, account: uuid.UUID, stor
         auth_expires_ms=auth_expires_ms,
     )
     resp: wire.MatchResponse = await request.app.state.proxy.call("/1/match", req, wire.MatchResponse)
+    if _result_count(resp) > OFF_LOOP_RESULTS:  # up to max_references x max_limit objects: not on the event loop
+        return await asyncio.to_thread(_response, answered, resp, version)
+    return _response(answered, resp, version)
+
+
+OFF_LOOP_RESULTS = 2000  # building or serialising more result objects than this could block the loop for >10 ms
+
+
+def _result_count(resp: wire.MatchResponse) -> int:
+    return sum(len(r.similarities) // 4 for r in resp.results)
+
+
+def _response(answered: list[ReferenceOut], resp: wire.MatchResponse, version: int) -> MatchResponseOut:
     matches = []
     for ref, res in zip(answered, resp.results, strict=True):
         sims = np.frombuffer(res.similarities, dtype=np.float32)
@@ -116,6 +139,7 @@ async def match(request: Request, body: MatchRequestIn, account: uuid.UUID, stor
         list_size=resp.list_size,
         descriptor_version=version,
         fallback_reason=resp.fallback_reason,
+        consistency="stale" if resp.consistency == "stale" else "fresh",
     )
 
 

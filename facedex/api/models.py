@@ -236,6 +236,9 @@ class MatchResponseOut(BaseModel):
     list_size: int = Field(..., description="Faces the references were matched against.")
     descriptor_version: int
     fallback_reason: str | None = None
+    consistency: Literal["fresh", "stale"] = Field(
+        "fresh", description='"stale": the Faces DB was unreachable; answered from what the matchers already held.'
+    )
 
 
 class DescriptorVersionOut(BaseModel):

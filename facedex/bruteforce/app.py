@@ -7,28 +7,33 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
+import msgspec
 from fastapi import FastAPI, Request, Response
 
 from facedex import descriptors, wire
 from facedex.bruteforce.batching import Batcher
 from facedex.bruteforce.cache import ListCache
-from facedex.config import Settings
+from facedex.config import MatchingSettings, Settings
 from facedex.errors import Errors, FacedexError
-from facedex.faces.store import FacesStore, create_pool
+from facedex.faces.store import FacesStore, bounded, create_pool
 from facedex.http import create_app
 from facedex.internal_auth import verify as verify_identity
 from facedex.metrics import CACHED_LIST_BYTES
 
 
-async def match(cache: ListCache, batcher: Batcher, req: wire.MatchRequest) -> wire.MatchResponse:
+async def match(cache: ListCache, batcher: Batcher, req: wire.MatchRequest, settings: MatchingSettings | None = None
+) -> wire.MatchResponse:
     spec = descriptors.get_version(req.version)
     if len(req.references) == 0 or len(req.references) % (spec.dim * 4):
         raise FacedexError(Errors.DESCRIPTOR_LENGTH, f"references are not whole {spec.dim}-d float32 vectors")
     list_id = uuid.UUID(bytes=req.list_id)
-    matrix = await cache.fresh(list_id, req.version)
+    matrix, stale = await cache.current(list_id, req.version, settings.head_timeout_s if settings else None)
     if matrix is None or matrix.account_id.bytes != req.account_id:
         raise FacedexError(Errors.LIST_NOT_FOUND, f"list {list_id} not found")
-    return await batcher.search(matrix, req)
+    if stale and settings is not None and settings.when_stale == "refuse":
+        raise FacedexError(Errors.FACES_DB_UNAVAILABLE, f"list {list_id}: the Faces DB did not answer")
+    resp = await batcher.search(matrix, req)
+    return msgspec.structs.replace(resp, consistency="stale") if stale else resp
 
 
 def build_app(settings: Settings) -> FastAPI:
@@ -42,7 +47,7 @@ def build_app(settings: Settings) -> FastAPI:
         state["cache"] = ListCache(store, settings.bruteforce_engine.cache_max_bytes)
         state["executor"] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="exact")  # BLAS threads use the cores
         state["batcher"] = Batcher(state["executor"], settings.matching.max_references)  # type: ignore[arg-type]
-        app.state.health["faces_db"] = lambda: pool.fetchval("SELECT 1")
+        app.state.health["faces_db"] = lambda: bounded(pool.fetchval("SELECT 1"), 2.0)  # a stalled DB: red, not hung
 
         async def scrape() -> None:
             CACHED_LIST_BYTES.set(state["cache"].nbytes)  # type: ignore[attr-defined]
@@ -66,7 +71,7 @@ def build_app(settings: Settings) -> FastAPI:
     async def match_route(request: Request) -> Response:
         req = wire.decode(await request.body(), wire.MatchRequest)
         verify_identity(settings.internal_token, req)
-        resp = await match(state["cache"], state["batcher"], req)  # type: ignore[arg-type]
+        resp = await match(state["cache"], state["batcher"], req, settings.matching)  # type: ignore[arg-type]
         return Response(wire.encode(resp), media_type=wire.CONTENT_TYPE)
 
     @app.get("/1/cache", tags=["service"], summary="Lists held in memory")

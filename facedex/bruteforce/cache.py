@@ -20,7 +20,8 @@ from collections import OrderedDict
 import numpy as np
 
 from facedex import descriptors
-from facedex.faces.store import FacesStore, ListDelta
+from facedex.errors import Errors, FacedexError
+from facedex.faces.store import UNREACHABLE, FacesStore, ListDelta, bounded
 from facedex.rwlock import RWLock
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ class ListCache:
         self.max_bytes = max_bytes
         self._entries: OrderedDict[tuple[uuid.UUID, int], ListMatrix] = OrderedDict()
         self._loading: dict[tuple[uuid.UUID, int], asyncio.Lock] = {}
+        self._warned = 0.0  # when an unreachable Faces DB was last logged
 
     @property
     def nbytes(self) -> int:
@@ -131,7 +133,31 @@ class ListCache:
 
     async def fresh(self, list_id: uuid.UUID, version: int) -> ListMatrix | None:
         """The list's matrix, brought up to the list's current change head; None if the list does not exist."""
-        head = await self.store.list_head(list_id)
+        matrix, _ = await self.current(list_id, version)
+        return matrix
+
+    async def current(
+        self, list_id: uuid.UUID, version: int, head_timeout_s: float | None = None
+    ) -> tuple[ListMatrix | None, bool]:
+        """(matrix, stale): like :meth:`fresh`, but with ``head_timeout_s`` an unreachable Faces DB gives the
+        cached matrix as it is, with ``stale`` True (or raises 14007 if the list is not cached)."""
+        key = (list_id, version)
+        try:
+            return await self._fresh(list_id, version, head_timeout_s), False
+        except UNREACHABLE as exc:
+            if head_timeout_s is None:
+                raise
+            matrix = self._entries.get(key)
+            if matrix is None:
+                raise FacedexError(Errors.FACES_DB_UNAVAILABLE, f"{type(exc).__name__}: {exc}") from exc
+            now = time.monotonic()
+            if now - self._warned > 5.0:  # once in a while, not per request
+                self._warned = now
+                log.warning("list %s: Faces DB unreachable (%s); answering from the cached matrix", list_id, type(exc).__name__)
+            return matrix, True
+
+    async def _fresh(self, list_id: uuid.UUID, version: int, head_timeout_s: float | None) -> ListMatrix | None:
+        head = await self.store.list_head(list_id, timeout=head_timeout_s)
         key = (list_id, version)
         if head is None:
             self._entries.pop(key, None)
@@ -145,7 +171,8 @@ class ListCache:
                 self._entries[key] = matrix
                 self._evict(keep=key)
             elif matrix.head < seq:
-                delta = await self.store.delta(list_id, version, matrix.head)
+                delta = await (self.store.delta(list_id, version, matrix.head) if head_timeout_s is None
+                               else bounded(self.store.delta(list_id, version, matrix.head), max(10 * head_timeout_s, 5.0)))
                 if delta is None:
                     self._entries.pop(key, None)
                     return None

@@ -12,6 +12,7 @@ log to stay exact while lists change.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import secrets
@@ -106,6 +107,33 @@ _FACE_DETAIL = (
     "ARRAY(SELECT version FROM descriptors d WHERE d.face_id=f.face_id ORDER BY version) AS descriptor_versions,"
     " ARRAY(SELECT list_id FROM list_faces l WHERE l.face_id=f.face_id ORDER BY list_id) AS list_ids"
 )
+
+
+# What an unreachable, restarting or stalled PostgreSQL raises (matchers then answer stale or refuse).
+UNREACHABLE = (TimeoutError, OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+               asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError, asyncpg.AdminShutdownError,
+               asyncpg.InternalClientError)  # a pooled connection left mid-operation by a cancelled query
+
+
+_abandoned: set[asyncio.Task[object]] = set()
+
+
+async def bounded(aw: Awaitable[T], timeout: float) -> T:
+    """``aw``'s result within ``timeout`` seconds, else TimeoutError.
+
+    Why not ``asyncio.timeout``: a cancelled asyncpg query cleans up (waits for the server to confirm the
+    cancel, rolls back, resets the pooled connection) before the cancellation returns, so against a stalled
+    server it hangs anyway. Here the call runs as a task of its own; past the deadline it is cancelled and
+    left to clean up in the background while the caller goes on.
+    """
+    task: asyncio.Task[T] = asyncio.ensure_future(aw)
+    try:
+        return await asyncio.wait_for(asyncio.shield(task), timeout)
+    except (TimeoutError, asyncio.CancelledError):  # the caller gave up: so does the call, in the background
+        task.cancel()
+        _abandoned.add(task)  # type: ignore[arg-type]
+        task.add_done_callback(lambda t: (_abandoned.discard(t), t.cancelled() or t.exception()))  # type: ignore[arg-type]
+        raise
 
 
 async def create_pool(url: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
@@ -523,9 +551,17 @@ class FacesStore:
         """Ids (as strings) of every list of the account: the Index Manager scopes tasks and indexes with them."""
         return {str(r[0]) for r in await self.pool.fetch("SELECT list_id FROM lists WHERE account_id=$1", account_id)}
 
-    async def list_head(self, list_id: uuid.UUID) -> tuple[uuid.UUID, int, int] | None:
-        """(account_id, change_seq, face_count) of a list, or None if it does not exist."""
-        row = await self.pool.fetchrow("SELECT account_id, change_seq, face_count FROM lists WHERE list_id=$1", list_id)
+    async def list_head(self, list_id: uuid.UUID, timeout: float | None = None) -> tuple[uuid.UUID, int, int] | None:
+        """(account_id, change_seq, face_count) of a list, or None if it does not exist.
+
+        ``timeout`` bounds the whole call (waiting for a pooled connection too): matchers ask before every
+        search, and an unreachable Faces DB must make them answer stale or refuse, not hang.
+        """
+        sql = "SELECT account_id, change_seq, face_count FROM lists WHERE list_id=$1"
+        if timeout is None:
+            row = await self.pool.fetchrow(sql, list_id)
+        else:
+            row = await bounded(self.pool.fetchrow(sql, list_id, timeout=timeout), timeout)
         return None if row is None else (row["account_id"], row["change_seq"], row["face_count"])
 
     async def lists_at_least(self, min_faces: int) -> list[tuple[uuid.UUID, int, int]]:

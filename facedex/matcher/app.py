@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from facedex.config import Settings
-from facedex.faces.store import FacesStore, create_pool
+from facedex.faces.store import FacesStore, bounded, create_pool
 from facedex.http import create_app
 from facedex.matcher.service import MatcherService
 from facedex.metrics import INDEX_FACES
@@ -25,11 +25,12 @@ def build_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         assert settings.database_url and settings.redis_url, "database_url and redis_url must be resolved first"
         pool = await create_pool(settings.database_url, max_size=5)
-        redis = connect(settings.redis_url, decode=False)
+        redis = connect(settings.redis_url, decode=False, socket_timeout=2.0)
         service = MatcherService(settings, redis, FacesStore(pool), open_storage(settings), matcher_id)
         state["service"] = service
-        app.state.health["faces_db"] = lambda: pool.fetchval("SELECT 1")
+        app.state.health["faces_db"] = lambda: bounded(pool.fetchval("SELECT 1"), 2.0)  # a stalled DB: red, not hung
         app.state.health["redis"] = redis.ping
+        app.state.health["loops"] = service.supervisor.check
 
         async def scrape() -> None:
             INDEX_FACES.clear()
@@ -58,8 +59,9 @@ def build_app(settings: Settings) -> FastAPI:
         service = state["service"]
         return {
             "matcher_id": matcher_id,
-            "licensed": service.licensed,
-            "license_reason": service.license_reason,
+            "licensed": service.license.licensed,
+            "license_reason": service.license.reason,
+            "loops": service.supervisor.statuses(),
             "served": service.served,
             "indexes": [
                 {"list_id": label, "index_id": idx.meta.index_id, "faces": idx.size, "change_seq": idx.head,

@@ -68,10 +68,11 @@ def build_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
 
-    async def bruteforce_health() -> None:
-        await fallback.client.check_health()
-
-    app.state.health["bruteforce"] = bruteforce_health
+    app.state.health["bruteforce"] = fallback.client.healthy
+    for plugin in router.plugins:  # a plugin's background loops (e.g. the indexed reply listener)
+        check = getattr(plugin, "health_check", None)
+        if check is not None:
+            app.state.health[f"plugin:{plugin.name}"] = check
 
     @app.post("/1/match", tags=["matching"], summary="Match references against one list (msgpack)")
     async def match_route(request: Request) -> Response:

@@ -7,6 +7,12 @@ force. ``match`` checks the license (cached), appends the request to the list's
 stream, and waits for the answer on this proxy's reply channel for at most
 ``indexed.request_timeout_s``; a timeout, an error answer or a refused license
 raises, and the proxy answers by brute force instead.
+
+The reply listener and the label sync are supervised loops (:mod:`facedex.supervise`): a listener that
+loses its connection (a Redis restart) is restarted with a new PubSub, so it re-subscribes; while labels
+cannot be read none are routed here; both are part of ``/healthcheck``. Admission control: a request whose
+list stream already holds more work than it could wait for (backlog x the observed answer time per entry
+ahead > the timeout) goes to brute force at once.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import time
 import uuid
 
 import redis.asyncio as aredis
+from redis.exceptions import ResponseError
 
 from facedex import wire
 from facedex.config import Settings
@@ -26,6 +33,7 @@ from facedex.licenses.client import feature_enabled
 from facedex.proxy.plugins import Rematch
 from facedex.redis.connection import connect
 from facedex.redis.keys import Keys
+from facedex.supervise import Beat, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +41,7 @@ log = logging.getLogger(__name__)
 class IndexedPlugin:
     name = "indexed"
     label_sync_s = 0.5
+    backlog_cache_s = 0.1
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -43,51 +52,66 @@ class IndexedPlugin:
         self.pending: dict[str, asyncio.Future[wire.IndexedReply]] = {}
         self.license: tuple[float, bool, str] = (0.0, False, "")
         self.redis: aredis.Redis | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self.backlogs: dict[str, tuple[float, int]] = {}  # stream -> (when read, entries waiting)
+        self.entry_cost_s = 0.0  # moving average of an indexed answer's time per entry ahead of it
+        self.supervisor = Supervisor("proxy", max_backoff_s=1.0)  # the indexed route is back within ~1 s of Redis
+        self.supervisor.forever("replies", self._listen, stall_s=10.0)
+        self.supervisor.every("labels", self.label_sync_s, self.sync_labels, round_timeout_s=5.0)
 
     async def start(self) -> None:
         assert self.settings.redis_url, "the indexed plugin needs redis_url"
-        self.redis = connect(self.settings.redis_url, decode=False)
-        pubsub = self.redis.pubsub()
-        await pubsub.subscribe(self.channel)
-        self._tasks = [asyncio.create_task(self._listen(pubsub)), asyncio.create_task(self._sync_labels())]
-        await self.sync_labels()
+        # a socket timeout: a stalled Redis makes calls fail (and requests fall back) rather than hang
+        self.redis = connect(self.settings.redis_url, decode=False, socket_timeout=2.0)
+        with contextlib.suppress(Exception):  # best effort: the loop retries
+            await self.sync_labels()
+        await self.supervisor.start()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.supervisor.stop()
         if self.redis is not None:
             await self.redis.aclose()
 
-    async def _listen(self, pubsub: aredis.client.PubSub) -> None:
-        async for message in pubsub.listen():
-            if message.get("type") != "message":
-                continue
-            try:
-                reply = wire.decode(message["data"], wire.IndexedReply)
-            except Exception:
-                continue
-            future = self.pending.pop(reply.rid, None)
-            if future is not None and not future.done():
-                future.set_result(reply)
+    async def health_check(self) -> None:
+        await self.supervisor.check()
+
+    async def _listen(self, beat: Beat) -> None:
+        """One life of the reply listener: a PubSub of its own, so a restart after a Redis restart re-subscribes."""
+        assert self.redis is not None
+        pubsub = self.redis.pubsub()
+        try:
+            await pubsub.subscribe(self.channel)
+            while True:
+                beat.beat()
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is None or message.get("type") != "message":
+                    continue
+                try:
+                    reply = wire.decode(message["data"], wire.IndexedReply)
+                except Exception:
+                    continue
+                future = self.pending.pop(reply.rid, None)
+                if future is not None and not future.done():
+                    future.set_result(reply)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pubsub.aclose(), 1.0)
 
     async def sync_labels(self) -> None:
-        """Live labels: members of the labels set whose expiry is ahead of the Redis server's clock."""
-        assert self.redis is not None
-        seconds, micros = await self.redis.time()
-        now = seconds * 1000 + micros // 1000
-        async with self.redis.pipeline(transaction=False) as p:
-            p.zremrangebyscore(self.keys.labels, "-inf", now)  # labels of matchers that died without withdrawing
-            p.zrangebyscore(self.keys.labels, now, "+inf")
-            _, members = await p.execute()
-        self.labels = {self.keys.labels_member_list_id(m.decode()) for m in members}
+        """Live labels: members of the labels set whose expiry is ahead of the Redis server's clock.
 
-    async def _sync_labels(self) -> None:
-        while True:
-            await asyncio.sleep(self.label_sync_s)
-            with contextlib.suppress(Exception):
-                await self.sync_labels()
+        While Redis cannot be read, no list is routed here (requests go straight to brute force)."""
+        assert self.redis is not None
+        try:
+            seconds, micros = await self.redis.time()
+            now = seconds * 1000 + micros // 1000
+            async with self.redis.pipeline(transaction=False) as p:
+                p.zremrangebyscore(self.keys.labels, "-inf", now)  # labels of matchers that died without withdrawing
+                p.zrangebyscore(self.keys.labels, now, "+inf")
+                _, members = await p.execute()
+        except Exception:
+            self.labels = set()
+            raise
+        self.labels = {self.keys.labels_member_list_id(m.decode()) for m in members}
 
     def accepts(self, req: wire.MatchRequest) -> bool:
         return (
@@ -105,25 +129,54 @@ class IndexedPlugin:
         self.license = (time.monotonic(), ok, reason)
         return ok, reason
 
+    async def _backlog(self, stream: str) -> int:
+        """Entries of the list's stream not yet answered (pending + undelivered), cached for ~100 ms."""
+        assert self.redis is not None
+        now = time.monotonic()
+        cached = self.backlogs.get(stream)
+        if cached is not None and now - cached[0] < self.backlog_cache_s:
+            return cached[1]
+        backlog = 0
+        try:
+            for group in await self.redis.xinfo_groups(stream):
+                if group.get("name") in (Keys.MATCHER_GROUP, Keys.MATCHER_GROUP.encode()):
+                    backlog = int(group.get("pending") or 0) + int(group.get("lag") or 0)
+        except ResponseError:  # no stream yet
+            backlog = 0
+        self.backlogs[stream] = (now, backlog)
+        return backlog
+
+    def _observe(self, seconds: float, ahead: int) -> None:
+        cost = seconds / (ahead + 1)
+        self.entry_cost_s = cost if self.entry_cost_s == 0 else 0.8 * self.entry_cost_s + 0.2 * cost
+
     async def match(self, req: wire.MatchRequest) -> wire.MatchResponse:
         assert self.redis is not None
         ok, reason = await self._licensed()
         if not ok:
             raise Rematch(f"indexed matching not licensed: {reason}")
         timeout = self.settings.indexed.request_timeout_s
+        stream = self.keys.stream(str(uuid.UUID(bytes=req.list_id)))
+        started = time.monotonic()
         rid = uuid.uuid4().hex
         future: asyncio.Future[wire.IndexedReply] = asyncio.get_running_loop().create_future()
-        self.pending[rid] = future
         entry = wire.IndexedRequest(rid, self.channel, int((time.time() + timeout) * 1000), req)
+        ahead = 0
         try:
-            await self.redis.xadd(
-                self.keys.stream(str(uuid.UUID(bytes=req.list_id))), {b"m": wire.encode(entry)}, maxlen=10_000, approximate=True
-            )
-            reply = await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                ahead = await self._backlog(stream)
+                expected = ahead * self.entry_cost_s
+                if expected > timeout:  # admission control: it would wait past its deadline
+                    raise Rematch(f"admission: {ahead} requests ahead in the list's stream, ~{expected:.2f}s > {timeout}s")
+                self.pending[rid] = future
+                await self.redis.xadd(stream, {b"m": wire.encode(entry)}, maxlen=10_000, approximate=True)
+                reply = await future
         except TimeoutError:
+            self._observe(timeout, ahead)
             raise TimeoutError(f"no indexed answer within {timeout}s") from None
         finally:
             self.pending.pop(rid, None)
+        self._observe(time.monotonic() - started, ahead)
         if reply.error_code:
             raise FacedexError(by_code(reply.error_code), reply.detail)
         assert reply.response is not None

@@ -15,8 +15,8 @@ from typing import Protocol, runtime_checkable
 
 from facedex import wire
 from facedex.config import Settings
+from facedex.failover import FailoverClient
 from facedex.internal_auth import bearer
-from facedex.rpc import ServiceClient
 
 
 class Rematch(Exception):
@@ -42,7 +42,10 @@ class BruteForceRoute:
     name = "bruteforce"
 
     def __init__(self, settings: Settings) -> None:
-        self.client = ServiceClient(settings.bruteforce.url, settings.matching.proxy_timeout_s)
+        m = settings.matching
+        # several brute-force Matchers: a dead one is skipped within the request (facedex.failover)
+        self.client = FailoverClient(m.bruteforce_urls or [settings.bruteforce.url], m.proxy_timeout_s,
+                                     cooldown_s=m.instance_cooldown_s)
         self.client.headers = bearer(settings.internal_token)
 
     async def start(self) -> None:

@@ -1,0 +1,86 @@
+"""The proxy's indexed route under a backlog, and its supervised loops, against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import psutil
+import pytest
+import redis.asyncio as aredis
+
+from facedex import wire
+from facedex.config import Settings
+from facedex.proxy.indexed import IndexedPlugin
+from facedex.proxy.plugins import Rematch
+from facedex.redis.keys import Keys
+
+
+@pytest.fixture
+async def plugin(redis_url: str, redis_prefix: str):  # type: ignore[no-untyped-def]
+    settings = Settings(redis_url=redis_url, redis_prefix=f"{redis_prefix}:adm{uuid.uuid4().hex[:6]}")
+    p = IndexedPlugin(settings)
+    await p.start()
+    p.license = (time.monotonic() + 3600, True, "")  # the license answer, as if just checked
+    yield p
+    await p.stop()
+
+
+def request(list_id: uuid.UUID) -> wire.MatchRequest:
+    return wire.MatchRequest(uuid.uuid4().bytes, list_id.bytes, 1, b"\0" * 2048, 5)
+
+
+async def test_backlog_past_the_deadline_goes_to_brute_force_at_once(plugin: IndexedPlugin) -> None:
+    list_id = uuid.uuid4()
+    stream = plugin.keys.stream(str(list_id))
+    redis = plugin.redis
+    assert redis is not None
+    await redis.xgroup_create(stream, Keys.MATCHER_GROUP, id="$", mkstream=True)
+    for _ in range(200):  # 200 requests nobody has read yet
+        await redis.xadd(stream, {b"m": b"x"})
+    plugin.entry_cost_s = 0.02  # answers have been taking 20 ms per entry ahead: 200 ahead is ~4 s > 1 s
+    started = time.monotonic()
+    with pytest.raises(Rematch, match="admission: 200 requests ahead"):
+        await plugin.match(request(list_id))
+    assert time.monotonic() - started < 0.5
+    assert await redis.xlen(stream) == 200  # nothing appended
+    # an empty stream admits the request: it is appended and waits (no matcher here) until its timeout
+    other = uuid.uuid4()
+    with pytest.raises(TimeoutError):
+        await plugin.match(request(other))
+    assert await redis.xlen(plugin.keys.stream(str(other))) == 1
+    assert plugin.entry_cost_s > 0.02  # a timed-out answer raises the estimate
+
+
+async def test_reply_listener_resubscribes_after_its_connection_dies(plugin: IndexedPlugin, redis_url: str) -> None:
+    """Kill the listener's connection from the server side: the loop restarts with a new PubSub and replies flow again."""
+    admin = aredis.Redis.from_url(redis_url)
+    try:
+        async def subscribers() -> int:
+            return dict(await admin.pubsub_numsub(plugin.channel))[plugin.channel.encode()]
+
+        deadline = time.monotonic() + 10
+        while await subscribers() != 1:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        # only this process's pub/sub connections (the Redis server is shared): matched by their local address
+        ours = {f"{c.laddr.ip}:{c.laddr.port}" for c in psutil.Process().net_connections("tcp") if c.raddr}
+        killed = 0
+        for client in await admin.client_list(_type="pubsub"):
+            if client["addr"] in ours:
+                killed += await admin.client_kill_filter(_id=client["id"])
+        assert killed >= 1
+        deadline = time.monotonic() + 10
+        while plugin.supervisor.statuses()["replies"]["restarts"] == 0 or await subscribers() != 1:
+            assert time.monotonic() < deadline, plugin.supervisor.statuses()
+            await asyncio.sleep(0.05)
+        rid = uuid.uuid4().hex
+        future: asyncio.Future[wire.IndexedReply] = asyncio.get_running_loop().create_future()
+        plugin.pending[rid] = future
+        await admin.publish(plugin.channel, wire.encode(wire.IndexedReply(rid, None, 12001, "x")))
+        reply = await asyncio.wait_for(future, 5)
+        assert reply.error_code == 12001
+        await plugin.health_check()
+    finally:
+        await admin.aclose()
