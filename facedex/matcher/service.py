@@ -5,7 +5,7 @@
   thread), warmed up, caught up from the change log, then swapped in with one
   assignment: the label is served throughout. A corrupt index (checksums) is
   skipped with 26308 and never served.
-- Labels: ``label:<list_id>:<matcher_id>`` keys with a TTL, renewed while the
+- Labels: ``label:<list_id>:<version>:<matcher_id>`` keys with a TTL, renewed while the
   index is loaded; the proxy routes a list here only while some key for it
   exists, and only while the license holds (it checks, and says why not).
 - Streams: one per list; every matcher of a list joins the consumer group, so
@@ -103,7 +103,7 @@ class MatcherService:
     # ----------------------------------------------------------------- reload
     async def reload(self) -> None:
         metas = await asyncio.to_thread(self.storage.list)
-        relevant = newest_per_list(metas, self.version)
+        relevant = {m.label: m for m in newest_per_list(metas, by_label=True).values()}  # every descriptor version
         for label in [lbl for lbl in self.loaded if lbl not in relevant]:
             log.info("index of list %s left the storage: dropped", label)
             del self.loaded[label]
@@ -129,12 +129,12 @@ class MatcherService:
         if self.cfg.refresh and not await self._catch_up(fresh):
             return  # the list is gone
         try:
-            await self.redis.xgroup_create(self.keys.stream(meta.list_id), Keys.MATCHER_GROUP, id="$", mkstream=True)
+            await self.redis.xgroup_create(self.keys.stream(meta.label), Keys.MATCHER_GROUP, id="$", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        old = self.loaded.get(meta.list_id)
-        self.loaded[meta.list_id] = fresh  # the swap: requests from here on use the new index
+        old = self.loaded.get(meta.label)
+        self.loaded[meta.label] = fresh  # the swap: requests from here on use the new index
         log.info("loaded index %s of list %s (%d faces, %.2fs)%s", meta.index_id, meta.list_id, fresh.size,
                  fresh.load_seconds, f", replacing {old.meta.index_id}" if old else "")
         await self.advertise()
@@ -146,7 +146,7 @@ class MatcherService:
             return False
         INDEX_REFRESH_LAG.labels(idx.list_id).set(head[1] - idx.head)
         if head[1] > idx.head:
-            delta = await self.store.delta(uuid.UUID(idx.list_id), self.version, idx.head)
+            delta = await self.store.delta(uuid.UUID(idx.list_id), idx.meta.descriptor_version, idx.head)
             if delta is None:
                 return False
             async with idx.lock.write():

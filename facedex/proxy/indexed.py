@@ -1,9 +1,9 @@
 """The proxy's indexed route: lists some Indexed Matcher advertises go to it through a Redis stream.
 
 ``accepts`` is a set lookup: the labels present in Redis are synced every
-``label_sync_s`` (one ZRANGEBYSCORE of the labels set), not per request. A request that the index cannot
-serve as asked (a face-id filter, another descriptor version) is left to brute
-force. ``match`` checks the license (cached), appends the request to the list's
+``label_sync_s`` (one ZRANGEBYSCORE of the labels set), not per request. A label is (list, descriptor
+version): a request goes to the index of its own version; one the index cannot
+serve as asked (a face-id filter) is left to brute force. ``match`` checks the license (cached), appends the request to the list's
 stream, and waits for the answer on this proxy's reply channel for at most
 ``indexed.request_timeout_s``; a timeout, an error answer or a refused license
 raises, and the proxy answers by brute force instead.
@@ -81,7 +81,7 @@ class IndexedPlugin:
             p.zremrangebyscore(self.keys.labels, "-inf", now)  # labels of matchers that died without withdrawing
             p.zrangebyscore(self.keys.labels, now, "+inf")
             _, members = await p.execute()
-        self.labels = {self.keys.labels_member_list_id(m.decode()) for m in members}
+        self.labels = {self.keys.labels_member_label(m.decode()) for m in members}
 
     async def _sync_labels(self) -> None:
         while True:
@@ -93,8 +93,7 @@ class IndexedPlugin:
         return (
             not req.exact
             and req.face_ids is None
-            and req.version == self.settings.default_descriptor_version
-            and str(uuid.UUID(bytes=req.list_id)) in self.labels
+            and self.keys.matching_label(str(uuid.UUID(bytes=req.list_id)), req.version) in self.labels
         )
 
     async def _licensed(self) -> tuple[bool, str]:
@@ -117,7 +116,7 @@ class IndexedPlugin:
         entry = wire.IndexedRequest(rid, self.channel, int((time.time() + timeout) * 1000), req)
         try:
             await self.redis.xadd(
-                self.keys.stream(str(uuid.UUID(bytes=req.list_id))), {b"m": wire.encode(entry)}, maxlen=10_000, approximate=True
+                self.keys.stream(self.keys.matching_label(str(uuid.UUID(bytes=req.list_id)), req.version)), {b"m": wire.encode(entry)}, maxlen=10_000, approximate=True
             )
             reply = await asyncio.wait_for(future, timeout)
         except TimeoutError:
