@@ -20,6 +20,7 @@ import shutil
 import time
 import traceback
 import uuid
+from dataclasses import dataclass
 from multiprocessing.queues import Queue
 from multiprocessing.sharedctypes import Synchronized
 
