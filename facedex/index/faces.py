@@ -65,8 +65,8 @@ class FaceIndex:
         self.extra16 = _Grow(self.dim, np.float16)
         self.ids = _Grow(16, np.uint8, ids)
         self.live = _Grow(0, np.bool_, ids.any(axis=1))
-        raw = ids.tobytes()
-        self.pos = {raw[16 * i : 16 * i + 16]: int(i) for i in np.flatnonzero(self.live.view)}  # face id -> key
+        self.count = int(self.live.view.sum())
+        self._pos: dict[bytes, int] | None = None  # face id -> key, made on the first change (a build never needs it)
         self.tombstones = 0  # dead keys the scan still returns
 
     # ------------------------------------------------------------------ make
@@ -107,7 +107,14 @@ class FaceIndex:
 
     # ---------------------------------------------------------------- change
     def __len__(self) -> int:
-        return len(self.pos)
+        return self.count
+
+    @property
+    def pos(self) -> dict[bytes, int]:
+        if self._pos is None:
+            raw = self.ids.view.tobytes()
+            self._pos = {raw[16 * i : 16 * i + 16]: int(i) for i in np.flatnonzero(self.live.view)}
+        return self._pos
 
     @property
     def keys(self) -> int:
@@ -118,6 +125,7 @@ class FaceIndex:
         keys = np.array([self.pos.pop(raw[i : i + 16]) for i in range(0, len(raw), 16) if raw[i : i + 16] in self.pos], np.int64)
         if len(keys):
             self.live.a[keys] = False
+            self.count -= len(keys)
             if not self.scan.remove(keys):
                 self.tombstones += len(keys)
         return len(keys)
@@ -137,6 +145,7 @@ class FaceIndex:
         self.extra16.append(vectors.astype(np.float16))
         self.ids.append(face_ids)
         self.live.append(np.ones(len(face_ids), np.bool_))
+        self.count += len(face_ids)
         raw = face_ids.tobytes()
         self.pos.update((raw[16 * i : 16 * i + 16], start + i) for i in range(len(face_ids)))
 
