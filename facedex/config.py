@@ -63,7 +63,7 @@ class IndexSettings(BaseModel):
     target_recall: float = Field(0.99, description="Calibration target: mate recall@10 relative to exact search.")
     calibration_samples: int = Field(500, description="Faces sampled (as new photos at mate cosines 0.4-0.8) for calibration.")
     max_rescore: int = Field(512, description="Most candidates calibration may choose to re-score exactly per query.")
-    hnsw_max_faces: int = Field(20_000, description="HNSW is tried only on lists up to this size (a graph is slow to build, and at scale needs a huge ef on identity data).")
+    hnsw_max_faces: int = Field(10_000, description="HNSW is tried only on lists up to this size (a graph is slow to build, and at scale needs a huge ef on identity data).")
     # HNSW's own parameters, used when the kind is tried (i8 halves build time of f16 at the same recall after re-scoring)
     connectivity: int = Field(24, description="HNSW graph degree M.")
     expansion_add: int = Field(96, description="HNSW ef_construction.")

@@ -166,3 +166,13 @@ def test_relevant_index_is_newest_covering_latest_change() -> None:
     old.format = 1  # the HNSW-only layout: never relevant again
     by_label = newest_per_list([*metas, v2, old], by_label=True)
     assert {k: m.index_id for k, m in by_label.items()} == {"L1:1": "b", "L1:2": "d", "L2:1": "c"}
+
+
+def test_matching_labels_are_per_list_and_version() -> None:
+    from facedex.redis.keys import Keys
+
+    keys = Keys("p")
+    label = Keys.matching_label("L", 2)
+    assert label == meta("i", "L", 1, "t").label.replace(":1", ":2") and label != Keys.matching_label("L", 1)
+    member = keys.labels_member(label, "host:5200")  # matcher ids may hold ':'
+    assert keys.labels_member_label(member) == label and keys.stream(label) == "p:stream:{L:2}"

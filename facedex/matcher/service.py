@@ -103,7 +103,7 @@ class MatcherService:
     # ----------------------------------------------------------------- reload
     async def reload(self) -> None:
         metas = await asyncio.to_thread(self.storage.list)
-        relevant = {m.label: m for m in newest_per_list(metas, by_label=True).values()}  # every descriptor version
+        relevant = newest_per_list(metas, by_label=True)  # keyed by matching label: every descriptor version
         for label in [lbl for lbl in self.loaded if lbl not in relevant]:
             log.info("index of list %s left the storage: dropped", label)
             del self.loaded[label]
