@@ -66,21 +66,21 @@ class IndexStorageSettings(BaseModel):
 
 
 class IndexSettings(BaseModel):
-    # Chosen on face-like data (docs/benchmarks.md, "Index parameters"): i8 halves the build time of f16 and
-    # quarters memory at the same mate recall once candidates are re-scored exactly, which the matcher does.
+    # Each build measures which kind and parameters its list needs (facedex/index/calibrate.py, issue 11).
+    kinds: list[Literal["sign", "pq_fastscan", "rabitq", "hnsw"]] = Field(
+        default_factory=lambda: ["sign", "pq_fastscan", "rabitq", "hnsw"],
+        description="Index kinds a build tries (calibration keeps the cheapest that reaches the targets).",
+    )
+    target_top1: float = Field(0.997, description="Calibration target: share of probes whose best face is exact search's.")
+    target_recall: float = Field(0.99, description="Calibration target: mate recall@10 relative to exact search.")
+    calibration_samples: int = Field(500, description="Faces sampled (as new photos at mate cosines 0.4-0.8) for calibration.")
+    max_rescore: int = Field(512, description="Most candidates calibration may choose to re-score exactly per query.")
+    hnsw_max_faces: int = Field(10_000, description="HNSW is tried only on lists up to this size (a graph is slow to build, and at scale needs a huge ef on identity data).")
+    # HNSW's own parameters, used when the kind is tried (i8 halves build time of f16 at the same recall after re-scoring)
     connectivity: int = Field(24, description="HNSW graph degree M.")
     expansion_add: int = Field(96, description="HNSW ef_construction.")
-    expansion_search: int = Field(128, description="HNSW ef at search time (raised to the request's limit).")
-    precision: Literal["f32", "f16", "i8"] = Field("i8", description="Vector precision inside the graph.")
+    precision: Literal["f32", "f16", "i8"] = Field("i8", description="Vector precision inside the HNSW graph.")
     build_threads: int = Field(0, description="Threads for a build; 0 = all cores.")
-    target_recall: float = Field(
-        0.99, description="Each build measures its own ef: the smallest (from expansion_search, doubling, then the last step "
-        "narrowed twice) at which this share of sampled faces is found again from a new photo of them "
-        "(cosine calibration_cosine); 0 turns calibration off."
-    )
-    max_expansion_search: int = Field(4096, description="Largest ef calibration may choose.")
-    calibration_samples: int = Field(300, description="Faces sampled for calibration.")
-    calibration_cosine: float = Field(0.5, description="Similarity of the calibration's new photo to its face (hard end of same-person).")
 
 
 class ManagerSettings(BaseModel):
@@ -111,7 +111,7 @@ class MatcherSettings(BaseModel):
     refresh: bool = Field(True, description="Apply list changes to loaded indexes (else they are served as built).")
     request_timeout_s: float = Field(1.0, description="Proxy: how long to wait for an indexed answer before brute force.")
     claim_idle_ms: int = Field(2000, description="Requests pending this long on a dead consumer are taken over.")
-    rescore_candidates: int = Field(50, description="Candidates taken from the graph and re-scored exactly (>= limit).")
+    rescore_candidates: int = Field(0, description="At least this many candidates re-scored exactly per query (0: as calibrated per index).")
 
 
 class ExtractionSettings(BaseModel):

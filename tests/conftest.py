@@ -259,7 +259,7 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     ports = {name: _free_low_port() for name in ("master", "volume", "filer", "s3")}
     # every listener on a port of ours or off: fixed defaults (Iceberg 8181, Lance 9101, IAM 8111) may be taken
     proc = subprocess.Popen(
-        [weed, "server", "-s3", f"-dir={work}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-volume.max=8",
+        [weed, "server", "-s3", f"-dir={work}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-volume.max=32",
          "-s3.port.iceberg=0", "-s3.port.lance=0", "-iam=false", f"-iam.port={free_port()}",
          *(f"-{name}.port={port}" for name, port in ports.items())],
         stdout=(work / "weed.log").open("ab"), stderr=subprocess.STDOUT,

@@ -1,4 +1,4 @@
-"""The HNSW index behind facedex's interface, and index storage on a local folder."""
+"""The index engine (every kind behind FaceIndex, exact re-score, calibration) and index storage on a local folder."""
 
 from __future__ import annotations
 
@@ -10,69 +10,125 @@ import pytest
 
 from facedex.bench.datasets import face_like
 from facedex.ids import uuid7_block
-from facedex.index import HnswIndex, IndexParams
+from facedex.index import FaceIndex
+from facedex.index.calibrate import calibrate, exact_top, probes_near
+from facedex.index.registry import candidates
 from facedex.storage.base import CorruptIndex, IndexMeta, newest_per_list
 from facedex.storage.local import LocalStorage
 
+HNSW = {"connectivity": 16, "expansion_add": 64, "precision": "i8"}
+# every kind the engine offers, at 512-d (and the projected sign bits at 128-d below); HNSW searched at ef 128
+CONFIGS = candidates(512, 20_000, ["sign", "pq_fastscan", "rabitq", "hnsw"], HNSW, 100_000)
+NAMES = [f"{k}-{'-'.join(f'{a}{b}' for a, b in p.items() if a not in HNSW)}" for k, p in CONFIGS]
+
 
 @pytest.fixture(scope="module")
-def built():
-    data = face_like(20_000, n_probes=300, seed=3)
-    ids = uuid7_block(len(data.gallery))
-    index = HnswIndex(512, IndexParams())
-    index.add(ids, data.gallery)
-    return data, ids, index
+def data():
+    d = face_like(20_000, n_probes=400, seed=3)
+    return d, uuid7_block(len(d.gallery))
 
 
-def test_mates_and_top1_match_exact_search(built) -> None:
-    data, ids, index = built
-    found, scores = index.search(data.probes, 10)
-    exact = data.probes @ data.gallery.T
-    exact_top1 = ids[np.argmax(exact, axis=1)]
+@pytest.fixture(scope="module", params=range(len(CONFIGS)), ids=NAMES)
+def built(request, data):
+    d, ids = data
+    kind, params = CONFIGS[request.param]
+    return kind, FaceIndex.build(kind, params, ids, d.gallery, {"ef": 128} if kind == "hnsw" else {}, rescore_n=64)
+
+
+def top1_agreement(index: FaceIndex, probes: np.ndarray, gallery: np.ndarray, ids: np.ndarray) -> float:
+    got, _ = index.search(probes, 1)
+    want = ids[np.argmax(probes @ gallery.T, axis=1)]
+    return float(np.mean([len(g) and g[0].tobytes() == w.tobytes() for g, w in zip(got, want)]))
+
+
+def test_each_kind_finds_planted_mates_with_exact_top1_and_exact_scores(built, data) -> None:
+    kind, index = built
+    d, ids = data
+    assert top1_agreement(index, d.probes, d.gallery, ids) >= 0.997
+    found, scores = index.search(d.probes[:50], 10)
     row_of = {r.tobytes(): i for i, r in enumerate(ids)}
-    # the Indexed Matcher re-scores candidates with exact vectors: top-1 is judged after that
-    rescored = [found[q, np.argmax([exact[q, row_of[f.tobytes()]] for f in found[q]])] for q in range(len(data.probes))]
-    top1_agree = np.mean([np.array_equal(rescored[q], exact_top1[q]) for q in range(len(data.probes))])
-    # mate recall: planted same-identity faces that exact search ranks in its top 10 (all of them here)
-    hits = total = 0
-    for q in range(len(data.probes)):
-        mates = np.flatnonzero(data.labels == data.probe_labels[q])
-        got = {r.tobytes() for r in found[q]}
-        total += len(mates)
-        hits += sum(ids[m].tobytes() in got for m in mates)
-    assert top1_agree >= 0.99 and hits / total >= 0.99, (top1_agree, hits / total)
-    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first, by the graph's own (i8) scores
+    for q in range(50):
+        rows = [row_of[f.tobytes()] for f in found[q]]
+        assert d.labels[rows[0]] == d.probe_labels[q]  # a planted mate first
+        # the similarities are float32 inner products of the stored descriptors, as brute force computes them
+        assert np.allclose(scores[q], d.gallery[rows] @ d.probes[q], atol=1e-6) and (np.diff(scores[q]) <= 0).all()
+    assert index.scan.code_bytes() > 0
 
 
-def test_remove_add_and_replace(built) -> None:
-    data, ids, _ = built
-    index = HnswIndex(512, IndexParams(precision="f32"))
-    index.add(ids[:100], data.gallery[:100])
-    assert index.remove(ids[:10]) == 10 and len(index) == 90
-    found, _ = index.search(data.gallery[:10], 5)
-    assert not {r.tobytes() for r in found.reshape(-1, 16)} & {i.tobytes() for i in ids[:10]}
-    index.add(ids[50:51], data.gallery[0:1])  # replace a face's vector
-    found, scores = index.search(data.gallery[0:1], 1)
-    assert found[0, 0].tobytes() == ids[50].tobytes() and scores[0, 0] == pytest.approx(1.0, abs=1e-4)
-    assert index.remove(ids[:10]) == 0  # already gone
-    empty = HnswIndex(512)
-    assert empty.search(data.probes[:2], 5)[0].shape == (2, 0, 16)
+def test_each_kind_refreshes_and_reloads_without_reviving_removed_faces(built, data, tmp_path: Path) -> None:
+    kind, built_index = built
+    d, ids = data
+    folder = tmp_path / kind
+    built_index.save(folder)
+    index = FaceIndex.load(folder, 512, kind, built_index.describe(), writable=True)
+    assert len(index) == 20_000
+    best = np.argmax(d.probes[:40] @ d.gallery.T, axis=1)
+    assert index.remove(ids[best]) == len(set(best.tolist())) and index.remove(ids[best]) == 0  # unknown: ignored
+    gone = {ids[b].tobytes() for b in best}
+    found, _ = index.search(d.probes[:40], 10)
+    assert not gone & {f.tobytes() for row in found for f in row}  # a detached face is never returned
+    # attach: new faces are matchable at once; replacing a descriptor moves the face
+    newcomers = uuid7_block(3)
+    index.add(newcomers, d.probes[40:43])
+    got, sims = index.search(d.probes[40:43], 1)
+    assert [g[0].tobytes() for g in got] == [r.tobytes() for r in newcomers] and np.allclose([s[0] for s in sims], 1, atol=1e-6)
+    index.add(ids[7:8], d.probes[43:44])  # face 7 now has probe 43's descriptor
+    got, _ = index.search(d.gallery[7:8], 10)
+    assert ids[7].tobytes() not in {g.tobytes() for g in got[0]} or got[0][0].tobytes() != ids[7].tobytes()
+    assert index.search(d.probes[43:44], 1)[0][0][0].tobytes() == ids[7].tobytes()
+    # many tombstones: the scan fetches past them, so the best live faces still come back exactly
+    index.remove(ids[1000:3000])
+    dead = np.r_[best, 1000:3000, 7]
+    now_gallery = np.vstack([np.delete(d.gallery, dead, axis=0), d.probes[40:44]])  # what the index holds now
+    now_ids = np.vstack([np.delete(ids, dead, axis=0), newcomers, ids[7:8]])
+    assert top1_agreement(index, d.probes[44:], now_gallery, now_ids) >= 0.997
+    # what is saved after changes loads back with them (removed faces stay removed)
+    index.save(tmp_path / "again")
+    again = FaceIndex.load(tmp_path / "again", 512, kind, index.describe(), writable=False)
+    assert len(again) == len(index)
+    found, _ = again.search(d.probes[:40], 10)
+    assert not gone & {f.tobytes() for row in found for f in row}
 
 
-def test_save_load_and_view(built, tmp_path: Path) -> None:
-    data, ids, index = built
-    small = HnswIndex(512, IndexParams())
-    small.add(ids[:500], data.gallery[:500])
-    small.remove(ids[:5])
-    small.save(tmp_path)
-    for view in (False, True):
-        loaded = HnswIndex.load(tmp_path, 512, IndexParams(), view=view)
-        assert len(loaded) == 495
-        a, _ = small.search(data.gallery[5:25], 3)
-        b, _ = loaded.search(data.gallery[5:25], 3)
-        assert np.array_equal(a, b)
+def test_projected_sign_bits_for_128_d() -> None:
+    """128 sign bits are too coarse for SFace-sized descriptors; 512 bits of a random projection are not."""
+    d = face_like(20_000, dim=128, n_probes=400, seed=4)
+    ids = uuid7_block(len(d.gallery))
+    coarse = FaceIndex.build("sign", {"bits": 128}, ids, d.gallery, rescore_n=16)
+    projected = FaceIndex.build("sign", {"bits": 512, "seed": 0}, ids, d.gallery, rescore_n=256)
+    assert top1_agreement(projected, d.probes, d.gallery, ids) >= 0.997
+    assert top1_agreement(coarse, d.probes, d.gallery, ids) < top1_agreement(projected, d.probes, d.gallery, ids)
     with pytest.raises(ValueError):
-        HnswIndex.load(tmp_path, 128, IndexParams())
+        FaceIndex.build("sign", {"bits": 100}, ids, d.gallery)
+
+
+def test_calibration_chooses_the_cheapest_config_that_holds_on_planted_probes(data) -> None:
+    d, ids = data
+    rng = np.random.default_rng(1)
+    cos = np.linspace(0.4, 0.8, 50).astype(np.float32)
+    assert np.allclose((probes_near(d.gallery[:50], cos, rng) * d.gallery[:50]).sum(axis=1), cos, atol=1e-5)
+    truth = exact_top(d.gallery, d.probes[:20], 10, block=3000)  # blocked like a big list
+    full = np.argsort(-(d.probes[:20] @ d.gallery.T), axis=1)[:, :10]
+    assert np.array_equal(truth, full)
+
+    configs = candidates(512, 20_000, ["sign", "pq_fastscan", "rabitq"], HNSW, 100_000)
+    v16 = d.gallery.astype(np.float16)
+    choice, scan = calibrate(d.gallery, v16, configs, samples=400)
+    assert choice.reached and choice.warning is None and choice.top1 >= 0.997 and choice.recall10 >= 0.99
+    reached = [p for p in choice.curve if p.top1 >= 0.997 and p.recall10 >= 0.99]
+    assert choice.cost == min(p.cost for p in reached)
+    assert {p.kind for p in choice.curve} == {"sign", "pq_fastscan", "rabitq"}
+    assert scan.kind == choice.kind and scan.params == choice.params
+    # the choice holds on the dataset's own planted probes (other faces than the ones sampled)
+    index = FaceIndex(scan, ids, d.gallery, v16, choice.knobs, choice.rescore)
+    assert top1_agreement(index, d.probes, d.gallery, ids) >= 0.99
+    as_json = json.loads(json.dumps(choice.as_dict()))
+    assert as_json["kind"] == choice.kind and len(as_json["curve"]) == len(choice.curve)
+
+    # a target nothing reaches: the most accurate configuration, and it says so
+    best_effort, _ = calibrate(d.gallery, v16, [("sign", {"bits": 512})], target_top1=1.01, samples=200, max_rescore=32)
+    assert not best_effort.reached and best_effort.warning and "no index configuration" in best_effort.warning
+    assert best_effort.top1 == max(p.top1 for p in best_effort.curve)
 
 
 def meta(index_id: str, list_id: str, seq: int, t: str) -> IndexMeta:
@@ -110,40 +166,19 @@ def test_relevant_index_is_newest_covering_latest_change() -> None:
     best = newest_per_list(metas)
     assert best["L1"].index_id == "b" and best["L2"].index_id == "c"
     assert newest_per_list(metas, version=2) == {}
+    v2 = meta("d", "L1", 9, "2026-01-03")
+    v2.descriptor_version = 2
+    old = meta("e", "L2", 99, "2026-01-03")
+    old.format = 1  # the HNSW-only layout: never relevant again
+    by_label = newest_per_list([*metas, v2, old], by_label=True)
+    assert {k: m.index_id for k, m in by_label.items()} == {"L1:1": "b", "L1:2": "d", "L2:1": "c"}
 
 
-def test_calibration_picks_an_ef_that_holds_on_other_probes() -> None:
-    """The ef chosen from synthetic new photos of sampled faces gives that recall on real planted probes too."""
-    from facedex.index.calibrate import calibrate, probes_near
+def test_matching_labels_are_per_list_and_version() -> None:
+    from facedex.redis.keys import Keys
 
-    data = face_like(30_000, n_probes=400, seed=8)
-    index = HnswIndex(512, IndexParams(connectivity=8, expansion_add=32, expansion_search=16))
-    index.add(uuid7_block(len(data.gallery)), data.gallery)
-    rng = np.random.default_rng(1)
-    assert np.allclose((probes_near(data.gallery[:50], 0.5, rng) * data.gallery[:50]).sum(axis=1), 0.5, atol=1e-5)
-
-    cal = calibrate(index, data.gallery, candidates=50, start_ef=16, max_ef=4096, target=0.99)
-    assert cal.reached and cal.recall >= 0.99 and cal.ef > 16  # a weak graph needs more than the configured ef
-    # from max(start, candidates), doubling until the target holds, then two halvings of the last step
-    first_held = next(i for i, (_, r) in enumerate(cal.curve) if r >= 0.99)
-    doubling = [ef for ef, _ in cal.curve[: first_held + 1]]
-    assert doubling == [50 * 2**i for i in range(len(doubling))] and len(doubling) >= 2
-    failed, top = doubling[-2:]
-    refined = [ef for ef, _ in cal.curve[first_held + 1 :]]
-    assert len(refined) == 2 and refined[0] == (failed + top) // 2 and all(failed < ef < top for ef in refined)
-    assert cal.ef == min(ef for ef, r in cal.curve if r >= 0.99) and cal.recall == dict(cal.curve)[cal.ef]
-
-    def mate_recall(ef: int) -> float:
-        keys = index.search_keys(data.probes, 50, ef=ef)
-        hits = total = 0
-        for q in range(len(data.probes)):
-            mates = np.flatnonzero(data.labels == data.probe_labels[q])
-            hits += np.isin(mates, keys[q]).sum()
-            total += len(mates)
-        return hits / total
-
-    assert mate_recall(cal.ef) >= 0.98
-    # a ceiling it cannot reach: the largest allowed ef, and it says so
-    capped = calibrate(index, data.gallery, candidates=50, start_ef=16, max_ef=50, target=0.9999)
-    assert capped.ef == 50 and not capped.reached and len(capped.curve) == 1
-    assert [ef for ef, _ in calibrate(index, data.gallery, 50, 16, 4096, refine=0).curve] == doubling  # refine=0: powers only
+    keys = Keys("p")
+    label = Keys.matching_label("L", 2)
+    assert label == meta("i", "L", 1, "t").label.replace(":1", ":2") and label != Keys.matching_label("L", 1)
+    member = keys.labels_member(label, "host:5200")  # matcher ids may hold ':'
+    assert keys.labels_member_label(member) == label and keys.stream(label) == "p:stream:{L:2}"

@@ -209,3 +209,37 @@ def test_license_refusals_fall_back_to_exact(ready, services: Services) -> None:
     finally:
         services.license_path.write_bytes(good)
     wait_for(lambda: match(client, list_id, data.probes[3], limit=1)["route"] == "indexed", 10, "the indexed route to resume")
+
+
+async def test_a_version_2_list_is_built_and_served_by_the_indexed_route(ready, services: Services, store: FacesStore) -> None:
+    """Indexes exist per (list, descriptor version): a 128-d (SFace-sized) list is built, loaded and matched like v1."""
+    _, client, _, _ = ready
+    data = face_like(20_000, dim=128, n_probes=60, seed=32)
+    account = uuid.UUID(client.get("/1/account").json()["account_id"])
+    list_id = client.post("/1/lists", json={"user_data": "v2"}).json()["list_id"]
+    ids = [str(i) for i in await store.import_matrix(account, uuid.UUID(list_id), 2, data.gallery)]
+    manager = services.url("manager")
+    task = httpx.post(f"{manager}/1/tasks", json={"list_id": list_id, "descriptor_version": 2}).json()
+    done = wait_task(manager, task["task_id"], timeout=300)
+    assert done["status"] == "success" and done["count"] == 20_000, done
+    wait_for(lambda: served_by_matcher(services, "matcher", list_id), 30, "the matcher to load the v2 index")
+    time.sleep(1.0)  # the proxy's label sync
+    loaded = [i for i in httpx.get(services.url("matcher") + "/1/indexes").json()["indexes"] if i["list_id"] == list_id]
+    assert [i["descriptor_version"] for i in loaded] == [2]
+    agree = 0
+    for q in range(60):
+        body = client.post("/1/matcher/faces", json={
+            "references": [{"descriptor": {"version": 2, "data": b64(data.probes[q])}}],
+            "candidates": {"list_id": list_id, "limit": 5}}).json()
+        assert body["route"] == "indexed", body
+        got = [(r["face_id"], r["similarity"]) for r in body["matches"][0]["results"]]
+        best = int(np.argmax(data.gallery @ data.probes[q]))
+        agree += got[0][0] == ids[best]
+        for face_id, sim in got:
+            assert sim == pytest.approx(max(0.0, float(data.gallery[ids.index(face_id)] @ data.probes[q])), abs=1e-5)
+    assert agree >= 59
+    # a version-1 request for this list has no index of its version: brute force answers it
+    v1 = client.post("/1/matcher/faces", json={
+        "references": [{"descriptor": {"version": 1, "data": b64(np.ones(512, np.float32))}}],
+        "candidates": {"list_id": list_id, "limit": 5}}).json()
+    assert v1["route"] == "bruteforce"

@@ -33,7 +33,7 @@ def request(list_id: uuid.UUID) -> wire.MatchRequest:
 
 async def test_backlog_past_the_deadline_goes_to_brute_force_at_once(plugin: IndexedPlugin) -> None:
     list_id = uuid.uuid4()
-    stream = plugin.keys.stream(str(list_id))
+    stream = plugin.keys.stream(plugin.keys.matching_label(str(list_id), 1))
     redis = plugin.redis
     assert redis is not None
     await redis.xgroup_create(stream, Keys.MATCHER_GROUP, id="$", mkstream=True)
@@ -49,7 +49,7 @@ async def test_backlog_past_the_deadline_goes_to_brute_force_at_once(plugin: Ind
     other = uuid.uuid4()
     with pytest.raises(TimeoutError):
         await plugin.match(request(other))
-    assert await redis.xlen(plugin.keys.stream(str(other))) == 1
+    assert await redis.xlen(plugin.keys.stream(plugin.keys.matching_label(str(other), 1))) == 1
     assert plugin.entry_cost_s > 0.02  # a timed-out answer raises the estimate
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from facedex.config import IndexStorageSettings
-from facedex.index import HnswIndex, IndexParams
+from facedex.index import FaceIndex
 from facedex.storage.base import CorruptIndex, IndexMeta
 from facedex.storage.s3 import S3Storage
 from tests.conftest import Services
@@ -72,7 +72,7 @@ async def test_build_stored_in_s3(services: Services, store, s3_endpoint: str, t
     listed = httpx.get(f"{manager}/1/indexes", headers=services.internal).json()
     assert [m["index_id"] for m in listed] == [done["index_id"]] and listed[0]["count"] == 3000
     storage = S3Storage(s3_settings(s3_endpoint, "builds").model_copy(update={"s3_prefix": ""}), tmp_path / "c")
-    index = HnswIndex.load(storage.fetch(done["index_id"]), 512, IndexParams(**listed[0]["params"]))
+    index = FaceIndex.load(storage.fetch(done["index_id"]), 512, listed[0]["kind"], listed[0]["params"], writable=False)
     found, _ = index.search(vecs[:20], 1)
     assert [f[0].tobytes() for f in found] == [i.bytes for i in ids[:20]]
     assert httpx.delete(f"{manager}/1/indexes/{done['index_id']}", headers=services.internal).status_code == 204

@@ -221,7 +221,7 @@ def test_forged_stream_entry_is_not_answered_with_faces(services: Services, vict
     }
     for rid, req in entries.items():
         entry = wire.IndexedRequest(rid, channel, deadline, req)
-        r.xadd(keys.stream(victim.list_id), {b"m": wire.encode(entry)})
+        r.xadd(keys.stream(keys.matching_label(victim.list_id, 1)), {b"m": wire.encode(entry)})
     replies: dict[str, wire.IndexedReply] = {}
     until = time.monotonic() + 60
     while len(replies) < len(entries) and time.monotonic() < until:

@@ -61,7 +61,7 @@ async def _setup(http: aiohttp.ClientSession, api: str, manager: str, admin_toke
         raise RuntimeError(f"index build did not succeed: {task}")
     async with http.get(f"{manager}/1/indexes/relevant", headers=operator) as r:
         meta = next(m for m in await r.json() if m["list_id"] == list_id)
-    setup.update(build_s=meta["build_seconds"], ef=meta["params"]["expansion_search"], calibration=meta.get("calibration"))
+    setup.update(build_s=meta["build_seconds"], kind=f"{meta['kind']} {meta['params']}", calibration=meta.get("calibration"))
     return data, face_ids, list_id, auth, setup
 
 
@@ -100,7 +100,7 @@ async def run(api: str, manager: str, admin_token: str, size: int, levels: list[
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256), timeout=aiohttp.ClientTimeout(total=120)) as http:
         data, face_ids, list_id, auth, setup = await _setup(http, api, manager, admin_token, size, n_probes, seed)
         print(f"  uploaded {size:,} faces in {setup['upload_s']:.0f} s; index built in {setup['build_s']:.0f} s, "
-              f"calibrated ef {setup['ef']}", flush=True)
+              f"calibrated: {setup['kind']}", flush=True)
         row_of = {f: i for i, f in enumerate(face_ids)}
         exact_s, exact_i = topk(data.probes, data.gallery, 10)
         # wait until the matcher serves the list
@@ -153,9 +153,9 @@ def _setup_line(setup: dict[str, object] | None) -> list[str]:
     if not setup:
         return []
     cal = setup.get("calibration") or {}
-    curve = ", ".join(f"{ef}: {r}" for ef, r in sorted(cal.get("curve", [])))  # type: ignore[union-attr]  # listed as tried; read by ef
-    return [f"Setup: faces uploaded through `POST /1/faces/batch` in {setup['upload_s']:.0f} s; index build (load, graph, "
-            f"calibration, store) {setup['build_s']:.0f} s; calibrated search ef {setup['ef']} (calibration recall by ef: {curve}).", ""]
+    chosen = f"top-1 {cal.get('top1')}, mate recall@10 {cal.get('recall10')}"
+    return [f"Setup: faces uploaded through `POST /1/faces/batch` in {setup['upload_s']:.0f} s; index build (load, encode, "
+            f"calibration, store) {setup['build_s']:.0f} s; calibrated: {setup['kind']} ({chosen}).", ""]
 
 
 def main(api: str, manager: str, admin_token: str, size: int, levels: list[int], requests: int, seed: int) -> dict[str, object]:

@@ -1,9 +1,14 @@
-"""Approximate nearest-neighbour index behind facedex's own interface.
+"""The index engine behind facedex's own interface.
 
-The library (usearch today) is an implementation detail of :class:`facedex.index.hnsw.HnswIndex`;
-callers see face ids (16-byte UUIDs) and inner-product scores, never library keys.
+:class:`facedex.index.faces.FaceIndex` is one list's index: face ids, a scan
+of some kind (:mod:`facedex.index.registry`: sign bits, projected sign bits,
+PQ fast-scan, RaBitQ, the HNSW graph) proposing candidates, and exact
+re-scoring (:mod:`facedex.index.rescore`). Which kind serves a list is
+measured per build (:mod:`facedex.index.calibrate`). Callers see face ids and
+inner products, never library keys.
 """
 
+from facedex.index.faces import FaceIndex
 from facedex.index.hnsw import HnswIndex, IndexParams
 
-__all__ = ["HnswIndex", "IndexParams"]
+__all__ = ["FaceIndex", "HnswIndex", "IndexParams"]

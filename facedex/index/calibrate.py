@@ -1,90 +1,186 @@
-"""Pick each index's search ef by measuring it on the list it was built from.
+"""Choose each list's index kind and parameters by measuring them on the list itself.
 
-Why: how hard a graph is to search depends on the data and grows with its size.
-On face-like data (identities near-orthogonal, so a query gets little gradient
-to follow until it is next to its mates) one ef gives mate recall 0.99 at 100k
-faces and under 0.5 at 1M (docs/benchmarks.md). A fixed ef is either slow on
-small lists or wrong on large ones, so the Indexer measures instead.
+Why: no code wins everywhere (issue 11): sign bits hold on isotropic identity
+clusters, PQ fast-scan on correlated identity structure, graphs only on small
+lists, and how many candidates must be re-scored depends on the gallery. So
+the Indexer builds every candidate configuration (:mod:`facedex.index.registry`)
+and keeps the cheapest that is accurate enough on this list.
 
-How: sample faces of the list, make a new "photo" of each (the face turned by a
-random direction to cosine ``mate_cosine``: a same-person pair at the hard end of
-SFace/ArcFace's range), search the graph as the Indexed Matcher does (top
-``candidates`` before exact re-scoring) and count how often the sampled face
-is among them. The ef doubles from the configured one until it finds at least
-``target`` of them; then ``refine`` halvings of the last step search between
-the last ef that failed and the first that held (256 -> 512 becomes 384, then
-320 or 448), since search time grows with ef and a doubling can overshoot by
-almost 2x. The smallest ef that held is stored with the index; the matcher
-searches with it.
+How: sample faces of the list and make a new "photo" of each (the face turned
+in a random direction to a mate cosine spread over 0.4-0.8, the range of
+same-person pairs for SFace/ArcFace-class models, not one generator's value).
+Exact truth for every probe comes from one blocked GEMM over the list. Each
+configuration (kind, build parameters, search knobs such as HNSW's ef, and the
+number ``r`` of candidates re-scored, from ``RESCORE_LADDER``) answers the
+probes exactly as the matcher would (scan, fp16 re-score, fp32 final scores)
+and is scored on:
+
+- top-1 agreement: its best face is exact search's best face;
+- mate recall@10: where exact search ranks the photo's own face in its top 10,
+  so does the configuration.
+
+The estimated cost of a query is the bytes its scan touches plus ``r``
+re-scores of fp16 vectors (:meth:`Scan.scan_cost`, ``RESCORE_BYTES``). The
+cheapest configuration reaching both targets wins; if none does, the most
+accurate (then cheapest) is used and the choice carries a ``warning``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
-from facedex.index.hnsw import HnswIndex
+from facedex.index import rescore
+from facedex.index.base import Scan
+from facedex.index.registry import kind as kind_class
+
+MATE_COSINES = (0.4, 0.5, 0.6, 0.7, 0.8)
+RESCORE_LADDER = (16, 32, 64, 128, 256, 512)
+TOP = 10  # recall is measured at the matcher's default limit
 
 
-@dataclass(frozen=True)
-class Calibration:
-    ef: int
-    recall: float  # at ``ef``
-    reached: bool  # recall >= target (else ``ef`` is the largest allowed)
-    curve: list[tuple[int, float]]  # (ef, recall) tried, in order
+def rescore_bytes(dim: int) -> float:
+    """One fp16 re-score: the row (2 bytes a dimension) plus a cache miss's worth of overhead."""
+    return 2 * dim + 128
+
+
+@dataclass
+class Point:
+    kind: str
+    params: dict[str, Any]
+    knobs: dict[str, Any]
+    rescore: int
+    top1: float
+    recall10: float
+    cost: float  # estimated bytes touched per query
+
+    def reached(self, top1: float, recall: float) -> bool:
+        return self.top1 >= top1 and self.recall10 >= recall
+
+
+@dataclass
+class Choice:
+    kind: str
+    params: dict[str, Any]
+    knobs: dict[str, Any]
+    rescore: int
+    top1: float
+    recall10: float
+    cost: float
+    reached: bool
+    warning: str | None
     samples: int
+    seconds: float
+    curve: list[Point] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
-        return {"ef": self.ef, "recall": round(self.recall, 4), "reached": self.reached, "samples": self.samples,
-                "curve": [[ef, round(r, 4)] for ef, r in self.curve]}
+        out = asdict(self)
+        out["curve"] = [
+            {**asdict(p), "top1": round(p.top1, 4), "recall10": round(p.recall10, 4), "cost": round(p.cost)} for p in self.curve
+        ]
+        out.update(top1=round(self.top1, 4), recall10=round(self.recall10, 4), cost=round(self.cost), seconds=round(self.seconds, 3))
+        return out
 
 
-def probes_near(vectors: np.ndarray, cosine: float, rng: np.random.Generator) -> np.ndarray:
-    """For each row, a unit vector at exactly ``cosine`` to it, in a random direction."""
+def probes_near(vectors: np.ndarray, cosines: np.ndarray | float, rng: np.random.Generator) -> np.ndarray:
+    """For each row, a unit vector at exactly its ``cosines`` to it, in a random direction."""
+    cos = np.broadcast_to(np.asarray(cosines, np.float32), (vectors.shape[0],))[:, None]
     noise = rng.standard_normal(vectors.shape).astype(np.float32)
     noise -= (noise * vectors).sum(axis=1, keepdims=True) * vectors  # orthogonal to the row
     noise /= np.linalg.norm(noise, axis=1, keepdims=True)
-    return (cosine * vectors + np.sqrt(1 - cosine**2) * noise).astype(np.float32)
+    return (cos * vectors + np.sqrt(1 - cos**2) * noise).astype(np.float32)
+
+
+def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int, block: int = 131_072) -> np.ndarray:
+    """(m, k) rows of the exact top-k (float32 inner product, ties by row): one GEMM, blocked to bound memory."""
+    m, n = queries.shape[0], vectors.shape[0]
+    k = min(k, n)
+    best_s = np.full((m, 0), -np.inf, np.float32)
+    best_k = np.zeros((m, 0), np.int64)
+    for start in range(0, n, block):
+        s = queries @ np.asarray(vectors[start : start + block]).T
+        kk = min(k, s.shape[1])
+        part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+        best_s = np.hstack([best_s, np.take_along_axis(s, part, axis=1)])
+        best_k = np.hstack([best_k, part + start])
+        if best_s.shape[1] > k:
+            keep = np.argpartition(-best_s, k - 1, axis=1)[:, :k]
+            best_s, best_k = np.take_along_axis(best_s, keep, axis=1), np.take_along_axis(best_k, keep, axis=1)
+    order = np.lexsort((best_k, -best_s), axis=1) if best_k.size else np.zeros((m, 0), np.int64)
+    return np.take_along_axis(best_k, order, axis=1)
 
 
 def calibrate(
-    index: HnswIndex,
     vectors: np.ndarray,
-    candidates: int,
-    start_ef: int,
-    max_ef: int,
-    target: float = 0.99,
-    samples: int = 300,
-    mate_cosine: float = 0.5,
+    vectors16: np.ndarray,
+    configs: list[tuple[str, dict[str, Any]]],
+    target_top1: float = 0.997,
+    target_recall: float = 0.99,
+    samples: int = 500,
+    max_rescore: int = 512,
     seed: int = 0,
-    refine: int = 2,
-) -> Calibration:
-    """``vectors``: the indexed float32 rows, in key order (key i = row i)."""
-    n = vectors.shape[0]
+    progress: Callable[[float], None] | None = None,
+) -> tuple[Choice, Scan]:
+    """Build each configuration on ``vectors`` (float32 unit rows; ``vectors16`` their fp16 copy), measure, choose.
+
+    Returns the choice and the chosen scan (already built over every row), so the build does not repeat it.
+    """
+    if not configs:
+        raise ValueError("no index configuration to try")
+    started = time.perf_counter()
+    n, dim = vectors.shape
     rng = np.random.default_rng(seed)
-    rows = rng.choice(n, size=min(samples, n), replace=False)
-    queries = probes_near(vectors[rows], mate_cosine, rng)
-    k = min(candidates, n)
-    curve: list[tuple[int, float]] = []
+    rows = np.sort(rng.choice(n, size=min(samples, n), replace=False))
+    cosines = rng.permutation(np.resize(np.asarray(MATE_COSINES, np.float32), len(rows)))
+    probes = probes_near(np.asarray(vectors[rows]), cosines, rng)
+    truth = exact_top(vectors, probes, TOP)
+    mate_ranked = (truth == rows[:, None]).any(axis=1)  # exact search has the photo's face in its top 10
+    ladder = [r for r in RESCORE_LADDER if r <= max_rescore] or [max_rescore]
 
-    def recall_at(ef: int) -> float:
-        keys = index.search_keys(queries, k, ef=ef)
-        recall = float((keys == rows[:, None]).any(axis=1).mean())
-        curve.append((ef, recall))
-        return recall
+    def rows16(k: np.ndarray) -> np.ndarray:
+        return np.asarray(vectors16[k])
 
-    failed: int | None = None  # the largest ef tried that missed the target
-    ef = max(start_ef, k)
-    while (recall := recall_at(ef)) < target and ef < max_ef:
-        failed, ef = ef, min(2 * ef, max_ef)
-    if recall >= target and failed is not None:
-        for _ in range(refine):  # ef held, ``failed`` did not: try halfway
-            mid = (failed + ef) // 2
-            if mid in (failed, ef):
-                break
-            if (r := recall_at(mid)) >= target:
-                ef, recall = mid, r
-            else:
-                failed = mid
-    return Calibration(ef, recall, recall >= target, curve, len(rows))
+    def rows32(k: np.ndarray) -> np.ndarray:
+        return np.asarray(vectors[k])
+
+    def measure(cands: np.ndarray) -> tuple[float, float]:
+        keys, _ = rescore.rerank(probes, cands, rows16, rows32, TOP)
+        top1 = np.mean([len(kk) > 0 and kk[0] == truth[q, 0] for q, kk in enumerate(keys)])
+        found = np.array([rows[q] in keys[q] for q in range(len(rows))])
+        recall = float(found[mate_ranked].mean()) if mate_ranked.any() else 1.0
+        return float(top1), recall
+
+    curve: list[Point] = []
+    scans: dict[int, Scan] = {}
+    for c, (name, params) in enumerate(configs):
+        scan = kind_class(name).build(vectors, params)
+        scans[c] = scan
+        per_query_search = name == "hnsw"  # a graph's top-r depends on r; a flat scan's top-r is a prefix of its top-512
+        for knobs in scan.knob_ladder():
+            wide = None if per_query_search else scan.search(probes, ladder[-1], **knobs)
+            for r in ladder:
+                cands = scan.search(probes, r, **knobs) if wide is None else wide[:, :r]
+                top1, recall = measure(cands)
+                cost = scan.scan_cost(n, r, **knobs) + r * rescore_bytes(dim)
+                curve.append(point := Point(name, scan.params, knobs, r, top1, recall, cost))
+                if point.reached(target_top1, target_recall):
+                    break  # a larger r only costs more
+        if progress:
+            progress((c + 1) / len(configs))
+    reached = [p for p in curve if p.reached(target_top1, target_recall)]
+    if reached:
+        best = min(reached, key=lambda p: p.cost)
+        warning = None
+    else:
+        best = min(curve, key=lambda p: (-p.top1, -p.recall10, p.cost))
+        warning = (f"no index configuration reached top-1 {target_top1} and mate recall@10 {target_recall} on this list; "
+                   f"serving the most accurate: {best.kind} {best.params} r={best.rescore} "
+                   f"(top-1 {best.top1:.4f}, recall@10 {best.recall10:.4f})")
+    chosen = next(scans[c] for c, (name, _) in enumerate(configs) if name == best.kind and scans[c].params == best.params)
+    choice = Choice(best.kind, best.params, best.knobs, best.rescore, best.top1, best.recall10, best.cost, not warning,
+                    warning, len(rows), time.perf_counter() - started, curve)
+    return choice, chosen

@@ -8,6 +8,12 @@ deleted), f16/i8 storage at half/quarter memory with the same recall, and
 Library keys are ordinals into ``ids`` (the face-id map): the n-th face added
 gets key n. Removing a face frees its key for good; the graph is rebuilt (by
 the Indexer) when removals pile up.
+
+:class:`HnswScan` is the same graph as one of the engine's index kinds
+(:mod:`facedex.index.base`): calibration may still pick it for a gallery where
+a graph is cheaper than a flat scan (small lists), trying the search ef from
+``EF_LADDER``. It is only tried up to ``index.hnsw_max_faces``: on identity
+data a graph needs a huge ef at scale and takes minutes to build (issue 11).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from usearch.index import Index, MetricKind
@@ -148,3 +154,63 @@ class HnswIndex:
         raw = out.ids.tobytes()
         out.pos = {raw[16 * i : 16 * i + 16]: int(i) for i in np.flatnonzero(live)}
         return out
+
+
+EF_LADDER = (64, 128, 256, 512, 1024)  # search ef calibration tries, cheapest first
+_PRECISION_BYTES = {"f32": 4, "f16": 2, "i8": 1}
+
+
+def _row_ids(keys: np.ndarray) -> np.ndarray:
+    """Face-id-shaped ids that encode keys (+1: the all-zero id means "removed" in HnswIndex's id map)."""
+    ids = np.zeros((len(keys), 16), np.uint8)
+    ids[:, :8] = (np.asarray(keys, np.uint64) + 1).astype(">u8").view(np.uint8).reshape(-1, 8)
+    return ids
+
+
+class HnswScan:
+    """The HNSW graph as an index kind: keys are the graph's own ordinals (row numbers)."""
+
+    kind: ClassVar[str] = "hnsw"
+
+    def __init__(self, dim: int, params: dict[str, Any], graph: HnswIndex | None = None) -> None:
+        self.dim = dim
+        self.hnsw = IndexParams(**{k: v for k, v in params.items() if k in IndexParams.__dataclass_fields__})
+        self.params = self.hnsw.as_dict()
+        self.graph = graph if graph is not None else HnswIndex(dim, self.hnsw)
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, params: dict[str, Any]) -> HnswScan:
+        out = cls(vectors.shape[1], params)
+        out.add(vectors, threads=int(params.get("threads", 0)))
+        return out
+
+    @classmethod
+    def load(cls, folder: Path, dim: int, params: dict[str, Any], writable: bool) -> HnswScan:
+        out = cls(dim, params)
+        out.graph = HnswIndex.load(folder, dim, out.hnsw, view=not writable)  # a graph refresh changes lives in memory
+        return out
+
+    def add(self, vectors: np.ndarray, threads: int = 0) -> None:
+        start = self.graph.ids.shape[0]
+        self.graph.add(_row_ids(np.arange(start, start + vectors.shape[0])), vectors, threads=threads)
+
+    def remove(self, keys: np.ndarray) -> bool:
+        self.graph.remove(_row_ids(keys))
+        return True
+
+    def search(self, queries: np.ndarray, r: int, **knobs: Any) -> np.ndarray:
+        return self.graph.search_keys(queries, r, ef=knobs.get("ef"))
+
+    def save(self, folder: Path) -> list[Path]:
+        return self.graph.save(folder)
+
+    def code_bytes(self) -> float:
+        return self.dim * _PRECISION_BYTES[self.hnsw.precision] + 2 * 4 * self.hnsw.connectivity
+
+    def scan_cost(self, n: int, r: int, **knobs: Any) -> float:
+        ef = max(r, int(knobs.get("ef", self.hnsw.expansion_search)))  # usearch raises ef to the count asked for
+        # each expanded node reads its 2M base-layer neighbours: random reads of a vector plus a cache miss each
+        return min(n, ef * 2 * self.hnsw.connectivity) * (self.dim * _PRECISION_BYTES[self.hnsw.precision] + 64)
+
+    def knob_ladder(self) -> list[dict[str, Any]]:
+        return [{"ef": ef} for ef in EF_LADDER]

@@ -122,6 +122,8 @@ class Builder:
         elif result is not None and result[0] == "ok":
             st.state, st.progress = "success", 1.0
             st.result = orjson.loads(result[1])
+            if st.result.get("warning"):  # the index is served, but less accurate than the targets ask
+                log.warning("task %s: %s", st.task_id, st.result["warning"])
         elif result is not None:
             st.state, st.error = "failed", _error(result[1], result[2])
         elif proc.exitcode is not None and proc.exitcode < 0:

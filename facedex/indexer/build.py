@@ -1,21 +1,26 @@
 """The build itself, run in a child process so an OOM kill or a crash cannot take the Indexer down.
 
 Steps: stream the list's descriptors from PostgreSQL (one consistent
-snapshot, paged binary COPY), add them to an HNSW graph (both cores), measure
-the search ef this graph needs (:mod:`facedex.index.calibrate`), save graph +
-id map + float32 vectors, then put the folder into index storage atomically.
-Progress (0..1) is shared with the parent through a ``multiprocessing.Value``;
-the outcome comes back on a queue.
+snapshot, paged binary COPY, straight into one preallocated float32 matrix),
+make its fp16 copy (the re-score vectors), build every candidate index kind
+and measure which one this list needs (:mod:`facedex.index.calibrate`), save
+the chosen one with the id map and both vector files (each written once), then
+put the folder into index storage atomically. Progress (0..1) is shared with
+the parent through a ``multiprocessing.Value``; the outcome comes back on a
+queue. When no configuration reached the targets the index is still stored
+(the most accurate one) with a ``warning`` in its meta.json, which the
+Indexer's ``/1/state`` result carries to the task record, and a log warning.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from multiprocessing.queues import Queue
 from multiprocessing.sharedctypes import Synchronized
 
@@ -24,11 +29,14 @@ import numpy as np
 from facedex import descriptors
 from facedex.config import Settings
 from facedex.errors import Errors
-from facedex.index import HnswIndex, IndexParams
+from facedex.index import FaceIndex
 from facedex.index.calibrate import calibrate
-from facedex.storage.base import VECTORS_FILE, IndexMeta, open_storage
+from facedex.index.registry import candidates
+from facedex.storage.base import IndexMeta, open_storage
 
-LOAD_SHARE, ADD_SHARE, CALIBRATE_SHARE = 0.1, 0.83, 0.02  # progress: loading, adding, calibrating, then saving
+log = logging.getLogger(__name__)
+
+LOAD_SHARE, CALIBRATE_SHARE = 0.3, 0.6  # progress: loading, building + calibrating, then saving
 
 
 @dataclass
@@ -80,25 +88,22 @@ def build(settings: Settings, job: BuildJob, progress: Synchronized) -> IndexMet
     if len(ids) == 0:
         raise BuildError(Errors.LIST_EMPTY.code, f"list {job.list_id} has no faces with version {job.version} descriptors")
     s = settings.index
-    params = IndexParams(s.connectivity, s.expansion_add, s.expansion_search, s.precision)
-    index = HnswIndex(vecs.shape[1], params)
+    vecs16 = vecs.astype(np.float16)
+    hnsw = {"connectivity": s.connectivity, "expansion_add": s.expansion_add, "precision": s.precision, "threads": s.build_threads}
+    configs = candidates(vecs.shape[1], len(vecs), list(s.kinds), hnsw, s.hnsw_max_faces)
 
-    def on_progress(done: int, total: int) -> bool:
-        progress.value = LOAD_SHARE + ADD_SHARE * done / max(total, 1)
-        return True
+    def on_progress(share: float) -> None:
+        progress.value = LOAD_SHARE + CALIBRATE_SHARE * share
 
-    index.add(ids, vecs, threads=s.build_threads, progress=on_progress)
-    calibration = None
-    if s.target_recall > 0:
-        calibration = calibrate(index, vecs, settings.indexed.rescore_candidates, s.expansion_search, s.max_expansion_search,
-                                s.target_recall, s.calibration_samples, s.calibration_cosine)
-        params = replace(params, expansion_search=calibration.ef)
-        progress.value = LOAD_SHARE + ADD_SHARE + CALIBRATE_SHARE
+    choice, scan = calibrate(vecs, vecs16, configs, s.target_top1, s.target_recall, s.calibration_samples, s.max_rescore,
+                             progress=on_progress)
+    if choice.warning:
+        log.warning("%s: list %s (task %s)", choice.warning, job.list_id, job.task_id)
+    index = FaceIndex(scan, ids, vecs, vecs16, choice.knobs, choice.rescore)
     work = settings.data_dir / "builds" / job.index_id
     shutil.rmtree(work, ignore_errors=True)
     try:
         index.save(work)
-        np.save(work / VECTORS_FILE, vecs)
         meta = IndexMeta(
             index_id=job.index_id,
             list_id=job.list_id,
@@ -106,9 +111,11 @@ def build(settings: Settings, job: BuildJob, progress: Synchronized) -> IndexMet
             descriptor_version=job.version,
             count=len(index),
             change_seq=seq,
-            params=params.as_dict(),
+            params=index.describe(),
             build_seconds=round(time.perf_counter() - started, 3),
-            calibration=calibration.as_dict() if calibration else None,
+            calibration=choice.as_dict(),
+            kind=choice.kind,
+            warning=choice.warning,
         )
         open_storage(settings).put(work, meta)
     finally:

@@ -127,7 +127,8 @@ class Master:
             await self.repo.update(task.task_id, progress=state.get("progress", 0.0))
         elif status == "success":
             result = state.get("result") or {}
-            await self.repo.finish(task, SUCCESS, progress=1.0, count=result.get("count", 0))  # type: ignore[union-attr]
+            await self.repo.finish(task, SUCCESS, progress=1.0, count=result.get("count", 0),  # type: ignore[union-attr]
+                                   warning=result.get("warning") or "")  # type: ignore[union-attr]
             log.info("task %s (list %s) built index %s", task.task_id, task.list_id, task.index_id)
         elif status in (FAILED, CANCELLED):
             err = state.get("error") or {}

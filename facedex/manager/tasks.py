@@ -37,6 +37,7 @@ class Task:
     count: int = 0
     error_code: int = 0
     error_detail: str = ""
+    warning: str = ""  # a successful build whose index missed the calibration targets (meta.json says which)
 
     def to_redis(self) -> dict[str, str]:
         return {k: str(v) for k, v in asdict(self).items()}

@@ -1,12 +1,12 @@
-"""Answer a batch of stream requests for one loaded index with one graph search per limit.
+"""Answer a batch of stream requests for one loaded index with one scan per limit.
 
-Why batch: a request usually carries one reference, and usearch spreads a
-search over the queries it is given, so a search per request keeps one core
-busy however many requests wait. The matcher reads up to 64 entries of a
-list's stream at once; stacking their references into one search lets every
-core work on them. HNSW search of a query does not depend on the other
-queries of the call, so each answer is the one it would get alone (requests
-are grouped by ``limit`` since the candidate count depends on it).
+Why batch: a request usually carries one reference. The matcher reads up to
+64 entries of a label's stream at once; stacking their references into one
+search lets the kind's scan serve them together (faiss blocks many queries
+over one pass of the codes and spreads them over the cores; usearch spreads a
+graph search's queries too). No kind's answer for a query depends on the
+other queries of the call, so each answer is the one it would get alone
+(requests are grouped by ``limit`` since the candidate count depends on it).
 
 A request that cannot be answered (another account's list, another descriptor
 version, references of the wrong size) gets its error; the others are served.
@@ -41,8 +41,10 @@ def _matches(ids: np.ndarray, scores: np.ndarray, threshold: float | None) -> wi
     return wire.ReferenceMatches(face_ids=ids[keep].tobytes(), similarities=sims[keep].tobytes())
 
 
-def answer_batch(idx: LoadedIndex, reqs: list[wire.IndexedRequest], candidates: int) -> list[wire.IndexedReply]:
-    """One reply per request, in order. Call with the index's read lock held."""
+def answer_batch(idx: LoadedIndex, reqs: list[wire.IndexedRequest], candidates: int = 0) -> list[wire.IndexedReply]:
+    """One reply per request, in order. Call with the index's read lock held.
+
+    ``candidates``: a floor on the candidates re-scored (0: as the index's calibration chose)."""
     out: list[wire.IndexedReply | None] = [None] * len(reqs)
     by_limit: dict[int, list[tuple[int, np.ndarray]]] = {}
     for n, entry in enumerate(reqs):

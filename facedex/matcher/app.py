@@ -64,7 +64,8 @@ def build_app(settings: Settings) -> FastAPI:
             "loops": service.supervisor.statuses(),
             "served": service.served,
             "indexes": [
-                {"list_id": label, "index_id": idx.meta.index_id, "faces": idx.size, "change_seq": idx.head,
+                {"list_id": idx.list_id, "descriptor_version": idx.meta.descriptor_version, "kind": idx.meta.kind,
+                 "index_id": idx.meta.index_id, "faces": idx.size, "change_seq": idx.head,
                  "built_change_seq": idx.meta.change_seq, "load_seconds": round(idx.load_seconds, 3)}
                 for label, idx in service.loaded.items()
             ],

@@ -97,7 +97,7 @@ class Consumer:
                 await self.serve(stream, entries)
 
     async def serve(self, stream: str, entries: list) -> None:  # type: ignore[type-arg]
-        list_id = stream.split("{", 1)[1].rstrip("}")
+        label = stream.split("{", 1)[1].rstrip("}")
         now_ms = int(time.time() * 1000)
         live: list[tuple[bytes, wire.IndexedRequest]] = []
         for entry_id, fields in entries:
@@ -116,7 +116,7 @@ class Consumer:
             live.append((entry_id, req))
         if not live:
             return
-        replies = await self.answer(list_id, [r for _, r in live])
+        replies = await self.answer(label, [r for _, r in live])
         async with self.redis.pipeline(transaction=False) as p:
             for (entry_id, req), reply in zip(live, replies, strict=True):
                 p.publish(req.reply_to, wire.encode(reply))

@@ -24,17 +24,16 @@ log = logging.getLogger(__name__)
 Hook = Callable[[str], Awaitable[None]]
 
 
-def relevant(metas: list[IndexMeta], version: int) -> dict[str, IndexMeta]:
-    """The index each label should serve (label -> meta)."""
-    return newest_per_list(metas, version)
+def relevant(metas: list[IndexMeta]) -> dict[str, IndexMeta]:
+    """The index each matching label (list, descriptor version) should serve (label -> meta)."""
+    return newest_per_list(metas, by_label=True)
 
 
 class Loader:
-    def __init__(self, storage: IndexStorage, store: FacesStore, version: int, refresh: bool, head_timeout_s: float,
+    def __init__(self, storage: IndexStorage, store: FacesStore, refresh: bool, head_timeout_s: float,
                  on_loaded: Hook, on_dropped: Hook) -> None:
         self.storage = storage
         self.store = store
-        self.version = version
         self.refresh = refresh
         self.head_timeout_s = head_timeout_s
         self.on_loaded = on_loaded  # the label's stream group must exist and the label be advertised
@@ -44,7 +43,7 @@ class Loader:
 
     async def reload(self) -> None:
         metas = await asyncio.to_thread(self.storage.list)
-        wanted = relevant(metas, self.version)
+        wanted = relevant(metas)
         for label in [lbl for lbl in self.loaded if lbl not in wanted]:
             log.info("index of list %s left the storage: dropped", label)
             del self.loaded[label]
@@ -68,7 +67,7 @@ class Loader:
                       meta.index_id, meta.list_id, exc)
             return
         if self.refresh:
-            state = await catch_up(self.store, fresh, self.version, self.head_timeout_s)
+            state = await catch_up(self.store, fresh, self.head_timeout_s)
             if state == "gone":
                 return
             if state == "stale":

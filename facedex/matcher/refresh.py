@@ -27,7 +27,7 @@ WARN_EVERY_S = 5.0
 _warned: dict[str, float] = {}  # list id -> when its outage was last logged
 
 
-async def catch_up(store: FacesStore, idx: LoadedIndex, version: int, timeout_s: float) -> Freshness:
+async def catch_up(store: FacesStore, idx: LoadedIndex, timeout_s: float) -> Freshness:
     """Apply the list's changes since the index's head: "fresh", "stale" (the Faces DB did not answer in
     time; nothing applied) or "gone" (the list no longer exists)."""
     list_id = uuid.UUID(idx.list_id)
@@ -38,7 +38,7 @@ async def catch_up(store: FacesStore, idx: LoadedIndex, version: int, timeout_s:
         INDEX_REFRESH_LAG.labels(idx.list_id).set(head[1] - idx.head)
         if head[1] <= idx.head:
             return "fresh"
-        delta = await bounded(store.delta(list_id, version, idx.head), max(10 * timeout_s, 5.0))  # can be large
+        delta = await bounded(store.delta(list_id, idx.meta.descriptor_version, idx.head), max(10 * timeout_s, 5.0))  # can be large
     except UNREACHABLE as exc:
         now = time.monotonic()
         if now - _warned.get(idx.list_id, 0.0) > WARN_EVERY_S:  # once in a while, not per batch

@@ -45,13 +45,12 @@ class MatcherService:
     def __init__(self, settings: Settings, redis: aredis.Redis, store: FacesStore, storage: IndexStorage, matcher_id: str) -> None:
         self.settings = settings
         self.cfg = settings.indexed
-        self.version = settings.default_descriptor_version
         self.store = store
         self.matcher_id = matcher_id
         keys = Keys(settings.redis_prefix)
         self.license = License(settings)
         self.labels = Labels(redis, keys, matcher_id, self.cfg.label_ttl_s)
-        self.loader = Loader(storage, store, self.version, self.cfg.refresh, settings.matching.head_timeout_s,
+        self.loader = Loader(storage, store, self.cfg.refresh, settings.matching.head_timeout_s,
                              on_loaded=self._on_loaded, on_dropped=self.labels.withdraw)
         self.consumer = Consumer(redis, keys, matcher_id, lambda: self.loader.loaded, self._answer, self.cfg.claim_idle_ms)
         self.supervisor = Supervisor("matcher", max_backoff_s=1.0)  # the indexed route is back within ~1 s of Redis
@@ -96,15 +95,17 @@ class MatcherService:
         await self.advertise()
 
     # ---------------------------------------------------------------- answer
-    async def _answer(self, list_id: str, reqs: list[wire.IndexedRequest]) -> list[wire.IndexedReply]:
+    async def _answer(self, label: str, reqs: list[wire.IndexedRequest]) -> list[wire.IndexedReply]:
+        """Replies to the requests read from one matching label's stream, in order."""
         def error(req: wire.IndexedRequest, code: int, detail: str) -> wire.IndexedReply:
             return wire.IndexedReply(req.rid, None, code, detail)
 
         if not self.license.licensed:
             return [error(r, Errors.INDEX_NOT_LICENSED.code, self.license.reason) for r in reqs]
-        idx = self.loaded.get(list_id)
+        idx = self.loaded.get(label)
         if idx is None:
-            return [error(r, Errors.INDEX_FOR_LABEL_NOT_FOUND.code, f"no index of list {list_id} here") for r in reqs]
+            return [error(r, Errors.INDEX_FOR_LABEL_NOT_FOUND.code, f"no index for label {label} here") for r in reqs]
+        list_id = idx.list_id
         # Anyone who can write to Redis can append to this stream: answer only requests whose account id the API
         # signed for this very list (answer_batch then checks that this account owns the index).
         refused: dict[int, wire.IndexedReply] = {}
@@ -118,7 +119,7 @@ class MatcherService:
         ok = [r for i, r in enumerate(reqs) if i not in refused]
         state = "fresh"
         if ok and self.cfg.refresh:
-            state = await catch_up(self.store, idx, self.version, self.settings.matching.head_timeout_s)
+            state = await catch_up(self.store, idx, self.settings.matching.head_timeout_s)
             if state == "gone":
                 return [refused.get(i) or error(r, Errors.LIST_NOT_FOUND.code, f"list {list_id} not found") for i, r in enumerate(reqs)]
             if state == "stale" and self.settings.matching.when_stale == "refuse":

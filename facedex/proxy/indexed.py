@@ -1,9 +1,9 @@
 """The proxy's indexed route: lists some Indexed Matcher advertises go to it through a Redis stream.
 
 ``accepts`` is a set lookup: the labels present in Redis are synced every
-``label_sync_s`` (one ZRANGEBYSCORE of the labels set), not per request. A request that the index cannot
-serve as asked (a face-id filter, another descriptor version) is left to brute
-force. ``match`` checks the license (cached), appends the request to the list's
+``label_sync_s`` (one ZRANGEBYSCORE of the labels set), not per request. A label is (list, descriptor
+version): a request goes to the index of its own version; one the index cannot
+serve as asked (a face-id filter) is left to brute force. ``match`` checks the license (cached), appends the request to the list's
 stream, and waits for the answer on this proxy's reply channel for at most
 ``indexed.request_timeout_s``; a timeout, an error answer or a refused license
 raises, and the proxy answers by brute force instead.
@@ -111,14 +111,13 @@ class IndexedPlugin:
         except Exception:
             self.labels = set()
             raise
-        self.labels = {self.keys.labels_member_list_id(m.decode()) for m in members}
+        self.labels = {self.keys.labels_member_label(m.decode()) for m in members}
 
     def accepts(self, req: wire.MatchRequest) -> bool:
         return (
             not req.exact
             and req.face_ids is None
-            and req.version == self.settings.default_descriptor_version
-            and str(uuid.UUID(bytes=req.list_id)) in self.labels
+            and self.keys.matching_label(str(uuid.UUID(bytes=req.list_id)), req.version) in self.labels
         )
 
     async def _licensed(self) -> tuple[bool, str]:
@@ -156,7 +155,7 @@ class IndexedPlugin:
         if not ok:
             raise Rematch(f"indexed matching not licensed: {reason}")
         timeout = self.settings.indexed.request_timeout_s
-        stream = self.keys.stream(str(uuid.UUID(bytes=req.list_id)))
+        stream = self.keys.stream(self.keys.matching_label(str(uuid.UUID(bytes=req.list_id)), req.version))
         started = time.monotonic()
         rid = uuid.uuid4().hex
         future: asyncio.Future[wire.IndexedReply] = asyncio.get_running_loop().create_future()

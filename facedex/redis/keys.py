@@ -55,27 +55,33 @@ class Keys:
     # ---- Indexed Matcher and the proxy's indexed plugin
     MATCHER_GROUP = "matchers"  # the consumer group every matcher of a label joins
 
-    def label(self, list_id: str, matcher_id: str) -> str:
-        """String with TTL: this matcher serves this list (matching label), renewed while it does."""
-        return f"{self.prefix}:label:{list_id}:{matcher_id}"
+    @staticmethod
+    def matching_label(list_id: str, version: int) -> str:
+        """A matching label: one index serves one (list, descriptor version), as ``<list_id>:<version>``."""
+        return f"{list_id}:{int(version)}"
+
+    def label(self, label: str, matcher_id: str) -> str:
+        """String with TTL: this matcher serves this matching label, renewed while it does."""
+        return f"{self.prefix}:label:{label}:{matcher_id}"
 
     @property
     def labels(self) -> str:
-        """Sorted set of ``<list_id>:<matcher_id>`` scored by the label key's expiry (Redis server time, ms):
-        the proxy reads the live labels with one ZRANGEBYSCORE instead of scanning the keyspace."""
+        """Sorted set of ``<list_id>:<version>:<matcher_id>`` scored by the label key's expiry (Redis server time,
+        ms): the proxy reads the live labels with one ZRANGEBYSCORE instead of scanning the keyspace."""
         return f"{self.prefix}:labels"
 
     @staticmethod
-    def labels_member(list_id: str, matcher_id: str) -> str:
-        return f"{list_id}:{matcher_id}"
+    def labels_member(label: str, matcher_id: str) -> str:
+        return f"{label}:{matcher_id}"
 
     @staticmethod
-    def labels_member_list_id(member: str) -> str:
-        return member.split(":", 1)[0]
+    def labels_member_label(member: str) -> str:
+        """The matching label of a labels member (matcher ids may contain ':' themselves)."""
+        return ":".join(member.split(":", 2)[:2])
 
-    def stream(self, list_id: str) -> str:
-        """Stream: matching requests for one list; the hash tag keeps it whole in Redis Cluster."""
-        return f"{self.prefix}:stream:{{{list_id}}}"
+    def stream(self, label: str) -> str:
+        """Stream: matching requests for one matching label; the hash tag keeps it whole in Redis Cluster."""
+        return f"{self.prefix}:stream:{{{label}}}"
 
     def replies(self, proxy_id: str) -> str:
         """Pub/sub channel: answers for one proxy instance, matched to requests by rid."""

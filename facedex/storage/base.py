@@ -30,8 +30,17 @@ class IndexMeta:
     files: dict[str, str] = field(default_factory=dict)  # name -> sha256
     create_time: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
     build_seconds: float = 0.0
-    calibration: dict[str, object] | None = None  # how params["expansion_search"] was chosen (facedex.index.calibrate)
-    format: int = 1
+    calibration: dict[str, object] | None = None  # how kind and params were chosen, with the curve (facedex.index.calibrate)
+    kind: str = ""  # the index kind (facedex.index.registry); params = FaceIndex.describe()
+    warning: str | None = None  # set when no configuration reached the calibration targets
+    format: int = 2  # 1: the HNSW-only layout, no longer loaded
+
+    @property
+    def label(self) -> str:
+        """The matching label this index serves: one (list, descriptor version)."""
+        from facedex.redis.keys import Keys
+
+        return Keys.matching_label(self.list_id, self.descriptor_version)
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
@@ -99,15 +108,17 @@ class IndexStorage(Protocol):
     def delete(self, index_id: str) -> bool: ...
 
 
-def newest_per_list(metas: list[IndexMeta], version: int | None = None) -> dict[str, IndexMeta]:
-    """The relevant index of each list: the one covering the latest change, then the newest."""
+def newest_per_list(metas: list[IndexMeta], version: int | None = None, by_label: bool = False) -> dict[str, IndexMeta]:
+    """The relevant index of each list (or, ``by_label``, of each (list, version)): the one covering the latest change,
+    then the newest. Indexes of an older on-disk format are never relevant."""
     best: dict[str, IndexMeta] = {}
     for m in metas:
-        if version is not None and m.descriptor_version != version:
+        if (version is not None and m.descriptor_version != version) or m.format != IndexMeta.format:
             continue
-        cur = best.get(m.list_id)
+        key = m.label if by_label else m.list_id
+        cur = best.get(key)
         if cur is None or (m.change_seq, m.create_time) > (cur.change_seq, cur.create_time):
-            best[m.list_id] = m
+            best[key] = m
     return best
 
 
