@@ -71,6 +71,8 @@ class Errors:
     BUILD_DIED = ErrorCode(26104, 500, "Build process failed. Build process died")
     LIST_EMPTY = ErrorCode(26105, 400, "Build process failed. List is empty")
     BUILD_CANCELLED = ErrorCode(26106, 409, "Build process cancelled")
+    INDEXER_UNREACHABLE = ErrorCode(26107, 503, "Indexer stopped answering during the build")
+    NOT_MASTER = ErrorCode(26108, 409, "This Index Manager no longer holds the master lock")
     TASK_DUPLICATE = ErrorCode(26201, 409, "Task duplicate. Indexing task already exists")
     INDEX_UP_TO_DATE = ErrorCode(26202, 409, "Index for the most recent content version already exists")
     INDEX_NOT_FOUND = ErrorCode(26204, 404, "Index not found in the storage")

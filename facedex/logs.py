@@ -43,3 +43,4 @@ def setup_logging(service: str, fmt: str = "text", level: str = "INFO") -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").setLevel("WARNING")
+    logging.getLogger("httpx").setLevel("WARNING")  # one INFO line per request would drown the logs

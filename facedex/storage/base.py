@@ -31,6 +31,7 @@ class IndexMeta:
     build_seconds: float = 0.0
     calibration: dict[str, object] | None = None  # how params["expansion_search"] was chosen (facedex.index.calibrate)
     format: int = 1
+    task_id: str = ""  # the Index Manager task that built it: retention deletes indexes of failed/cancelled tasks
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
