@@ -276,3 +276,40 @@ async def test_last_k_indexes_kept_and_finished_records_expire(services: Service
     ttl = r.ttl(Keys(services.env["FACEDEX_REDIS_PREFIX"]).task(task["task_id"]))
     assert 6 * 86400 < ttl <= 7 * 86400  # finished records expire (default 7 days)
     assert uuid.UUID(task["task_id"])
+
+
+async def test_redis_data_lost_storage_and_indexers_are_the_truth(faulty: Services, private_redis: PrivateRedis,
+                                                                  store: FacesStore, gallery: np.ndarray) -> None:
+    """Redis loses everything (a restart without persistence; FLUSHALL of the private server here): an index of a
+    vanished task is recorded, a build of a vanished task is stopped, and the background list is planned again."""
+    account, list_id, _ = await new_list(store, gallery[:1500])
+    manager = faulty.start_indexing("lost", FACEDEX_INDEXING__INDEXING_LISTS=f'["{list_id}"]',
+                                    FACEDEX_INDEXING__PLANNING_PERIOD_S="2")
+    indexer = faulty.url("indexer-lost")
+
+    def tasks() -> list[dict]:
+        resp = httpx.get(f"{manager}/1/tasks", timeout=10)
+        return resp.json() if resp.status_code == 200 else []
+
+    first = wait_task(manager, wait_for("background task planned", tasks)[0]["task_id"])
+    assert first["status"] == "success" and first["type"] == "background"
+    r = redis.Redis(port=private_redis.port)
+    r.flushall()  # every task record, the queue, the markers and the lock are gone
+    recovered = wait_for("the stored index's task recorded again",
+                         lambda: (t := tasks()) and t[0]["task_id"] == first["task_id"] and t[0], timeout=30)
+    assert recovered["status"] == "success" and recovered["index_id"] == first["index_id"] and recovered["type"] == "recovered"
+
+    await store.import_matrix(account, list_id, 1, gallery[1500:])  # a long build next
+    second = wait_task(manager, wait_for("rebuild planned", lambda: [t for t in tasks() if t["task_id"] != first["task_id"]])[0]["task_id"],
+                       until=("indexing",))
+    wait_for("build under way", lambda: httpx.get(f"{indexer}/1/state").json()["state"] == "indexing")
+    r.flushall()  # the running task vanishes
+    log = faulty.log_dir / "indexer-lost.log"  # the state flips to the next build quickly: read the Indexer's log
+    wait_for("the Indexer told to stop the vanished task's build",
+             lambda: f"build of task {second['task_id']} ended: cancelled" in log.read_text(), timeout=30)
+    third = wait_for("the list planned again", lambda: [t for t in tasks() if t["task_id"] not in (first["task_id"], second["task_id"])
+                                                        and t["type"] == "background"], timeout=30)[0]
+    done = wait_task(manager, third["task_id"], timeout=180)
+    assert done["status"] == "success" and done["count"] == len(gallery)
+    assert second["index_id"] not in stored(faulty)
+    assert done["index_id"] in stored(faulty) and first["index_id"] in stored(faulty)  # the last 2 are kept
