@@ -25,7 +25,8 @@ import redis.asyncio as aredis
 
 from facedex.bench.datasets import face_like
 from facedex.faces.store import FacesStore
-from facedex.manager.lock import MasterLock, NotMaster
+from facedex.manager.lock import MasterLock, NotMaster, StaleTask
+from facedex.manager.tasks import CANCELLED, INDEXING, TaskRepo
 from facedex.redis.keys import Keys
 from facedex.storage.local import LocalStorage
 from tests.conftest import Services, free_port
@@ -145,6 +146,32 @@ async def test_fenced_lock_refuses_a_deposed_master(redis_url: str, redis_prefix
         assert not await a.hold()  # and it cannot take the lock back while b renews
     finally:
         await b.release()
+        await r.aclose()
+
+
+async def test_guarded_writes_and_task_record_expiry(redis_url: str, redis_prefix: str) -> None:
+    """A master write on a task whose status changed meanwhile is refused whole; finished records expire and are
+    pruned from the tasks index."""
+    r = aredis.Redis.from_url(redis_url, decode_responses=True)
+    keys = Keys(f"{redis_prefix}:expiry")
+    repo = TaskRepo(r, keys, task_ttl_s=1)
+    lock = MasterLock(r, keys, "m", ttl_s=10)
+    try:
+        assert await lock.hold()
+        task = await repo.create(str(uuid.uuid4()), 1, "one_time")
+        stale = await repo.get(task.task_id)
+        stale.status = INDEXING  # what a master read before the task was cancelled through the API
+        with pytest.raises(StaleTask):
+            await repo.retry(lock, stale, 26107, "x")
+        assert (await repo.get(task.task_id)).status == "pending" and await repo.queue() == [task.task_id]
+        await repo.master_finish(lock, task, CANCELLED)
+        assert await r.get(keys.active(task.list_id)) is None and await repo.queue() == []
+        assert 0 < await r.ttl(keys.task(task.task_id)) <= 1
+        await asyncio.sleep(2.2)
+        assert await repo.get_or_none(task.task_id) is None
+        assert await repo.prune(lock) == 1 and await r.zcard(keys.tasks) == 0
+    finally:
+        await lock.release()
         await r.aclose()
 
 
