@@ -77,6 +77,7 @@ class Errors:
     INDEX_UP_TO_DATE = ErrorCode(26202, 409, "Index for the most recent content version already exists")
     INDEX_NOT_FOUND = ErrorCode(26204, 404, "Index not found in the storage")
     TASK_FINISHED = ErrorCode(26205, 409, "Task already finished")
+    TASKS_UNAVAILABLE = ErrorCode(26206, 503, "Task repository (Redis) unavailable")
     MATCH_REQUEST_INVALID = ErrorCode(26301, 400, "Failed to validate matching request")
     INDEX_FOR_LABEL_NOT_FOUND = ErrorCode(26304, 404, "Index for label not found")
     INDEX_VERSION_MISMATCH = ErrorCode(26305, 400, "Descriptor version mismatch")

@@ -186,6 +186,8 @@ async def test_redis_kill_and_restart_with_aof_loses_no_task(faulty: Services, p
     private_redis.kill()
     time.sleep(1.5)  # the master's rounds fail meanwhile
     assert httpx.get(f"{manager}/healthcheck", timeout=10).status_code != 200
+    down = httpx.get(f"{manager}/1/tasks/{queued['task_id']}", timeout=30)
+    assert down.status_code == 503 and down.json()["error_code"] == 26206, down.text  # an outage, not a 500
     private_redis.start()
     a = wait_task(manager, running["task_id"], timeout=180)
     b = wait_task(manager, queued["task_id"], timeout=180)

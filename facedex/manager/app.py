@@ -12,14 +12,16 @@ from dataclasses import asdict
 from typing import Annotated
 
 import httpx
-from fastapi import FastAPI, Query, Response
+from fastapi import FastAPI, Query, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
+from redis.exceptions import RedisError
 
 from facedex import descriptors
 from facedex.config import Settings
 from facedex.errors import Errors, FacedexError
 from facedex.faces.store import FacesStore, create_pool
-from facedex.http import create_app
+from facedex.http import create_app, error_response
 from facedex.manager.lock import holder_of
 from facedex.manager.master import Master
 from facedex.manager.tasks import CANCELLED, FINAL, INDEXING, PENDING, TaskRepo
@@ -74,6 +76,11 @@ def build_app(settings: Settings) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         lifespan=lifespan,
     )
+
+    @app.exception_handler(RedisError)
+    async def _redis_down(request: Request, exc: RedisError) -> JSONResponse:
+        """Redis restarting or unreachable is an outage (503, retry), not a bug of ours (500)."""
+        return error_response(Errors.TASKS_UNAVAILABLE, f"{type(exc).__name__}: {exc}")
 
     def repo() -> TaskRepo:
         return state["repo"]  # type: ignore[return-value]
