@@ -24,7 +24,7 @@ from facedex.faces.store import FacesStore, create_pool
 from facedex.http import create_app, error_response
 from facedex.manager.lock import holder_of
 from facedex.manager.master import Master
-from facedex.manager.tasks import CANCELLED, FINAL, INDEXING, PENDING, TaskRepo
+from facedex.manager.tasks import FINAL, INDEXING, PENDING, TaskRepo
 from facedex.metrics import TASK_QUEUE_DEPTH
 from facedex.redis.connection import connect
 from facedex.redis.keys import Keys
@@ -136,7 +136,7 @@ def build_app(settings: Settings) -> FastAPI:
             why = f"indexer {task.indexer} unreachable ({type(exc).__name__})"
         if why is None:
             return task.public()
-        await repo().finish(task, CANCELLED, error_code=Errors.BUILD_CANCELLED.code, error_detail=f"cancelled; {why}")
+        await repo().cancel_running(task, f"cancelled; {why}")  # unless it ended meanwhile: then that end stands
         return (await repo().get(task_id)).public()
 
     @app.get("/1/queue", tags=["tasks"], summary="Pending task ids, in the order they will run")

@@ -26,6 +26,17 @@ PENDING, INDEXING, SUCCESS, FAILED, CANCELLED = "pending", "indexing", "success"
 FINAL = {SUCCESS, FAILED, CANCELLED}
 
 
+_CANCEL_RUNNING = """
+if redis.call('hget', KEYS[1], 'status') ~= 'indexing' then return 0 end
+redis.call('hset', KEYS[1], unpack(ARGV, 3))
+redis.call('srem', KEYS[2], ARGV[1])
+redis.call('lrem', KEYS[4], 0, ARGV[1])
+redis.call('expire', KEYS[1], ARGV[2])
+if redis.call('get', KEYS[3]) == ARGV[1] then redis.call('del', KEYS[3]) end
+return 1
+"""
+
+
 @dataclass
 class Task:
     task_id: str
@@ -159,6 +170,16 @@ class TaskRepo:
             return False
         await self.finish(task, CANCELLED, error_code=Errors.BUILD_CANCELLED.code, error_detail="cancelled before it started")
         return True
+
+    async def cancel_running(self, task: Task, detail: str) -> bool:
+        """Cancel an indexing task here, only if it is still indexing (a master may have just recorded its end)."""
+        fields = {"status": CANCELLED, "end_time": str(time.time()), "error_code": str(Errors.BUILD_CANCELLED.code),
+                  "error_detail": detail}
+        done = await self.r.eval(
+            _CANCEL_RUNNING, 4, self.k.task(task.task_id), self.k.indexing, self.k.active(task.list_id), self.k.queue,
+            task.task_id, self.ttl_s, *[x for kv in fields.items() for x in kv],
+        )
+        return bool(done)
 
     async def indexing(self) -> list[Task]:
         ids = await self.r.smembers(self.k.indexing)
