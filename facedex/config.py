@@ -86,7 +86,9 @@ class IndexSettings(BaseModel):
 class ManagerSettings(BaseModel):
     indexers: list[str] = Field(default_factory=list, description="Indexer origins (http://host:port) the master dispatches to.")
     lookup_period_s: float = Field(0.5, description="How often the master polls indexers and dispatches.")
-    lock_ttl_s: float = Field(3.0, description="Master lock lifetime; a dead master is replaced within about this.")
+    lock_ttl_s: float = Field(
+        10.0, description="Master lock lifetime; a dead master is replaced within about this. Renewed every third of it."
+    )
     indexing_lists: list[str] = Field(
         default_factory=list, description='Background indexing: list ids, or ["dynamic"] for every list over the size below.'
     )
@@ -96,6 +98,16 @@ class ManagerSettings(BaseModel):
         None, description='Cron-style schedule ("0 0 * * 0": Sundays at 00:00, local time); wins over planning_period_s.'
     )
     instance_id: str | None = Field(None, description="This instance's name in the master lock (default: host:port:pid).")
+    indexer_timeout_s: float = Field(1.5, description="Timeout of each master -> Indexer HTTP call (kept well below lock_ttl_s).")
+    task_unreachable_s: float = Field(
+        30.0, description="A running task whose Indexer has not answered for this long fails (26107) and is retried."
+    )
+    max_attempts: int = Field(3, ge=1, description="Builds of one task before it stays failed (Indexer lost or unreachable).")
+    keep_indexes: int = Field(2, ge=1, description="Indexes kept per list and descriptor version; older ones are deleted.")
+    task_ttl_s: float = Field(7 * 86400.0, description="Finished task records expire this long after they end.")
+    maintenance_period_s: float = Field(
+        2.0, description="How often the master applies retention and reconciles storage with tasks (deleted lists, K, strays)."
+    )
 
 
 class LicenseSettings(BaseModel):

@@ -50,6 +50,28 @@ def test_s3_storage_round_trip(s3_endpoint: str, tmp_path: Path) -> None:
     assert storage.delete(I1) and storage.list() == [] and not storage.delete(I1)
 
 
+def test_s3_cache_pruned_when_index_leaves_bucket(s3_endpoint: str, tmp_path: Path) -> None:
+    """An index deleted by another process (the master's retention) leaves no folder in a matcher's cache."""
+    # the bucket of the round trip, under a prefix of its own (SeaweedFS has volumes for few buckets)
+    settings = s3_settings(s3_endpoint, "unit").model_copy(update={"s3_prefix": "prune/"})
+    writer = S3Storage(settings, tmp_path / "writer-cache")
+    try:
+        writer.client.create_bucket(Bucket="unit")
+    except writer.client.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    reader = S3Storage(settings, tmp_path / "reader-cache")
+    for index_id in ("keep", "gone"):
+        work = tmp_path / index_id
+        work.mkdir()
+        (work / "ids.npy").write_bytes(index_id.encode())
+        writer.put(work, IndexMeta(index_id, "L", "acc", 1, 1, 1, {}))
+        reader.fetch(index_id)
+    (reader.cache / ".tmp-other").mkdir()  # a download in progress is not touched
+    assert writer.delete("gone")
+    assert {m.index_id for m in reader.list()} == {"keep"}
+    assert sorted(p.name for p in reader.cache.iterdir()) == [".tmp-other", "keep"]
+
+
 async def test_build_stored_in_s3(services: Services, store, s3_endpoint: str, tmp_path: Path) -> None:
     import boto3
 

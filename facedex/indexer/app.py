@@ -1,7 +1,10 @@
 """Indexer service: ``POST /1/index_list`` starts a build, ``GET /1/state`` reports it, DELETE cancels.
 
 One build at a time per instance (run more instances for more builds). The
-build runs in a child process started with ``spawn``; the service watches it:
+build runs in a child process started with ``spawn``, in a process group of its
+own and with a parent-death signal (it dies with the Indexer, even on kill -9);
+before it stores the index it checks that its parent is the same and the build
+was not cancelled (a flag in shared memory). The service watches it:
 exit 0 with a result is success, a signal death (e.g. the OOM killer's
 SIGKILL) is 26104, a reported error keeps its code, a cancel is 26106. The
 service itself never dies with a build.
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing as mp
+import os
 import queue
 import signal
 import time
@@ -65,6 +69,7 @@ class Builder:
         self.state = BuildState()
         self.proc: mp.process.BaseProcess | None = None
         self.progress = self.ctx.Value("d", 0.0)
+        self.cancel_flag = self.ctx.Value("b", 0)
         self.results: mp.Queue = self.ctx.Queue()  # type: ignore[type-arg]
         self._cancelled = False
         self._watcher: asyncio.Task[None] | None = None
@@ -80,12 +85,13 @@ class Builder:
         descriptors.get_version(version)
         job = BuildJob(str(req.task_id), str(req.list_id), str(req.index_id), version)
         self.progress.value = 0.0
+        self.cancel_flag.value = 0
         self._cancelled = False
         while not self.results.empty():  # nothing of an earlier build may be read as this one's
             self.results.get_nowait()
         self.proc = self.ctx.Process(
             target=child_main,
-            args=(self.settings.model_dump_json(), job, self.progress, self.results),
+            args=(self.settings.model_dump_json(), job, self.progress, self.results, self.cancel_flag, os.getpid()),
             name=f"build-{req.list_id}",
             daemon=True,
         )
@@ -99,9 +105,20 @@ class Builder:
         if not self.busy or self.state.task_id != task_id:
             raise FacedexError(Errors.TASK_NOT_FOUND, f"task {task_id} is not being built here")
         self._cancelled = True
-        assert self.proc is not None
-        self.proc.kill()
+        self._kill()
         return self.state
+
+    def _kill(self) -> None:
+        """Stop the build now: the flag first (a child between its check and put sees it), then its whole group."""
+        self.cancel_flag.value = 1
+        proc = self.proc
+        if proc is None or proc.pid is None or not proc.is_alive():
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.kill()
 
     def _result(self) -> tuple | None:  # type: ignore[type-arg]
         try:
@@ -135,8 +152,7 @@ class Builder:
         log.info("build of task %s ended: %s %s", st.task_id, st.state, st.error or "")
 
     async def stop(self) -> None:
-        if self.proc is not None and self.proc.is_alive():
-            self.proc.kill()
+        self._kill()
         if self._watcher is not None:
             await asyncio.wait([self._watcher], timeout=5)
 

@@ -15,11 +15,15 @@ Indexer's ``/1/state`` result carries to the task record, and a log warning.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import os
 import shutil
+import signal
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.queues import Queue
 from multiprocessing.sharedctypes import Synchronized
@@ -82,7 +86,8 @@ class BuildError(Exception):
         self.detail = detail
 
 
-def build(settings: Settings, job: BuildJob, progress: Synchronized) -> IndexMeta:
+def build(settings: Settings, job: BuildJob, progress: Synchronized, wanted: Callable[[], bool] = lambda: True) -> IndexMeta:
+    """Build and store the index; ``wanted()`` is asked right before the put (a build nobody waits for stores nothing)."""
     started = time.perf_counter()
     account_id, seq, ids, vecs = asyncio.run(_load(settings, job, progress))
     if len(ids) == 0:
@@ -116,7 +121,10 @@ def build(settings: Settings, job: BuildJob, progress: Synchronized) -> IndexMet
             calibration=choice.as_dict(),
             kind=choice.kind,
             warning=choice.warning,
+            task_id=job.task_id,
         )
+        if not wanted():
+            raise BuildError(Errors.BUILD_CANCELLED.code, "the Indexer died or cancelled the build: nothing stored")
         open_storage(settings).put(work, meta)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -124,11 +132,43 @@ def build(settings: Settings, job: BuildJob, progress: Synchronized) -> IndexMet
     return meta
 
 
-def child_main(settings_json: str, job: BuildJob, progress: Synchronized, results: Queue) -> None:
-    """Entry point of the build process: reports ("ok", meta) or ("error", code, detail) on ``results``."""
-    settings = Settings.model_validate_json(settings_json)
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Linux: the kernel SIGKILLs this process when its parent (the Indexer) dies, however it dies.
+
+    Also a process group of its own, so the Indexer can kill the build and anything it started at once.
+    Checked after the prctl: a parent that died before it was set is seen as a changed parent pid.
+    """
     try:
-        meta = build(settings, job, progress)
+        os.setpgid(0, 0)
+    except OSError:
+        pass
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the pre-put check below still holds
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def child_main(
+    settings_json: str, job: BuildJob, progress: Synchronized, results: Queue, cancelled: Synchronized | None = None,
+    parent_pid: int | None = None,
+) -> None:
+    """Entry point of the build process: reports ("ok", meta) or ("error", code, detail) on ``results``."""
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
+    settings = Settings.model_validate_json(settings_json)
+
+    def wanted() -> bool:
+        alive = parent_pid is None or os.getppid() == parent_pid
+        return alive and not (cancelled is not None and cancelled.value)
+
+    try:
+        meta = build(settings, job, progress, wanted)
         results.put(("ok", meta.to_json().decode()))
     except BuildError as exc:
         results.put(("error", exc.code, exc.detail))

@@ -7,22 +7,25 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Annotated, Literal
 
-import aiohttp
+import httpx
 from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict
+from redis.exceptions import RedisError
 
 from facedex import descriptors
 from facedex.auth import Caller, TokenCache, bearer, resolve_caller
 from facedex.config import Settings
 from facedex.errors import Errors, FacedexError
 from facedex.faces.store import FacesStore, create_pool
-from facedex.http import create_app
+from facedex.http import create_app, error_response
 from facedex.internal_auth import bearer as bearer_header
+from facedex.manager.lock import holder_of
 from facedex.manager.master import Master
 from facedex.manager.tasks import FINAL, INDEXING, PENDING, Task, TaskRepo
 from facedex.metrics import TASK_QUEUE_DEPTH
@@ -65,24 +68,25 @@ def build_app(settings: Settings) -> FastAPI:
         pool = await create_pool(settings.database_url, max_size=5)
         redis = connect(settings.redis_url)
         store = FacesStore(pool)
-        repo = TaskRepo(redis, keys)
+        repo = TaskRepo(redis, keys, settings.indexing.task_ttl_s)
         master = Master(settings, redis, repo, store, storage, instance_id)
         tokens = TokenCache(store, settings.database_url)
         await tokens.start()
-        state.update(repo=repo, store=store, master=master, redis=redis)
         app.state.tokens = tokens
+        http = httpx.AsyncClient(timeout=settings.indexing.indexer_timeout_s, headers=bearer_header(settings.internal_token))
+        state.update(repo=repo, store=store, master=master, redis=redis, http=http)
         app.state.health["faces_db"] = lambda: pool.fetchval("SELECT 1")
         app.state.health["redis"] = redis.ping
+        app.state.health["master"] = master.supervisor.check
 
         async def scrape() -> None:
             TASK_QUEUE_DEPTH.set(await redis.llen(keys.queue))
 
         app.state.scrape_hooks.append(scrape)
-        loop_task = asyncio.create_task(master.run(), name="master")
+        await master.start()
         yield
-        loop_task.cancel()
-        with suppress(asyncio.CancelledError):
-            await loop_task
+        await master.stop()
+        await http.aclose()
         await tokens.stop()
         await redis.aclose()
         await pool.close()
@@ -95,6 +99,11 @@ def build_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+
+    @app.exception_handler(RedisError)
+    async def _redis_down(request: Request, exc: RedisError) -> JSONResponse:
+        """Redis restarting or unreachable is an outage (503, retry), not a bug of ours (500)."""
+        return error_response(Errors.TASKS_UNAVAILABLE, f"{type(exc).__name__}: {exc}")
 
     def repo() -> TaskRepo:
         return state["repo"]  # type: ignore[return-value]
@@ -151,12 +160,21 @@ def build_app(settings: Settings) -> FastAPI:
         if task.status == PENDING and await repo().cancel_pending(task):
             return (await repo().get(str(task_id))).public()
         task = await repo().get(str(task_id))
-        if task.status == INDEXING:  # the master records the outcome (cancelled) on its next lookup
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5), headers=bearer_header(settings.internal_token)) as http:
-                async with http.delete(f"{task.indexer.rstrip('/')}/1/index_list/{task_id}") as resp:
-                    if resp.status != 200:
-                        raise FacedexError(Errors.INDEXER_UNAVAILABLE, f"indexer {task.indexer} answered {resp.status}")
-        return task.public()
+        if task.status != INDEXING:
+            return task.public()
+        # the Indexer stops the build and the master records "cancelled" on its next lookup; an Indexer that
+        # cannot confirm (unreachable, or no longer building it) is not waited for: the task is cancelled here,
+        # and the master stops that build (and deletes any index it stores) when the Indexer answers again
+        http: httpx.AsyncClient = state["http"]  # type: ignore[assignment]
+        try:
+            resp = await http.delete(f"{task.indexer.rstrip('/')}/1/index_list/{task_id}")
+            why = None if resp.status_code == 200 else f"indexer {task.indexer} answered {resp.status_code}"
+        except httpx.HTTPError as exc:
+            why = f"indexer {task.indexer} unreachable ({type(exc).__name__})"
+        if why is None:
+            return task.public()
+        await repo().cancel_running(task, f"cancelled; {why}")  # unless it ended meanwhile: then that end stands
+        return (await repo().get(str(task_id))).public()
 
     @app.get("/1/queue", tags=["tasks"], summary="Pending task ids, in the order they will run")
     async def queue(who: Who) -> dict[str, object]:
@@ -187,7 +205,7 @@ def build_app(settings: Settings) -> FastAPI:
     @app.get("/1/master", tags=["service"], summary="Which instance is the master (admin token)")
     async def master(who: Annotated[Caller, Depends(operator)]) -> dict[str, object]:
         redis = state["redis"]
-        holder = await redis.get(keys.master_lock)  # type: ignore[attr-defined]
+        holder = holder_of(await redis.get(keys.master_lock))  # type: ignore[attr-defined]
         return {"master": holder, "this_instance": instance_id, "is_master": holder == instance_id}
 
     return app

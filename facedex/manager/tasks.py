@@ -3,7 +3,11 @@
 Everything lives in Redis so any Manager instance serves the API and a new
 master continues exactly where the old one stopped. A task moves
 pending -> indexing -> success | failed | cancelled; ``cancelled`` can also
-follow ``pending`` directly.
+follow ``pending`` directly. A build lost with its Indexer (the Indexer restarted
+or stopped answering) puts the task back to ``pending`` for another attempt, up to
+``indexing.max_attempts`` (the record counts ``attempts``). Finished records expire
+after ``indexing.task_ttl_s``. Writes of the master go through
+:meth:`facedex.manager.lock.MasterLock.write` (fenced, and guarded by the status it read).
 """
 
 from __future__ import annotations
@@ -15,10 +19,22 @@ from dataclasses import asdict, dataclass, fields
 import redis.asyncio as aredis
 
 from facedex.errors import Errors, FacedexError
+from facedex.manager.lock import MasterLock
 from facedex.redis.keys import Keys
 
 PENDING, INDEXING, SUCCESS, FAILED, CANCELLED = "pending", "indexing", "success", "failed", "cancelled"
 FINAL = {SUCCESS, FAILED, CANCELLED}
+
+
+_CANCEL_RUNNING = """
+if redis.call('hget', KEYS[1], 'status') ~= 'indexing' then return 0 end
+redis.call('hset', KEYS[1], unpack(ARGV, 3))
+redis.call('srem', KEYS[2], ARGV[1])
+redis.call('lrem', KEYS[4], 0, ARGV[1])
+redis.call('expire', KEYS[1], ARGV[2])
+if redis.call('get', KEYS[3]) == ARGV[1] then redis.call('del', KEYS[3]) end
+return 1
+"""
 
 
 @dataclass
@@ -38,6 +54,8 @@ class Task:
     error_code: int = 0
     error_detail: str = ""
     warning: str = ""  # a successful build whose index missed the calibration targets (meta.json says which)
+    attempts: int = 0  # builds started (dispatches); a lost build is retried up to indexing.max_attempts
+    seen_time: float = 0.0  # last time its Indexer reported this build (unreachable deadline)
 
     def to_redis(self) -> dict[str, str]:
         return {k: str(v) for k, v in asdict(self).items()}
@@ -54,14 +72,15 @@ class Task:
             out["error"] = None
         else:
             out["error"] = {"error_code": self.error_code, "detail": self.error_detail}
-        del out["error_code"], out["error_detail"]
+        del out["error_code"], out["error_detail"], out["seen_time"]
         return out
 
 
 class TaskRepo:
-    def __init__(self, redis: aredis.Redis, keys: Keys) -> None:
+    def __init__(self, redis: aredis.Redis, keys: Keys, task_ttl_s: float = 7 * 86400.0) -> None:
         self.r = redis
         self.k = keys
+        self.ttl_s = max(1, int(task_ttl_s))
 
     async def create(self, list_id: str, version: int, type_: str) -> Task:
         """Queue a task; 26201 when the list already has a pending or indexing task."""
@@ -132,16 +151,14 @@ class TaskRepo:
     async def queue(self) -> list[str]:
         return await self.r.lrange(self.k.queue, 0, -1)
 
-    async def update(self, task_id: str, **changes: object) -> None:
-        await self.r.hset(self.k.task(task_id), mapping={k: str(v) for k, v in changes.items()})
-
     async def finish(self, task: Task, status: str, **changes: object) -> None:
-        """Final state: record it, release the list's active marker, forget the task as indexing."""
+        """Final state, outside the master (the API cancelling): record it, release the list's marker."""
         changes.update(status=status, end_time=time.time())
         async with self.r.pipeline(transaction=True) as p:
             p.hset(self.k.task(task.task_id), mapping={k: str(v) for k, v in changes.items()})
             p.srem(self.k.indexing, task.task_id)
             p.lrem(self.k.queue, 0, task.task_id)
+            p.expire(self.k.task(task.task_id), self.ttl_s)
             await p.execute()
         # release the marker only if it is still this task's
         await self.r.eval(
@@ -159,39 +176,110 @@ class TaskRepo:
         await self.finish(task, CANCELLED, error_code=Errors.BUILD_CANCELLED.code, error_detail="cancelled before it started")
         return True
 
-    # ---- master-only operations
-    async def take_next(self) -> str | None:
-        """Move the oldest pending task id to the dispatching list (atomic; survives a master crash)."""
-        return await self.r.lmove(self.k.queue, self.k.dispatching, "LEFT", "RIGHT")
-
-    async def dispatched(self, task_id: str, indexer: str, index_id: str) -> None:
-        async with self.r.pipeline(transaction=True) as p:
-            p.hset(
-                self.k.task(task_id),
-                mapping={"status": INDEXING, "indexer": indexer, "index_id": index_id, "start_time": str(time.time())},
-            )
-            p.sadd(self.k.indexing, task_id)
-            p.lrem(self.k.dispatching, 0, task_id)
-            await p.execute()
-
-    async def put_back(self, task_id: str) -> None:
-        """An indexer refused the task: back to the head of the queue."""
-        async with self.r.pipeline(transaction=True) as p:
-            p.lrem(self.k.dispatching, 0, task_id)
-            p.lpush(self.k.queue, task_id)
-            await p.execute()
-
-    async def drop_dispatching(self, task_id: str) -> None:
-        await self.r.lrem(self.k.dispatching, 0, task_id)
-
-    async def recover(self) -> int:
-        """New master: tasks a dead master popped but never handed over go back to the queue head."""
-        n = 0
-        while await self.r.lmove(self.k.dispatching, self.k.queue, "RIGHT", "LEFT"):
-            n += 1
-        return n
+    async def cancel_running(self, task: Task, detail: str) -> bool:
+        """Cancel an indexing task here, only if it is still indexing (a master may have just recorded its end)."""
+        fields = {"status": CANCELLED, "end_time": str(time.time()), "error_code": str(Errors.BUILD_CANCELLED.code),
+                  "error_detail": detail}
+        done = await self.r.eval(
+            _CANCEL_RUNNING, 4, self.k.task(task.task_id), self.k.indexing, self.k.active(task.list_id), self.k.queue,
+            task.task_id, self.ttl_s, *[x for kv in fields.items() for x in kv],
+        )
+        return bool(done)
 
     async def indexing(self) -> list[Task]:
         ids = await self.r.smembers(self.k.indexing)
         tasks = [await self.get_or_none(i) for i in ids]
         return [t for t in tasks if t is not None]
+
+    # ---- master-only operations: fenced by the lock, guarded by the status the master read
+    def _hset(self, task_id: str, changes: dict[str, object]) -> list[object]:
+        cmd: list[object] = ["HSET", self.k.task(task_id)]
+        for k, v in changes.items():
+            cmd += [k, str(v)]
+        return cmd
+
+    def _require(self, task: Task) -> list[object]:
+        return ["REQUIRE", self.k.task(task.task_id), "status", task.status]
+
+    async def master_update(self, lock: MasterLock, task: Task, **changes: object) -> None:
+        await lock.write(self._require(task), self._hset(task.task_id, changes))
+
+    async def master_finish(self, lock: MasterLock, task: Task, status: str, **changes: object) -> None:
+        """Final state: record it, release the list's active marker, forget the task as indexing."""
+        changes.update(status=status, end_time=time.time())
+        key = self.k.task(task.task_id)
+        await lock.write(
+            self._require(task),
+            self._hset(task.task_id, changes),
+            ["SREM", self.k.indexing, task.task_id],
+            ["LREM", self.k.queue, 0, task.task_id],
+            ["EXPIRE", key, self.ttl_s],
+            ["DELIFEQ", self.k.active(task.list_id), task.task_id],
+        )
+
+    async def retry(self, lock: MasterLock, task: Task, code: int, detail: str) -> None:
+        """A lost build: back to the head of the queue for another attempt (the error stays visible meanwhile)."""
+        changes = {"status": PENDING, "progress": 0.0, "indexer": "", "index_id": "", "error_code": code, "error_detail": detail}
+        await lock.write(
+            self._require(task),
+            self._hset(task.task_id, changes),
+            ["SREM", self.k.indexing, task.task_id],
+            ["LREM", self.k.queue, 0, task.task_id],
+            ["LPUSH", self.k.queue, task.task_id],
+        )
+
+    async def take_next(self, lock: MasterLock) -> str | None:
+        """Move the oldest pending task id to the dispatching list (atomic; survives a master crash)."""
+        out = await lock.write(["LMOVE", self.k.queue, self.k.dispatching, "LEFT", "RIGHT"])
+        return out[0] or None  # type: ignore[return-value]
+
+    async def dispatched(self, lock: MasterLock, task: Task, indexer: str, index_id: str) -> None:
+        now = time.time()
+        changes = {"status": INDEXING, "indexer": indexer, "index_id": index_id, "start_time": now, "seen_time": now}
+        await lock.write(
+            self._require(task),
+            self._hset(task.task_id, changes),
+            ["HINCRBY", self.k.task(task.task_id), "attempts", 1],
+            ["SADD", self.k.indexing, task.task_id],
+            ["LREM", self.k.dispatching, 0, task.task_id],
+        )
+
+    async def put_back(self, lock: MasterLock, task_id: str) -> None:
+        """An indexer refused the task: back to the head of the queue."""
+        await lock.write(["LREM", self.k.dispatching, 0, task_id], ["LPUSH", self.k.queue, task_id])
+
+    async def drop_dispatching(self, lock: MasterLock, task_id: str) -> None:
+        await lock.write(["LREM", self.k.dispatching, 0, task_id])
+
+    async def recover(self, lock: MasterLock) -> int:
+        """New master: tasks a dead master popped but never handed over go back to the queue head."""
+        n = 0
+        while (await lock.write(["LMOVE", self.k.dispatching, self.k.queue, "RIGHT", "LEFT"]))[0]:
+            n += 1
+        return n
+
+    async def record_found(self, lock: MasterLock, task_id: str, list_id: str, version: int, index_id: str,
+                           count: int, created: float) -> None:
+        """An index in storage whose task record is gone (Redis lost data): record it as that task's success."""
+        now = time.time()
+        task = Task(task_id, list_id, version, "recovered", SUCCESS, 1.0, created, created, now, "", index_id, count,
+                    error_detail="recorded from the index storage: the task record was lost")
+        await lock.write(
+            self._hset(task_id, task.to_redis()),
+            ["ZADD", self.k.tasks, created, task_id],
+            ["EXPIRE", self.k.task(task_id), self.ttl_s],
+        )
+
+    async def prune(self, lock: MasterLock, batch: int = 500) -> int:
+        """Drop ids of expired records from the tasks sorted set (records expire by themselves)."""
+        old = await self.r.zrangebyscore(self.k.tasks, "-inf", time.time() - self.ttl_s, start=0, num=batch)
+        if not old:
+            return 0
+        async with self.r.pipeline(transaction=False) as p:
+            for i in old:
+                p.exists(self.k.task(i))
+            alive = await p.execute()
+        gone = [i for i, a in zip(old, alive) if not a]
+        if gone:
+            await lock.write(["ZREM", self.k.tasks, *gone])
+        return len(gone)

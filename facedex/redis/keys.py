@@ -48,6 +48,11 @@ class Keys:
         return f"{self.prefix}:{{manager}}:master"
 
     @property
+    def master_fence(self) -> str:
+        """Integer: the fencing counter, INCRemented each time the master lock is taken (the lock holds its value)."""
+        return f"{self.prefix}:{{manager}}:master_fence"
+
+    @property
     def last_planning(self) -> str:
         """String: unix time of the last planning run (the schedule's base survives restarts)."""
         return f"{self.prefix}:{{manager}}:last_planning"

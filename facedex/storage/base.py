@@ -34,6 +34,7 @@ class IndexMeta:
     kind: str = ""  # the index kind (facedex.index.registry); params = FaceIndex.describe()
     warning: str | None = None  # set when no configuration reached the calibration targets
     format: int = 2  # 1: the HNSW-only layout, no longer loaded
+    task_id: str = ""  # the Index Manager task that built it: retention deletes indexes of failed/cancelled tasks
 
     @property
     def label(self) -> str:

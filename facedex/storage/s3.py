@@ -3,7 +3,9 @@
 ``put`` uploads the data files first (multipart for large ones) and
 ``meta.json`` last: an index exists for readers exactly when its meta.json
 does. ``delete`` removes meta.json first for the same reason. ``fetch``
-downloads into a local cache folder (temp + rename) and verifies checksums.
+downloads into a local cache folder (temp + rename) and verifies checksums;
+every ``list`` prunes cached folders of indexes no longer in the bucket (deleted
+by another process, e.g. the master's retention), so the cache stays bounded.
 """
 
 from __future__ import annotations
@@ -57,10 +59,21 @@ class S3Storage:
                     meta = IndexMeta.from_json(body)
                     if obj["Key"] == self._key_or_none(meta.index_id):  # a meta naming another index is not trusted
                         metas.append(meta)
+        self.prune_cache({m.index_id for m in metas})
         return sorted(metas, key=lambda m: m.create_time, reverse=True)
 
     def _key_or_none(self, index_id: str) -> str | None:
         return self._key(index_id, META_FILE) if valid_index_id(index_id) else None
+
+    def prune_cache(self, present: set[str]) -> list[str]:
+        """Remove cached folders of indexes not in ``present`` (a complete listing); temp folders are left alone."""
+        pruned = []
+        for path in self.cache.iterdir():
+            if path.name.startswith(".") or path.name in present or not path.is_dir():
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            pruned.append(path.name)
+        return pruned
 
     def get_meta(self, index_id: str) -> IndexMeta | None:
         if not valid_index_id(index_id):
