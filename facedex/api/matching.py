@@ -10,8 +10,19 @@ from fastapi import APIRouter, Request
 from facedex import descriptors, wire
 from facedex.api import images
 from facedex.api.deps import Account, Store, parse_descriptor
-from facedex.api.models import MatchRequestIn, MatchResponseOut, MatchResult, ReferenceMatches, ReferenceOut
+from facedex.api.models import (
+    DESCRIPTOR_ERRORS,
+    IMAGE_ERRORS,
+    MATCH_ERRORS,
+    DescriptorVersionOut,
+    MatchRequestIn,
+    MatchResponseOut,
+    MatchResult,
+    ReferenceMatches,
+    ReferenceOut,
+)
 from facedex.errors import Errors, FacedexError
+from facedex.http import errors
 
 router = APIRouter(tags=["matching"])
 
@@ -53,7 +64,7 @@ async def _references(
     return version, np.vstack(rows).astype("<f4", copy=False), out
 
 
-@router.post("/1/matcher/faces", response_model=MatchResponseOut)
+@router.post("/1/matcher/faces", response_model=MatchResponseOut, responses=errors(*DESCRIPTOR_ERRORS, *IMAGE_ERRORS, *MATCH_ERRORS))
 async def match_faces(request: Request, body: MatchRequestIn, account: Account, store: Store) -> MatchResponseOut:
     """Find the faces of a list most similar to each reference (a descriptor, a face id or an image).
 
@@ -113,10 +124,10 @@ async def match(request: Request, body: MatchRequestIn, account: uuid.UUID, stor
 
 
 @router.get("/1/descriptor_versions", tags=["descriptors"])
-async def descriptor_versions(request: Request) -> list[dict[str, object]]:
+async def descriptor_versions(request: Request) -> list[DescriptorVersionOut]:
     """Descriptor versions this deployment knows: dimension and element type of each."""
     default = request.app.state.settings.default_descriptor_version
     return [
-        {"version": v.version, "dim": v.dim, "dtype": v.dtype, "name": v.name, "default": v.version == default}
+        DescriptorVersionOut(version=v.version, dim=v.dim, dtype=v.dtype, name=v.name, default=v.version == default)
         for v in descriptors.versions()
     ]

@@ -9,29 +9,74 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict
+from enum import Enum
 from typing import Annotated
 
 import aiohttp
 from fastapi import FastAPI, Query, Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from facedex import descriptors
 from facedex.config import Settings
 from facedex.errors import Errors, FacedexError
 from facedex.faces.store import FacesStore, create_pool
-from facedex.http import create_app
+from facedex.http import ErrorBody, create_app, errors
 from facedex.manager.master import Master
 from facedex.manager.tasks import FINAL, INDEXING, PENDING, TaskRepo
 from facedex.metrics import TASK_QUEUE_DEPTH
 from facedex.redis.connection import connect
 from facedex.redis.keys import Keys
-from facedex.storage.base import IndexMeta, newest_per_list, open_storage
+from facedex.storage.base import IndexMeta, IndexMetaOut, newest_per_list, open_storage
 
 
 class TaskCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     list_id: uuid.UUID
-    descriptor_version: int | None = None
+    descriptor_version: int | None = Field(None, ge=1, le=2**31 - 1, description="Default: the deployment's.")
+
+
+class TaskStatus(str, Enum):
+    pending = PENDING
+    indexing = INDEXING
+    success = "success"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class TaskType(str, Enum):
+    one_time = "one_time"
+    background = "background"
+
+
+class TaskOut(BaseModel):
+    task_id: uuid.UUID
+    list_id: uuid.UUID
+    descriptor_version: int
+    type: TaskType
+    status: TaskStatus
+    progress: float = Field(..., description="0 .. 1.")
+    create_time: float = Field(..., description="Unix time; 0 when not reached yet (also start_time, end_time).")
+    start_time: float
+    end_time: float
+    indexer: str = Field(..., description="Origin of the Indexer building it.")
+    index_id: str = Field(..., description="The index being or already built; empty before dispatch.")
+    count: int = Field(..., description="Faces in the built index.")
+    error: ErrorBody | None = None
+
+
+class QueueOut(BaseModel):
+    length: int
+    task_ids: list[uuid.UUID] = Field(..., description="In the order they will run.")
+
+
+class MasterOut(BaseModel):
+    master: str | None = Field(..., description="Instance id holding the master lock, if any.")
+    this_instance: str
+    is_master: bool
+
+
+def _task(task: object) -> TaskOut:
+    return TaskOut.model_validate(task.public())  # type: ignore[attr-defined]
 
 
 def build_app(settings: Settings) -> FastAPI:
@@ -76,8 +121,11 @@ def build_app(settings: Settings) -> FastAPI:
     def repo() -> TaskRepo:
         return state["repo"]  # type: ignore[return-value]
 
-    @app.post("/1/tasks", status_code=201, tags=["tasks"], summary="Queue a one-time index build for a list")
-    async def create_task(body: TaskCreate) -> dict[str, object]:
+    @app.post(
+        "/1/tasks", status_code=201, tags=["tasks"], summary="Queue a one-time index build for a list",
+        responses=errors(Errors.DESCRIPTOR_VERSION_UNKNOWN, Errors.LIST_EMPTY, Errors.LIST_NOT_FOUND, Errors.TASK_DUPLICATE, Errors.INDEX_UP_TO_DATE),
+    )
+    async def create_task(body: TaskCreate) -> TaskOut:
         version = body.descriptor_version or settings.default_descriptor_version
         descriptors.get_version(version)
         store: FacesStore = state["store"]  # type: ignore[assignment]
@@ -90,68 +138,78 @@ def build_app(settings: Settings) -> FastAPI:
         newest = newest_per_list(await asyncio.to_thread(storage.list), version).get(str(body.list_id))
         if newest is not None and newest.change_seq >= change_seq:
             raise FacedexError(Errors.INDEX_UP_TO_DATE, f"index {newest.index_id} already covers the list's latest change")
-        return (await repo().create(str(body.list_id), version, "one_time")).public()
+        return _task(await repo().create(str(body.list_id), version, "one_time"))
 
     @app.get("/1/tasks", tags=["tasks"], summary="Tasks, newest first")
     async def get_tasks(
-        status: str | None = None,
+        status: TaskStatus | None = None,
         list_id: uuid.UUID | None = None,
-        page: Annotated[int, Query(ge=1)] = 1,
+        page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
         page_size: Annotated[int, Query(ge=1, le=1000)] = 100,
-    ) -> list[dict[str, object]]:
-        tasks = await repo().list(status, str(list_id) if list_id else None, page, page_size)
-        return [t.public() for t in tasks]
+    ) -> list[TaskOut]:
+        tasks = await repo().list(status.value if status else None, str(list_id) if list_id else None, page, page_size)
+        return [_task(t) for t in tasks]
 
-    @app.get("/1/tasks/{task_id}", tags=["tasks"], summary="One task, with progress and error")
-    async def get_task(task_id: str) -> dict[str, object]:
-        return (await repo().get(task_id)).public()
+    @app.get("/1/tasks/{task_id}", tags=["tasks"], summary="One task, with progress and error", responses=errors(Errors.TASK_NOT_FOUND))
+    async def get_task(task_id: uuid.UUID) -> TaskOut:
+        return _task(await repo().get(str(task_id)))
 
-    @app.delete("/1/tasks/{task_id}", tags=["tasks"], summary="Cancel a pending or running task")
-    async def cancel_task(task_id: str) -> dict[str, object]:
-        task = await repo().get(task_id)
+    @app.delete(
+        "/1/tasks/{task_id}", tags=["tasks"], summary="Cancel a pending or running task",
+        responses=errors(Errors.TASK_NOT_FOUND, Errors.TASK_FINISHED, Errors.INDEXER_UNAVAILABLE),
+    )
+    async def cancel_task(task_id: uuid.UUID) -> TaskOut:
+        task = await repo().get(str(task_id))
         if task.status in FINAL:
             raise FacedexError(Errors.TASK_FINISHED, f"task {task_id} is already {task.status}")
         if task.status == PENDING and await repo().cancel_pending(task):
-            return (await repo().get(task_id)).public()
-        task = await repo().get(task_id)
+            return _task(await repo().get(str(task_id)))
+        task = await repo().get(str(task_id))
         if task.status == INDEXING:  # the master records the outcome (cancelled) on its next lookup
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
-                async with http.delete(f"{task.indexer.rstrip('/')}/1/index_list/{task_id}") as resp:
-                    if resp.status != 200:
-                        raise FacedexError(Errors.INDEXER_UNAVAILABLE, f"indexer {task.indexer} answered {resp.status}")
-        return task.public()
+            try:
+                async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+                    async with http.delete(f"{task.indexer.rstrip('/')}/1/index_list/{task_id}") as resp:
+                        status = resp.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise FacedexError(Errors.INDEXER_UNAVAILABLE, f"indexer {task.indexer}: {type(exc).__name__}: {exc}") from None
+            if status != 200:
+                raise FacedexError(Errors.INDEXER_UNAVAILABLE, f"indexer {task.indexer} answered {status}")
+        return _task(task)
 
     @app.get("/1/queue", tags=["tasks"], summary="Pending task ids, in the order they will run")
-    async def queue() -> dict[str, object]:
+    async def queue() -> QueueOut:
         pending = await repo().queue()
-        return {"length": len(pending), "task_ids": pending}
+        return QueueOut(length=len(pending), task_ids=pending)  # type: ignore[arg-type]
 
     @app.get("/1/indexes", tags=["indexes"], summary="Indexes in storage, newest first")
-    async def indexes(list_id: uuid.UUID | None = None) -> list[dict[str, object]]:
+    async def indexes(list_id: uuid.UUID | None = None) -> list[IndexMetaOut]:
         metas = await asyncio.to_thread(storage.list)
         return [_meta(m) for m in metas if list_id is None or m.list_id == str(list_id)]
 
     @app.get("/1/indexes/relevant", tags=["indexes"], summary="The newest index of each list (default descriptor version)")
-    async def relevant() -> list[dict[str, object]]:
+    async def relevant() -> list[IndexMetaOut]:
         best = newest_per_list(await asyncio.to_thread(storage.list), settings.default_descriptor_version)
         return [_meta(m) for m in best.values()]
 
-    @app.delete("/1/indexes/{index_id}", status_code=204, tags=["indexes"], summary="Remove an index from storage")
-    async def delete_index(index_id: str) -> Response:
-        if not await asyncio.to_thread(storage.delete, index_id):
+    @app.delete(
+        "/1/indexes/{index_id}", status_code=204, tags=["indexes"], summary="Remove an index from storage",
+        responses=errors(Errors.INDEX_NOT_FOUND),
+    )
+    async def delete_index(index_id: uuid.UUID) -> Response:
+        if not await asyncio.to_thread(storage.delete, str(index_id)):
             raise FacedexError(Errors.INDEX_NOT_FOUND, f"index {index_id} not found in the storage")
         return Response(status_code=204)
 
     @app.get("/1/master", tags=["service"], summary="Which instance is the master")
-    async def master() -> dict[str, object]:
+    async def master() -> MasterOut:
         redis = state["redis"]
         holder = await redis.get(keys.master_lock)  # type: ignore[attr-defined]
-        return {"master": holder, "this_instance": instance_id, "is_master": holder == instance_id}
+        return MasterOut(master=holder, this_instance=instance_id, is_master=holder == instance_id)
 
     return app
 
 
-def _meta(m: IndexMeta) -> dict[str, object]:
+def _meta(m: IndexMeta) -> IndexMetaOut:
     out = asdict(m)
     out.pop("files", None)
-    return out
+    return IndexMetaOut.model_validate(out)

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from pydantic import BaseModel, Field
 
 from facedex.config import Settings
 from facedex.faces.store import FacesStore, create_pool
@@ -15,6 +16,23 @@ from facedex.matcher.service import MatcherService
 from facedex.metrics import INDEX_FACES
 from facedex.redis.connection import connect
 from facedex.storage.base import open_storage
+
+
+class LoadedIndex(BaseModel):
+    list_id: str = Field(..., description="The matching label (a list id).")
+    index_id: str
+    faces: int
+    change_seq: int = Field(..., description="The list's change-log head applied to the loaded graph.")
+    built_change_seq: int = Field(..., description="The head the index was built at.")
+    load_seconds: float
+
+
+class LoadedIndexes(BaseModel):
+    matcher_id: str
+    licensed: bool
+    license_reason: str | None = None
+    served: int = Field(..., description="Matching requests answered since start.")
+    indexes: list[LoadedIndex]
 
 
 def build_app(settings: Settings) -> FastAPI:
@@ -52,18 +70,18 @@ def build_app(settings: Settings) -> FastAPI:
     )
 
     @app.get("/1/indexes", tags=["indexes"], summary="Indexes loaded in this matcher")
-    async def indexes() -> dict[str, object]:
+    async def indexes() -> LoadedIndexes:
         service = state["service"]
-        return {
-            "matcher_id": matcher_id,
-            "licensed": service.licensed,
-            "license_reason": service.license_reason,
-            "served": service.served,
-            "indexes": [
-                {"list_id": label, "index_id": idx.meta.index_id, "faces": idx.size, "change_seq": idx.head,
-                 "built_change_seq": idx.meta.change_seq, "load_seconds": round(idx.load_seconds, 3)}
+        return LoadedIndexes(
+            matcher_id=matcher_id,
+            licensed=service.licensed,
+            license_reason=service.license_reason,
+            served=service.served,
+            indexes=[
+                LoadedIndex(list_id=label, index_id=idx.meta.index_id, faces=idx.size, change_seq=idx.head,
+                            built_change_seq=idx.meta.change_seq, load_seconds=round(idx.load_seconds, 3))
                 for label, idx in service.loaded.items()
             ],
-        }
+        )
 
     return app
