@@ -66,7 +66,7 @@ async def create_faces(request: Request, body: FacesBatchCreate, account: Accoun
     return FacesCreated(face_ids=await store.create_faces(account, faces, body.list_ids))
 
 
-@router.get("/1/faces", response_model=list[FaceOut])
+@router.get("/1/faces", response_model=list[FaceOut], responses=errors(Errors.LIST_NOT_FOUND))
 async def get_faces(
     account: Account,
     store: Store,
