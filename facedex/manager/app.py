@@ -9,70 +9,23 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict
-from enum import Enum
 from typing import Annotated
 
 import aiohttp
 from fastapi import FastAPI, Query, Response
-from pydantic import BaseModel, ConfigDict, Field
 
 from facedex import descriptors
 from facedex.config import Settings
 from facedex.errors import Errors, FacedexError
 from facedex.faces.store import FacesStore, create_pool
-from facedex.http import ErrorBody, create_app, errors
+from facedex.http import create_app, errors
 from facedex.manager.master import Master
 from facedex.manager.tasks import FINAL, INDEXING, PENDING, TaskRepo
 from facedex.metrics import TASK_QUEUE_DEPTH
 from facedex.redis.connection import connect
 from facedex.redis.keys import Keys
+from facedex.manager.models import MasterOut, QueueOut, TaskCreate, TaskOut, TaskStatus
 from facedex.storage.base import IndexMeta, IndexMetaOut, newest_per_list, open_storage
-
-
-class TaskCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    list_id: uuid.UUID
-    descriptor_version: int | None = Field(None, ge=1, le=2**31 - 1, description="Default: the deployment's.")
-
-
-class TaskStatus(str, Enum):
-    pending = PENDING
-    indexing = INDEXING
-    success = "success"
-    failed = "failed"
-    cancelled = "cancelled"
-
-
-class TaskType(str, Enum):
-    one_time = "one_time"
-    background = "background"
-
-
-class TaskOut(BaseModel):
-    task_id: uuid.UUID
-    list_id: uuid.UUID
-    descriptor_version: int
-    type: TaskType
-    status: TaskStatus
-    progress: float = Field(..., description="0 .. 1.")
-    create_time: float = Field(..., description="Unix time; 0 when not reached yet (also start_time, end_time).")
-    start_time: float
-    end_time: float
-    indexer: str = Field(..., description="Origin of the Indexer building it.")
-    index_id: str = Field(..., description="The index being or already built; empty before dispatch.")
-    count: int = Field(..., description="Faces in the built index.")
-    error: ErrorBody | None = None
-
-
-class QueueOut(BaseModel):
-    length: int
-    task_ids: list[uuid.UUID] = Field(..., description="In the order they will run.")
-
-
-class MasterOut(BaseModel):
-    master: str | None = Field(..., description="Instance id holding the master lock, if any.")
-    this_instance: str
-    is_master: bool
 
 
 def _task(task: object) -> TaskOut:
