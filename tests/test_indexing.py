@@ -161,8 +161,11 @@ async def test_task_errors(services: Services, store: FacesStore) -> None:
     empty = await store.create_list(account)
     resp = httpx.post(f"{manager}/1/tasks", json={"list_id": str(empty.list_id)})
     assert resp.status_code == 400 and resp.json()["error_code"] == 26105
-    assert httpx.get(f"{manager}/1/tasks/nope").json()["error_code"] == 26001
-    assert httpx.delete(f"{manager}/1/indexes/nope").json()["error_code"] == 26204
+    assert httpx.get(f"{manager}/1/tasks/{uuid.uuid4()}").json()["error_code"] == 26001
+    assert httpx.delete(f"{manager}/1/indexes/{uuid.uuid4()}").json()["error_code"] == 26204
+    for path in ("/1/tasks/nope", "/1/indexes/nope"):  # ids are UUIDs (and a path is never a storage path)
+        resp = httpx.request("GET" if "tasks" in path else "DELETE", manager + path)
+        assert resp.status_code == 422 and resp.json()["error_code"] == 10002
     resp = httpx.post(f"{manager}/1/tasks", json={"list_id": "x"})
     assert resp.status_code == 422
 
