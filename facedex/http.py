@@ -64,7 +64,11 @@ def msgpack_body(request: type[msgspec.Struct], response: type[msgspec.Struct]) 
     (req, resp), components = msgspec.json.schema_components((request, response), ref_template="#/components/schemas/{name}")
     _MSGPACK_SCHEMAS.update(components)
     return {
-        "requestBody": {"required": True, "content": {"application/msgpack": {"schema": req}}},
+        "requestBody": {
+            "required": True,
+            "description": f"a msgpack {request.__name__} (facedex.wire); bytes fields are msgpack bin, shown here as base64",
+            "content": {"application/msgpack": {"schema": req}},
+        },
         "responses": {"200": {"description": f"a msgpack {response.__name__}", "content": {"application/msgpack": {"schema": resp}}}},
     }
 
@@ -101,6 +105,10 @@ def _complete_openapi(schema: dict[str, Any]) -> dict[str, Any]:
     for ops in schema.get("paths", {}).values():
         for op in ops.values():
             responses = op.setdefault("responses", {})
+            for answer in responses.values():  # a msgpack route answers msgpack only (not FastAPI's default JSON)
+                content_types = answer.get("content", {})
+                if "application/msgpack" in content_types and content_types.get("application/json") == {"schema": {}}:
+                    del content_types["application/json"]
             content = op.get("requestBody", {}).get("content", {})
             has = {
                 "body": bool(content),
