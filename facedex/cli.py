@@ -30,13 +30,18 @@ account_app = typer.Typer(help="Accounts (admin, straight to the Faces DB).", no
 list_app = typer.Typer(help="Lists (admin, straight to the Faces DB).", no_args_is_help=True)
 from facedex.bench.cli import app as bench_app  # noqa: E402
 from facedex.licenses.cli import app as license_app  # noqa: E402
+from facedex.api.cli import faces_app  # noqa: E402
+from facedex.api.cli import match as match_command  # noqa: E402
 from facedex.manager.cli import app as tasks_app  # noqa: E402
+from facedex.manager.cli import indexes_app  # noqa: E402
 
 app.add_typer(account_app, name="account")
 app.add_typer(list_app, name="list")
 app.add_typer(bench_app, name="bench")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(license_app, name="license")
+app.add_typer(faces_app, name="faces")
+app.add_typer(indexes_app, name="indexes")
 console = Console()
 
 ServiceName = Enum("ServiceName", {name: name for name in SERVICES}, type=str)  # type: ignore[misc]
@@ -147,6 +152,9 @@ def settings() -> None:
 def version() -> None:
     """Print the facedex version."""
     console.print(__version__)
+
+
+app.command("match")(match_command)
 
 
 def main() -> None:

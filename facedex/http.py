@@ -18,6 +18,8 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -31,6 +33,105 @@ from facedex.text import NOT_STORABLE
 log = logging.getLogger(__name__)
 
 HealthCheck = Callable[[], Awaitable[None]]
+
+
+class ErrorBody(BaseModel):
+    """The one error shape of every facedex service (codes: facedex/errors.py)."""
+
+    error_code: int = Field(..., description="Stable code; clients may branch on it.")
+    desc: str = Field(..., description="What the code means.")
+    detail: str = Field(..., description="What exactly was wrong with this request.")
+
+
+def errors(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` of a route that can answer these errors: one entry per status, listing its codes.
+
+    Validation (422), body size (413), bad JSON (400) and missing credentials (401)
+    are added to every route they apply to by :func:`_complete_openapi`.
+    """
+    by_status: dict[int, list[ErrorCode]] = {}
+    for error in codes:
+        by_status.setdefault(error.status, []).append(error)
+    return {
+        status: {"model": ErrorBody, "description": "; ".join(f"{e.code} {e.desc}" for e in errs)}
+        for status, errs in sorted(by_status.items())
+    }
+
+
+_MSGPACK_SCHEMAS: dict[str, Any] = {}  # components of the msgpack messages, added to every schema that names them
+
+
+def msgpack_body(request: type[msgspec.Struct], response: type[msgspec.Struct]) -> dict[str, Any]:
+    """``openapi_extra`` of an internal msgpack route: its request and response messages (facedex.wire).
+
+    Bytes fields are msgpack ``bin`` on the wire (shown as base64 strings in the schema).
+    """
+    (req, resp), components = msgspec.json.schema_components((request, response), ref_template="#/components/schemas/{name}")
+    _MSGPACK_SCHEMAS.update(components)
+    return {
+        "requestBody": {
+            "required": True,
+            "description": f"a msgpack {request.__name__} (facedex.wire); bytes fields are msgpack bin, shown here as base64",
+            "content": {"application/msgpack": {"schema": req}},
+        },
+        "responses": {"200": {"description": f"a msgpack {response.__name__}", "content": {"application/msgpack": {"schema": resp}}}},
+    }
+
+
+class HealthOut(BaseModel):
+    status: str = Field(..., description="ok, or unhealthy (with status 503) when a dependency failed.")
+    service: str
+    checks: dict[str, str] = Field(..., description="Each dependency: 'ok (<ms> ms)' or 'failed: <why>'.")
+
+
+class VersionOut(BaseModel):
+    service: str
+    version: str
+
+
+_AUTO: list[tuple[str, ErrorCode]] = [
+    ("body", Errors.BAD_JSON), ("body", Errors.BODY_TOO_LARGE), ("security", Errors.UNAUTHORIZED), ("input", Errors.VALIDATION),
+]
+
+
+def _complete_openapi(schema: dict[str, Any]) -> dict[str, Any]:
+    """Every operation documents the real error body for the errors every service raises the same way.
+
+    FastAPI's own 422 (its validation array) is replaced: facedex answers it as
+    ``{"error_code","desc","detail"}`` like every other error.
+    """
+    ref = {"$ref": "#/components/schemas/ErrorBody"}
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components["ErrorBody"] = ErrorBody.model_json_schema()
+    if "application/msgpack" in str(schema.get("paths")):
+        components.update(_MSGPACK_SCHEMAS)
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    for ops in schema.get("paths", {}).values():
+        for op in ops.values():
+            responses = op.setdefault("responses", {})
+            for answer in responses.values():  # a msgpack route answers msgpack only (not FastAPI's default JSON)
+                content_types = answer.get("content", {})
+                if "application/msgpack" in content_types and content_types.get("application/json") == {"schema": {}}:
+                    del content_types["application/json"]
+            content = op.get("requestBody", {}).get("content", {})
+            has = {
+                "body": bool(content),
+                "security": bool(op.get("security")),
+                "input": bool(content) or bool(op.get("parameters")),
+            }
+            for kind, error in _AUTO:
+                if not has[kind] or (error is Errors.BAD_JSON and "application/json" not in content):
+                    continue
+                status = str(error.status)
+                entry = responses.get(status)
+                line = f"{error.code} {error.desc}"
+                if entry is None or "HTTPValidationError" in str(entry):
+                    responses[status] = {"description": line, "content": {"application/json": {"schema": ref}}}
+                elif line not in entry.get("description", ""):
+                    entry["description"] = f"{entry.get('description', '')}; {line}".lstrip("; ")
+            op["responses"] = dict(sorted(responses.items()))
+    return schema
 
 
 def error_response(error: ErrorCode, detail: str | None = None) -> JSONResponse:
@@ -236,7 +337,10 @@ def create_app(
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(Errors.INTERNAL, f"{type(exc).__name__}")
 
-    @app.get("/healthcheck", tags=["service"], summary="Health of this service and what it depends on")
+    @app.get(
+        "/healthcheck", tags=["service"], summary="Health of this service and what it depends on",
+        response_model=HealthOut, responses={503: {"model": HealthOut, "description": "A dependency failed."}},
+    )
     async def healthcheck() -> JSONResponse:
         checks: dict[str, str] = {}
         ok = True
@@ -253,13 +357,22 @@ def create_app(
             status_code=200 if ok else 503,
         )
 
-    @app.get("/metrics", tags=["service"], summary="Prometheus metrics of this process")
+    @app.get(
+        "/metrics", tags=["service"], summary="Prometheus metrics of this process", response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format."}},
+    )
     async def metrics() -> Response:
         body, content_type = await render(app.state.scrape_hooks)
         return Response(body, media_type=content_type)
 
     @app.get("/version", tags=["service"], summary="Service name and facedex version")
-    async def version() -> dict[str, str]:
-        return {"service": service, "version": __version__}
+    async def version() -> VersionOut:
+        return VersionOut(service=service, version=__version__)
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _complete_openapi(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -163,7 +163,9 @@ async def test_task_errors(services: Services, store: FacesStore) -> None:
     assert resp.status_code == 400 and resp.json()["error_code"] == 26105
     assert httpx.get(f"{manager}/1/tasks/{uuid.uuid4()}", headers=services.internal).json()["error_code"] == 26001
     assert httpx.delete(f"{manager}/1/indexes/{uuid.uuid4()}", headers=services.internal).json()["error_code"] == 26204
-    assert httpx.get(f"{manager}/1/tasks/nope", headers=services.internal).json()["error_code"] == 10002  # ids are UUIDs
+    for path in ("/1/tasks/nope", "/1/indexes/nope"):  # ids are UUIDs (and a path is never a storage path)
+        resp = httpx.request("GET" if "tasks" in path else "DELETE", manager + path, headers=services.internal)
+        assert resp.status_code == 422 and resp.json()["error_code"] == 10002
     resp = httpx.post(f"{manager}/1/tasks", json={"list_id": "x"}, headers=services.internal)
     assert resp.status_code == 422
 

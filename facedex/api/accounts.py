@@ -10,11 +10,16 @@ from fastapi import APIRouter, Depends, Request, Response
 from facedex.api.auth import require_admin
 from facedex.api.deps import Account, Store
 from facedex.api.models import AccountCreate, AccountCreated, AccountOut, TokenCreate, TokenCreated, TokenOut
+from facedex.errors import Errors
+from facedex.http import errors
 
 router = APIRouter(tags=["accounts"])
 
 
-@router.post("/1/accounts", status_code=201, dependencies=[Depends(require_admin)], response_model=AccountCreated)
+@router.post(
+    "/1/accounts", status_code=201, dependencies=[Depends(require_admin)], response_model=AccountCreated,
+    responses=errors(Errors.FORBIDDEN),
+)
 async def create_account(body: AccountCreate, store: Store) -> AccountCreated:
     """Create an account and its first token (admin token required)."""
     account_id, token = await store.create_account(body.name)

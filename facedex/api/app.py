@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -52,4 +53,25 @@ def build_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     for module in (accounts, lists, faces, images, matching):
         app.include_router(module.router)
+    base_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        return _settings_bounds(base_openapi(), settings)
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _settings_bounds(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The matching limits are settings: the schema shows this deployment's values, as the code enforces them."""
+    m = settings.matching
+    components = schema["components"]["schemas"]
+    candidates = components["MatchCandidates"]["properties"]
+    candidates["limit"]["maximum"] = m.max_limit
+    for branch in candidates["face_ids"].get("anyOf", []):
+        if branch.get("type") == "array":
+            branch["maxItems"] = m.max_filter_face_ids
+    components["MatchRequestIn"]["properties"]["references"]["maxItems"] = m.max_references
+    form = schema["paths"]["/1/matcher/image"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    form["properties"]["limit"]["maximum"] = m.max_limit
+    return schema

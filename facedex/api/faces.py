@@ -5,15 +5,33 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
 
 from facedex.api import images
 from facedex.api.deps import Account, Page, PageSize, Store, parse_descriptor
-from facedex.api.models import DescriptorIn, Detection, FaceCreate, FaceCreated, FaceOut, FacesBatchCreate, FacesCreated, FaceUpdate
+from facedex.api.models import (
+    DESCRIPTOR_ERRORS,
+    IMAGE_ERRORS,
+    MAX_EXTERNAL_ID,
+    DescriptorIn,
+    Detection,
+    FaceCreate,
+    FaceCreated,
+    FaceOut,
+    FacesBatchCreate,
+    FacesCreated,
+    FaceUpdate,
+)
+from facedex.errors import Errors
+from facedex.http import errors
 from facedex.faces.store import NewFace
 from facedex.text import StoredText
 
 router = APIRouter(tags=["faces"])
+CREATE_ERRORS = errors(*DESCRIPTOR_ERRORS, *IMAGE_ERRORS, Errors.LIST_NOT_FOUND)
+NOT_FOUND = errors(Errors.FACE_NOT_FOUND)
 
 
 async def _new_face(request: Request, body: FaceCreate) -> tuple[NewFace, Detection | None]:
@@ -33,7 +51,7 @@ def _out(row: object) -> FaceOut:
     return FaceOut.model_validate(row, from_attributes=True)
 
 
-@router.post("/1/faces", status_code=201, response_model=FaceCreated)
+@router.post("/1/faces", status_code=201, response_model=FaceCreated, responses=CREATE_ERRORS)
 async def create_face(request: Request, body: FaceCreate, account: Account, store: Store) -> FaceCreated:
     """Create a face, optionally with a descriptor (or an image: its largest face) and attached to lists."""
     face, found = await _new_face(request, body)
@@ -41,14 +59,14 @@ async def create_face(request: Request, body: FaceCreate, account: Account, stor
     return FaceCreated(face_id=ids[0], detection=found)
 
 
-@router.post("/1/faces/batch", status_code=201, response_model=FacesCreated)
+@router.post("/1/faces/batch", status_code=201, response_model=FacesCreated, responses=CREATE_ERRORS)
 async def create_faces(request: Request, body: FacesBatchCreate, account: Account, store: Store) -> FacesCreated:
     """Create up to 1000 faces in one transaction (all or nothing), attached to ``list_ids`` and their own lists."""
     faces = [face for face, _ in await asyncio.gather(*(_new_face(request, f) for f in body.faces))]  # photos extract in parallel
     return FacesCreated(face_ids=await store.create_faces(account, faces, body.list_ids))
 
 
-@router.get("/1/faces", response_model=list[FaceOut])
+@router.get("/1/faces", response_model=list[FaceOut], responses=errors(Errors.LIST_NOT_FOUND))
 async def get_faces(
     account: Account,
     store: Store,
@@ -60,17 +78,17 @@ async def get_faces(
     return [_out(r) for r in await store.get_faces(account, page, page_size, list_id, external_id)]
 
 
-@router.get("/1/faces/{face_id}", response_model=FaceOut)
+@router.get("/1/faces/{face_id}", response_model=FaceOut, responses=NOT_FOUND)
 async def get_face(face_id: uuid.UUID, account: Account, store: Store) -> FaceOut:
     return _out(await store.get_face(account, face_id))
 
 
-@router.patch("/1/faces/{face_id}", response_model=FaceOut)
+@router.patch("/1/faces/{face_id}", response_model=FaceOut, responses=NOT_FOUND)
 async def update_face(face_id: uuid.UUID, body: FaceUpdate, account: Account, store: Store) -> FaceOut:
     return _out(await store.update_face(account, face_id, body.external_id, body.user_data))
 
 
-@router.put("/1/faces/{face_id}/descriptor", status_code=204)
+@router.put("/1/faces/{face_id}/descriptor", status_code=204, responses=errors(*DESCRIPTOR_ERRORS, Errors.FACE_NOT_FOUND))
 async def put_descriptor(
     request: Request, face_id: uuid.UUID, body: DescriptorIn, account: Account, store: Store
 ) -> Response:
@@ -80,7 +98,7 @@ async def put_descriptor(
     return Response(status_code=204)
 
 
-@router.delete("/1/faces/{face_id}", status_code=204)
+@router.delete("/1/faces/{face_id}", status_code=204, responses=NOT_FOUND)
 async def delete_face(face_id: uuid.UUID, account: Account, store: Store) -> Response:
     """Delete a face; it is detached from every list first."""
     await store.delete_faces(account, [face_id])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -37,22 +37,39 @@ from facedex.api.models import (
     MatchRequestIn,
     MatchResponseOut,
 )
+from facedex.api.models import DESCRIPTOR_ERRORS, IMAGE_ERRORS, MATCH_ERRORS
 from facedex.errors import Errors, FacedexError
 from facedex.faces.store import NewFace
+from facedex.http import errors
 
 router = APIRouter(tags=["images"])
 M = TypeVar("M", bound=BaseModel)
 
 
 
+def _form_field(prop: dict[str, Any]) -> dict[str, Any]:
+    """A JSON property as a form field: a form has no null (an optional field is left out instead)."""
+    branches = [b for b in prop.get("anyOf", [prop]) if b.get("type") != "null"]
+    field = {k: v for k, v in {**prop, **branches[0]}.items() if k not in ("anyOf", "default")}
+    return field
+
+
 def _openapi(model: type[BaseModel]) -> dict[str, object]:
     """OpenAPI body of a route that takes ``model`` as JSON or the same fields as a multipart form."""
-    form = {"type": "object", "required": ["image"], "properties": {"image": {"type": "string", "format": "binary"}}}
     schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
     schema.pop("$defs", None)  # nested models (ImageIn) are components already, through the JSON routes
+    fields = {name: _form_field(prop) for name, prop in schema["properties"].items() if name != "image"}
+    form = {
+        "type": "object",
+        "required": ["image"],
+        "properties": {"image": {"type": "string", "format": "binary"}, **fields},
+        "additionalProperties": False,
+    }
+    # "required" is left false: openapi-python-client (0.29) emits a module that cannot be imported for a
+    # required body with two content types; a request without a body is refused with 400 (10001), as documented
     return {
         "requestBody": {
-            "required": True,
+            "required": False,
             "content": {
                 "application/json": {"schema": schema},
                 "multipart/form-data": {"schema": form},
@@ -117,7 +134,7 @@ async def read_image_body(request: Request, model: type[M]) -> tuple[M, bytes, s
     return body, image_bytes(image), image.content_type
 
 
-@router.post("/1/images/extract", response_model=ExtractOut, openapi_extra=_openapi(ExtractIn))
+@router.post("/1/images/extract", response_model=ExtractOut, openapi_extra=_openapi(ExtractIn), responses=errors(*IMAGE_ERRORS))
 async def extract_faces(request: Request, account: Account) -> ExtractOut:
     """Find faces in an image and return their boxes, landmarks and descriptors; nothing is stored."""
     body, raw, content_type = await read_image_body(request, ExtractIn)
@@ -136,7 +153,10 @@ async def extract_faces(request: Request, account: Account) -> ExtractOut:
     )
 
 
-@router.post("/1/images/faces", status_code=201, response_model=ImageFacesCreated, openapi_extra=_openapi(ImageFacesCreate))
+@router.post(
+    "/1/images/faces", status_code=201, response_model=ImageFacesCreated, openapi_extra=_openapi(ImageFacesCreate),
+    responses=errors(*IMAGE_ERRORS, Errors.LIST_NOT_FOUND),
+)
 async def create_faces_from_image(request: Request, account: Account, store: Store) -> ImageFacesCreated:
     """Create a face from the largest face in an image (or one per face with ``all_faces``), attached to ``list_ids``."""
     body, raw, content_type = await read_image_body(request, ImageFacesCreate)
@@ -158,6 +178,7 @@ async def create_faces_from_image(request: Request, account: Account, store: Sto
     "/1/matcher/image",
     response_model=MatchResponseOut,
     tags=["matching"],
+    responses=errors(*DESCRIPTOR_ERRORS, *IMAGE_ERRORS, *MATCH_ERRORS),
     openapi_extra={
         "requestBody": {
             "content": {
@@ -168,11 +189,12 @@ async def create_faces_from_image(request: Request, account: Account, store: Sto
                         "properties": {
                             "image": {"type": "string", "format": "binary"},
                             "list_id": {"type": "string", "format": "uuid"},
-                            "limit": {"type": "integer"},
-                            "threshold": {"type": "number"},
-                            "all_faces": {"type": "boolean"},
-                            "exact": {"type": "boolean"},
+                            "limit": {"type": "integer", "minimum": 1, "default": 10},
+                            "threshold": {"type": "number", "minimum": 0, "maximum": 1},
+                            "all_faces": {"type": "boolean", "default": False},
+                            "exact": {"type": "boolean", "default": False},
                         },
+                        "additionalProperties": False,
                     }
                 }
             },

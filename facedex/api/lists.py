@@ -8,6 +8,10 @@ from fastapi import APIRouter, Response
 
 from facedex.api.deps import Account, Page, PageSize, Store
 from facedex.api.models import ListCreate, ListFacesChanged, ListFacesPatch, ListOut, ListUpdate
+from facedex.errors import Errors
+from facedex.http import errors
+
+NOT_FOUND = errors(Errors.LIST_NOT_FOUND)
 
 router = APIRouter(tags=["lists"])
 
@@ -26,24 +30,27 @@ async def get_lists(account: Account, store: Store, page: Page = 1, page_size: P
     return [_out(r) for r in await store.get_lists(account, page, page_size)]
 
 
-@router.get("/1/lists/{list_id}", response_model=ListOut)
+@router.get("/1/lists/{list_id}", response_model=ListOut, responses=NOT_FOUND)
 async def get_list(list_id: uuid.UUID, account: Account, store: Store) -> ListOut:
     return _out(await store.get_list(account, list_id))
 
 
-@router.patch("/1/lists/{list_id}", response_model=ListOut)
+@router.patch("/1/lists/{list_id}", response_model=ListOut, responses=NOT_FOUND)
 async def update_list(list_id: uuid.UUID, body: ListUpdate, account: Account, store: Store) -> ListOut:
     return _out(await store.update_list(account, list_id, body.user_data))
 
 
-@router.delete("/1/lists/{list_id}", status_code=204)
+@router.delete("/1/lists/{list_id}", status_code=204, responses=NOT_FOUND)
 async def delete_list(list_id: uuid.UUID, account: Account, store: Store) -> Response:
     """Delete a list; its faces stay (they may be in other lists)."""
     await store.delete_list(account, list_id)
     return Response(status_code=204)
 
 
-@router.patch("/1/lists/{list_id}/faces", response_model=ListFacesChanged)
+@router.patch(
+    "/1/lists/{list_id}/faces", response_model=ListFacesChanged,
+    responses=errors(Errors.LIST_NOT_FOUND, Errors.FACE_NOT_FOUND, Errors.FACES_NOT_FOUND),
+)
 async def change_list_faces(list_id: uuid.UUID, body: ListFacesPatch, account: Account, store: Store) -> ListFacesChanged:
     """Attach or detach faces in one batch. A detach is visible to matching as soon as this returns."""
     if body.action == "attach":

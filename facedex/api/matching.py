@@ -12,8 +12,19 @@ from facedex import descriptors, internal_auth, wire
 from facedex.api import images
 from facedex.api.deps import Account, Store, parse_descriptor
 from facedex.api.match_body import openapi_body, read_match_request
-from facedex.api.models import MatchRequestIn, MatchResponseOut, MatchResult, ReferenceMatches, ReferenceOut
+from facedex.api.models import (
+    DESCRIPTOR_ERRORS,
+    IMAGE_ERRORS,
+    MATCH_ERRORS,
+    DescriptorVersionOut,
+    MatchRequestIn,
+    MatchResponseOut,
+    MatchResult,
+    ReferenceMatches,
+    ReferenceOut,
+)
 from facedex.errors import Errors, FacedexError
+from facedex.http import errors
 from facedex.logs import current_request_id
 
 router = APIRouter(tags=["matching"])
@@ -60,6 +71,7 @@ async def _references(
     "/1/matcher/faces",
     response_model=MatchResponseOut,
     openapi_extra=openapi_body(),
+    responses=errors(*DESCRIPTOR_ERRORS, *IMAGE_ERRORS, *MATCH_ERRORS),
 )
 async def match_faces(request: Request, account: Account, store: Store) -> MatchResponseOut:
     """Find the faces of a list most similar to each reference (a descriptor, a face id or an image).
@@ -144,10 +156,10 @@ def _response(answered: list[ReferenceOut], resp: wire.MatchResponse, version: i
 
 
 @router.get("/1/descriptor_versions", tags=["descriptors"])
-async def descriptor_versions(request: Request) -> list[dict[str, object]]:
+async def descriptor_versions(request: Request) -> list[DescriptorVersionOut]:
     """Descriptor versions this deployment knows: dimension and element type of each."""
     default = request.app.state.settings.default_descriptor_version
     return [
-        {"version": v.version, "dim": v.dim, "dtype": v.dtype, "name": v.name, "default": v.version == default}
+        DescriptorVersionOut(version=v.version, dim=v.dim, dtype=v.dtype, name=v.name, default=v.version == default)
         for v in descriptors.versions()
     ]

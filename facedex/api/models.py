@@ -4,14 +4,29 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from facedex.text import StoredText
+from facedex.errors import Errors
 
 MAX_USER_DATA = 1024
 MAX_EXTERNAL_ID = 256
+
+# the errors each kind of input can raise (declared per route with facedex.http.errors)
+DESCRIPTOR_ERRORS = (
+    Errors.DESCRIPTOR_VERSION_UNKNOWN, Errors.DESCRIPTOR_LENGTH, Errors.DESCRIPTOR_NOT_FINITE, Errors.DESCRIPTOR_ZERO,
+    Errors.DESCRIPTOR_BASE64,
+)
+IMAGE_ERRORS = (
+    Errors.IMAGE_DECODE, Errors.IMAGE_PIXELS, Errors.IMAGE_TOO_LARGE, Errors.IMAGE_TYPE, Errors.NO_FACE, Errors.IMAGE_BASE64,
+    Errors.EXTRACTOR_UNAVAILABLE, Errors.IMAGE_REQUEST, Errors.UNSUPPORTED_MEDIA,
+)
+MATCH_ERRORS = (
+    Errors.LIST_NOT_FOUND, Errors.FACE_NOT_FOUND, Errors.FACE_NO_DESCRIPTOR, Errors.TOO_MANY_FACES, Errors.LIMIT_OUT_OF_RANGE,
+    Errors.THRESHOLD_OUT_OF_RANGE, Errors.TOO_MANY_REFERENCES, Errors.MATCHER_UNAVAILABLE, Errors.VERSION_MISMATCH,
+)
 
 
 class Strict(BaseModel):
@@ -207,8 +222,11 @@ class ReferenceOut(BaseModel):
 class MatchCandidates(Strict):
     list_id: uuid.UUID
     face_ids: list[uuid.UUID] | None = Field(None, description="Only match these faces of the list.")
-    limit: int = Field(10, description="Most results per reference (1 .. matching.max_limit).")
-    threshold: float | None = Field(None, description="Only results with similarity >= threshold (0 .. 1).")
+    # bounds checked in code (codes 14001/14002); the schema's maximum is this deployment's setting (api/app.py)
+    limit: int = Field(10, description="Most results per reference (1 .. matching.max_limit).", json_schema_extra={"minimum": 1})
+    threshold: float | None = Field(
+        None, description="Only results with similarity >= threshold (0 .. 1).", json_schema_extra={"minimum": 0, "maximum": 1}
+    )
     exact: bool = Field(False, description="Always match by brute force, even where the list has an index.")
     descriptor_version: int | None = Field(
         None, description="Descriptor version to match in; default: the references' version (images: 2), else the deployment's default."
@@ -232,7 +250,10 @@ class ReferenceMatches(BaseModel):
 
 class MatchResponseOut(BaseModel):
     matches: list[ReferenceMatches]
-    route: str = Field(..., description="Which matcher answered: bruteforce or indexed.")
+    route: str = Field(
+        ..., description="Which matcher answered: bruteforce, indexed, or the name of a matching plugin (proxy_plugins).",
+        examples=["bruteforce", "indexed"],
+    )
     list_size: int = Field(..., description="Faces the references were matched against.")
     descriptor_version: int
     fallback_reason: str | None = None

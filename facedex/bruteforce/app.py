@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 import msgspec
 from fastapi import FastAPI, Request, Response
+from pydantic import BaseModel, Field
 
 from facedex import descriptors, wire
 from facedex.bruteforce.batching import Batcher
@@ -16,9 +17,23 @@ from facedex.bruteforce.cache import ListCache
 from facedex.config import MatchingSettings, Settings
 from facedex.errors import Errors, FacedexError
 from facedex.faces.store import FacesStore, bounded, create_pool
-from facedex.http import create_app
+from facedex.http import create_app, errors, msgpack_body
 from facedex.internal_auth import verify as verify_identity
 from facedex.metrics import CACHED_LIST_BYTES
+
+
+class CachedList(BaseModel):
+    list_id: uuid.UUID
+    version: int
+    faces: int
+    change_seq: int
+    bytes: int
+
+
+class CacheOut(BaseModel):
+    bytes: int = Field(..., description="Bytes of list matrices held.")
+    max_bytes: int
+    lists: list[CachedList]
 
 
 async def match(cache: ListCache, batcher: Batcher, req: wire.MatchRequest, settings: MatchingSettings | None = None
@@ -67,7 +82,11 @@ def build_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
 
-    @app.post("/1/match", tags=["matching"], summary="Exact top-k of references against one list (msgpack)")
+    @app.post(
+        "/1/match", tags=["matching"], summary="Exact top-k of references against one list (msgpack)",
+        openapi_extra=msgpack_body(wire.MatchRequest, wire.MatchResponse),
+        responses=errors(Errors.DESCRIPTOR_VERSION_UNKNOWN, Errors.DESCRIPTOR_LENGTH, Errors.LIST_NOT_FOUND),
+    )
     async def match_route(request: Request) -> Response:
         req = wire.decode(await request.body(), wire.MatchRequest)
         verify_identity(settings.internal_token, req)
@@ -75,15 +94,15 @@ def build_app(settings: Settings) -> FastAPI:
         return Response(wire.encode(resp), media_type=wire.CONTENT_TYPE)
 
     @app.get("/1/cache", tags=["service"], summary="Lists held in memory")
-    async def cache_info() -> dict[str, object]:
+    async def cache_info() -> CacheOut:
         cache: ListCache = state["cache"]  # type: ignore[assignment]
-        return {
-            "bytes": cache.nbytes,
-            "max_bytes": cache.max_bytes,
-            "lists": [
-                {"list_id": str(m.list_id), "version": m.version, "faces": m.n, "change_seq": m.head, "bytes": m.nbytes}
+        return CacheOut(
+            bytes=cache.nbytes,
+            max_bytes=cache.max_bytes,
+            lists=[
+                CachedList(list_id=m.list_id, version=m.version, faces=m.n, change_seq=m.head, bytes=m.nbytes)
                 for m in cache.entries()
             ],
-        }
+        )
 
     return app

@@ -15,7 +15,8 @@ from fastapi import FastAPI, Request, Response
 from facedex import wire
 from facedex.config import Settings
 from facedex.extractor.extract import LocalExtractor
-from facedex.http import create_app
+from facedex.errors import Errors
+from facedex.http import create_app, errors, msgpack_body
 
 
 def build_app(settings: Settings) -> FastAPI:
@@ -35,7 +36,11 @@ def build_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
 
-    @app.post("/1/extract", tags=["extraction"], summary="Faces of one image (msgpack ExtractRequest -> ExtractResponse)")
+    @app.post(
+        "/1/extract", tags=["extraction"], summary="Faces of one image (msgpack ExtractRequest -> ExtractResponse)",
+        openapi_extra=msgpack_body(wire.ExtractRequest, wire.ExtractResponse),
+        responses=errors(Errors.IMAGE_DECODE, Errors.IMAGE_PIXELS, Errors.IMAGE_TOO_LARGE, Errors.IMAGE_TYPE),
+    )
     async def extract(request: Request) -> Response:
         req = wire.decode(await request.body(), wire.ExtractRequest)
         resp = await request.app.state.extractor.extract(req.image, req.content_type, req.all_faces)

@@ -23,28 +23,48 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 
 import orjson
 from fastapi import FastAPI
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from facedex import descriptors
 from facedex.config import Settings
 from facedex.errors import Errors, FacedexError, by_code
-from facedex.http import create_app
+from facedex.http import ErrorBody, create_app, errors
 from facedex.indexer.build import BuildJob, child_main
+from facedex.storage.base import IndexMetaOut
 
 log = logging.getLogger(__name__)
 
 
 class IndexListRequest(BaseModel):
-    """Ids are UUIDs: the index id becomes a storage folder and the list id a SQL parameter."""
-
     model_config = ConfigDict(extra="forbid")
     task_id: uuid.UUID
     list_id: uuid.UUID
-    index_id: uuid.UUID
-    descriptor_version: int | None = None
+    index_id: uuid.UUID = Field(..., description="Id the new index is stored under.")
+    descriptor_version: int | None = Field(None, ge=1, le=2**31 - 1, description="Default: the deployment's.")
+
+
+class BuildStatus(str, Enum):
+    idle = "idle"
+    indexing = "indexing"
+    success = "success"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class BuildStateOut(BaseModel):
+    state: BuildStatus
+    task_id: str | None = None
+    list_id: str | None = None
+    index_id: str | None = None
+    progress: float = Field(..., description="0 .. 1.")
+    error: ErrorBody | None = None
+    result: IndexMetaOut | None = Field(None, description="The stored index's meta.json, after a success.")
+    start_time: float | None = Field(None, description="Unix time.")
+    end_time: float | None = None
 
 
 @dataclass
@@ -98,7 +118,7 @@ class Builder:
         self.proc.start()
         self.state = BuildState("indexing", job.task_id, job.list_id, job.index_id, 0.0, start_time=time.time())
         self._watcher = asyncio.get_running_loop().create_task(self._watch(self.proc))
-        log.info("build of list %s (task %s) started in pid %s", req.list_id, req.task_id, self.proc.pid)
+        log.info("build of list %s (task %s) started in pid %s", list_id, task_id, self.proc.pid)
         return self.state
 
     def cancel(self, task_id: str) -> BuildState:
@@ -179,18 +199,26 @@ def build_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
 
-    @app.post("/1/index_list", status_code=202, tags=["indexing"], summary="Start building a list's index")
-    async def index_list(req: IndexListRequest) -> dict[str, object]:
-        return asdict(builder.start(req))
+    def out(st: BuildState) -> BuildStateOut:
+        return BuildStateOut.model_validate(asdict(st))
+
+    @app.post(
+        "/1/index_list", status_code=202, tags=["indexing"], summary="Start building a list's index",
+        responses=errors(Errors.DESCRIPTOR_VERSION_UNKNOWN, Errors.INDEXER_BUSY),
+    )
+    async def index_list(req: IndexListRequest) -> BuildStateOut:
+        return out(builder.start(req))
 
     @app.get("/1/state", tags=["indexing"], summary="The current or last build")
-    async def state() -> dict[str, object]:
+    async def state() -> BuildStateOut:
         if builder.busy:
             builder.state.progress = round(builder.progress.value, 4)
-        return asdict(builder.state)
+        return out(builder.state)
 
-    @app.delete("/1/index_list/{task_id}", tags=["indexing"], summary="Cancel the running build")
-    async def cancel(task_id: uuid.UUID) -> dict[str, object]:
-        return asdict(builder.cancel(str(task_id)))
+    @app.delete(
+        "/1/index_list/{task_id}", tags=["indexing"], summary="Cancel the running build", responses=errors(Errors.TASK_NOT_FOUND)
+    )
+    async def cancel(task_id: uuid.UUID) -> BuildStateOut:
+        return out(builder.cancel(str(task_id)))
 
     return app

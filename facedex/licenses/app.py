@@ -9,11 +9,28 @@ from __future__ import annotations
 from pathlib import Path as FilePath
 from typing import Annotated
 
-from fastapi import FastAPI, Path
+from fastapi import FastAPI, Path as PathParam
+from pydantic import BaseModel, Field
 
 from facedex.config import Settings
 from facedex.http import create_app
 from facedex.licenses.license import License, LicenseError, verify
+
+
+class LicenseOut(BaseModel):
+    valid: bool
+    reason: str | None = Field(None, description="Why there is no valid license.")
+    licensee: str | None = None
+    features: list[str] | None = None
+    expires: str | None = Field(None, description="ISO 8601, UTC.")
+    license_id: str | None = None
+
+
+class FeatureOut(BaseModel):
+    feature: str
+    enabled: bool
+    reason: str | None = Field(None, description="Why the feature is off.")
+    expires: str | None = None
 
 
 def check(settings: Settings) -> License:
@@ -47,16 +64,16 @@ def build_app(settings: Settings) -> FastAPI:
     )
 
     @app.get("/1/license", tags=["licenses"], summary="The license in force, or why there is none")
-    async def license_info() -> dict[str, object]:
+    async def license_info() -> LicenseOut:
         try:
             lic = check(settings)
         except LicenseError as exc:
-            return {"valid": False, "reason": str(exc)}
-        return {"valid": True, "licensee": lic.licensee, "features": lic.features, "expires": lic.expires,
-                "license_id": lic.license_id}
+            return LicenseOut(valid=False, reason=str(exc))
+        return LicenseOut(valid=True, licensee=lic.licensee, features=lic.features, expires=lic.expires,
+                          license_id=lic.license_id)
 
     @app.get("/1/features/{feature}", tags=["licenses"], summary="Whether the license enables a feature")
-    async def feature(feature: Annotated[str, Path(pattern=r"^[a-z0-9_-]{1,64}$")]) -> dict[str, object]:
-        return feature_status(settings, feature)
+    async def feature(feature: Annotated[str, PathParam(pattern=r"^[a-z0-9_-]{1,64}$")]) -> FeatureOut:
+        return FeatureOut.model_validate(feature_status(settings, feature))
 
     return app

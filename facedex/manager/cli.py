@@ -1,45 +1,57 @@
-"""``facedex tasks ...``: index-build tasks from the shell, through the Index Manager's HTTP API."""
+"""``facedex tasks ...`` and ``facedex indexes ...``: index builds from the shell, through the Index Manager (facedex.client)."""
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
-import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from facedex.client import Client, FacedexAPIError
 from facedex.config import get_settings
+from facedex.manager.models import TaskStatus
 
 app = typer.Typer(help="Index-build tasks (through the Index Manager).", no_args_is_help=True)
+indexes_app = typer.Typer(help="Indexes in storage (through the Index Manager).", no_args_is_help=True)
 console = Console()
 
 Url = Annotated[str | None, typer.Option(help="Index Manager URL (default from settings).")]
+Token = Annotated[
+    str | None, typer.Option(help="Bearer token for the Index Manager (default: the admin token in settings).", envvar="FDX_TOKEN")
+]
+FINAL = (TaskStatus.success, TaskStatus.failed, TaskStatus.cancelled)
 
 
-def _url(url: str | None) -> str:
-    return url or get_settings().manager.url
+def id_column(table: Table, name: str) -> None:
+    """A column that always shows whole UUIDs (ids are copied from here into other commands)."""
+    table.add_column(name, no_wrap=True, min_width=36)
 
 
-def _headers() -> dict[str, str]:
+def _admin_token() -> str | None:
     """The operator's credential: the admin token from settings, else the one `facedex up` keeps in the data folder."""
     settings = get_settings()
-    token = settings.admin_token
     path = settings.data_dir / "admin_token"
-    if not token and path.is_file():
-        token = path.read_text().strip()
-    return {"Authorization": f"Bearer {token}"} if token else {}
+    return settings.admin_token or (path.read_text().strip() if path.is_file() else None)
 
 
-def _check(resp: httpx.Response) -> dict | list:  # type: ignore[type-arg]
-    if resp.status_code >= 400:
-        err = resp.json()
-        console.print(f"[red]{err.get('error_code')} {err.get('desc')}[/]: {err.get('detail')}")
-        raise typer.Exit(1)
-    return resp.json()
+@contextmanager
+def manager(url: str | None, token: str | None) -> Iterator[Client]:
+    """A client of the Index Manager; an error answer is printed with its code and exits 1."""
+    settings = get_settings()
+    client = Client(manager_url=url or settings.manager.url, manager_token=token or _admin_token())
+    try:
+        yield client
+    except FacedexAPIError as err:
+        console.print(f"[red]{err.error_code} {err.desc}[/]: {err.detail}")
+        raise typer.Exit(1) from None
+    finally:
+        client.close()
 
 
 @app.command("create")
@@ -47,47 +59,88 @@ def create(
     list_id: Annotated[uuid.UUID, typer.Argument(help="List to index.")],
     watch: Annotated[bool, typer.Option(help="Follow the build until it ends.")] = True,
     url: Url = None,
+    token: Token = None,
 ) -> None:
     """Queue a one-time index build for a list."""
-    task = _check(httpx.post(_url(url) + "/1/tasks", json={"list_id": str(list_id)}, headers=_headers()))
-    console.print(f"task {task['task_id']} queued for list {list_id}")  # type: ignore[index]
+    with manager(url, token) as fx:
+        task = fx.create_task(list_id)
+    console.print(f"task {task.task_id} queued for list {list_id}")
     if watch:
-        watch_(task["task_id"], url)  # type: ignore[index]
+        watch_(str(task.task_id), url, token)
 
 
 @app.command("list")
 def list_(
-    status: Annotated[str | None, typer.Option(help="pending, indexing, success, failed or cancelled")] = None,
+    status: Annotated[TaskStatus | None, typer.Option(help="Only tasks in this status.")] = None,
+    list_id: Annotated[uuid.UUID | None, typer.Option("--list", help="Only tasks of this list.")] = None,
     url: Url = None,
+    token: Token = None,
 ) -> None:
     """Tasks, newest first."""
-    tasks = _check(httpx.get(_url(url) + "/1/tasks", params={"status": status} if status else None, headers=_headers()))
+    with manager(url, token) as fx:
+        tasks = fx.get_tasks(status=status, list_id=list_id)
     table = Table()
-    for column in ("task", "list", "type", "status", "progress", "faces", "error"):
+    id_column(table, "task")
+    id_column(table, "list")
+    for column in ("type", "status", "progress", "faces", "error"):
         table.add_column(column)
-    for t in tasks:  # type: ignore[union-attr]
-        err = t["error"]
-        table.add_row(
-            t["task_id"], t["list_id"], t["type"], t["status"], f"{t['progress']:.0%}", str(t["count"] or ""),
-            f"{err['error_code']} {err['detail'][:60]}" if err else "",
-        )
+    for t in tasks:
+        err = f"{t.error.error_code} {t.error.detail}" if t.error else ""
+        table.add_row(str(t.task_id), str(t.list_id), t.type.value, t.status.value, f"{t.progress:.0%}", str(t.count or ""), err)
     console.print(table)
 
 
 @app.command("watch")
-def watch_(task_id: str, url: Url = None) -> None:
+def watch_(task_id: uuid.UUID, url: Url = None, token: Token = None) -> None:
     """Follow a task with a live progress bar until it ends."""
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as bar:
-        shown = bar.add_task(f"task {task_id[:8]}", total=1.0)
+    with manager(url, token) as fx, Progress(*columns, console=console) as bar:
+        shown = bar.add_task(f"task {task_id}", total=1.0)
         while True:
-            task = _check(httpx.get(f"{_url(url)}/1/tasks/{task_id}", headers=_headers()))
-            bar.update(shown, completed=task["progress"], description=f"task {task_id[:8]} {task['status']}")  # type: ignore[index]
-            if task["status"] in ("success", "failed", "cancelled"):  # type: ignore[index]
+            task = fx.get_task(task_id)
+            bar.update(shown, completed=task.progress, description=f"task {task_id} {task.status.value}")
+            if task.status in FINAL:
                 break
             time.sleep(0.5)
-    if task["status"] == "success":  # type: ignore[index]
-        console.print(f"[green]index {task['index_id']}[/] with {task['count']} faces")  # type: ignore[index]
+    if task.status == TaskStatus.success:
+        console.print(f"[green]index {task.index_id}[/] with {task.count} faces")
     else:
-        console.print(f"[red]{task['status']}[/]: {task['error']}")  # type: ignore[index]
+        err = f"{task.error.error_code} {task.error.detail}" if task.error else ""
+        console.print(f"[red]{task.status.value}[/]: {err}")
         raise typer.Exit(1)
+
+
+@app.command("cancel")
+def cancel(task_id: uuid.UUID, url: Url = None, token: Token = None) -> None:
+    """Cancel a pending or running task (a running build is stopped; the master records it as cancelled)."""
+    with manager(url, token) as fx:
+        task = fx.cancel_task(task_id)
+    console.print(f"task {task.task_id}: {task.status.value}" + (" (cancelling)" if task.status == TaskStatus.indexing else ""))
+
+
+@indexes_app.command("list")
+def indexes_list(
+    list_id: Annotated[uuid.UUID | None, typer.Option("--list", help="Only indexes of this list.")] = None,
+    url: Url = None,
+    token: Token = None,
+) -> None:
+    """Indexes in storage, newest first."""
+    with manager(url, token) as fx:
+        metas = fx.get_indexes(list_id)
+    table = Table()
+    id_column(table, "index")
+    id_column(table, "list")
+    for column in ("version", "faces", "change_seq", "ef", "created"):
+        table.add_column(column)
+    for m in metas:
+        ef = m.params.get("expansion_search", "")
+        table.add_row(m.index_id, m.list_id, str(m.descriptor_version), str(m.count), str(m.change_seq), str(ef), m.create_time)
+    console.print(table)
+
+
+@indexes_app.command("delete")
+def indexes_delete(index_id: uuid.UUID, url: Url = None, token: Token = None) -> None:
+    """Remove an index from storage (matchers drop it on their next reload)."""
+    with manager(url, token) as fx:
+        fx.delete_index(index_id)
+    console.print(f"index {index_id} deleted")

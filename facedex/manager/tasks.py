@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, fields
 
 import redis.asyncio as aredis
 
-from facedex.errors import Errors, FacedexError
+from facedex.errors import Errors, FacedexError, by_code
 from facedex.manager.lock import MasterLock
 from facedex.redis.keys import Keys
 
@@ -71,7 +71,7 @@ class Task:
         if not self.error_code:
             out["error"] = None
         else:
-            out["error"] = {"error_code": self.error_code, "detail": self.error_detail}
+            out["error"] = {"error_code": self.error_code, "desc": by_code(self.error_code).desc, "detail": self.error_detail}
         del out["error_code"], out["error_detail"], out["seen_time"]
         return out
 

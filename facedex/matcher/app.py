@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from pydantic import BaseModel, Field
 
 from facedex.config import Settings
 from facedex.faces.store import FacesStore, bounded, create_pool
@@ -15,6 +16,26 @@ from facedex.matcher.service import MatcherService
 from facedex.metrics import INDEX_FACES
 from facedex.redis.connection import connect
 from facedex.storage.base import open_storage
+
+
+class LoadedIndexOut(BaseModel):
+    list_id: str
+    descriptor_version: int
+    kind: str = Field(..., description="The index kind (facedex.index.registry).")
+    index_id: str
+    faces: int
+    change_seq: int = Field(..., description="The list's change-log head applied to the loaded graph.")
+    built_change_seq: int = Field(..., description="The head the index was built at.")
+    load_seconds: float
+
+
+class LoadedIndexes(BaseModel):
+    matcher_id: str
+    licensed: bool
+    license_reason: str | None = None
+    loops: dict[str, dict[str, object]] = Field(..., description="State of each supervised background loop.")
+    served: int = Field(..., description="Matching requests answered since start.")
+    indexes: list[LoadedIndexOut]
 
 
 def build_app(settings: Settings) -> FastAPI:
@@ -55,20 +76,20 @@ def build_app(settings: Settings) -> FastAPI:
     )
 
     @app.get("/1/indexes", tags=["indexes"], summary="Indexes loaded in this matcher")
-    async def indexes() -> dict[str, object]:
+    async def indexes() -> LoadedIndexes:
         service = state["service"]
-        return {
-            "matcher_id": matcher_id,
-            "licensed": service.license.licensed,
-            "license_reason": service.license.reason,
-            "loops": service.supervisor.statuses(),
-            "served": service.served,
-            "indexes": [
-                {"list_id": idx.list_id, "descriptor_version": idx.meta.descriptor_version, "kind": idx.meta.kind,
-                 "index_id": idx.meta.index_id, "faces": idx.size, "change_seq": idx.head,
-                 "built_change_seq": idx.meta.change_seq, "load_seconds": round(idx.load_seconds, 3)}
-                for label, idx in service.loaded.items()
+        return LoadedIndexes(
+            matcher_id=matcher_id,
+            licensed=service.license.licensed,
+            license_reason=service.license.reason,
+            loops=service.supervisor.statuses(),
+            served=service.served,
+            indexes=[
+                LoadedIndexOut(list_id=idx.list_id, descriptor_version=idx.meta.descriptor_version, kind=idx.meta.kind,
+                               index_id=idx.meta.index_id, faces=idx.size, change_seq=idx.head,
+                               built_change_seq=idx.meta.change_seq, load_seconds=round(idx.load_seconds, 3))
+                for idx in service.loaded.values()
             ],
-        }
+        )
 
     return app

@@ -8,16 +8,21 @@ from contextlib import asynccontextmanager
 
 import msgspec
 from fastapi import FastAPI, Request, Response
+from pydantic import BaseModel, Field
 
 from facedex import wire
 from facedex.config import Settings
-from facedex.errors import FacedexError
-from facedex.http import create_app
+from facedex.errors import Errors, FacedexError
+from facedex.http import create_app, errors, msgpack_body
 from facedex.internal_auth import verify as verify_identity
 from facedex.metrics import MATCH_ROUTE
 from facedex.proxy.plugins import BruteForceRoute, MatchingPlugin, load_plugins
 
 log = logging.getLogger(__name__)
+
+
+class PluginsOut(BaseModel):
+    plugins: list[str] = Field(..., description="Routes tried in order; brute force is always last.")
 
 
 class Router:
@@ -74,14 +79,18 @@ def build_app(settings: Settings) -> FastAPI:
         if check is not None:
             app.state.health[f"plugin:{plugin.name}"] = check
 
-    @app.post("/1/match", tags=["matching"], summary="Match references against one list (msgpack)")
+    @app.post(
+        "/1/match", tags=["matching"], summary="Match references against one list (msgpack)",
+        openapi_extra=msgpack_body(wire.MatchRequest, wire.MatchResponse),
+        responses=errors(Errors.DESCRIPTOR_VERSION_UNKNOWN, Errors.DESCRIPTOR_LENGTH, Errors.LIST_NOT_FOUND, Errors.MATCHER_UNAVAILABLE),
+    )
     async def match_route(request: Request) -> Response:
         req = wire.decode(await request.body(), wire.MatchRequest)
         verify_identity(settings.internal_token, req)  # before any route sees it: no plugin serves a forged account
         return Response(wire.encode(await router.match(req)), media_type=wire.CONTENT_TYPE)
 
     @app.get("/1/plugins", tags=["service"], summary="Active matching plugins, in order")
-    async def plugins() -> dict[str, list[str]]:
-        return {"plugins": [p.name for p in router.plugins] + [fallback.name]}
+    async def plugins() -> PluginsOut:
+        return PluginsOut(plugins=[p.name for p in router.plugins] + [fallback.name])
 
     return app

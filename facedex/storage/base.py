@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import orjson
+from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
     from facedex.config import Settings
@@ -49,6 +50,26 @@ class IndexMeta:
     @classmethod
     def from_json(cls, data: bytes) -> IndexMeta:
         return cls(**orjson.loads(data))
+
+
+class IndexMetaOut(BaseModel):
+    """An index as the Index Manager and the Indexer describe it over HTTP (meta.json)."""
+
+    index_id: str
+    list_id: str
+    account_id: str
+    descriptor_version: int
+    count: int = Field(..., description="Faces in the index.")
+    change_seq: int = Field(..., description="The list's change-log head the index covers.")
+    params: dict[str, object] = Field(..., description="The kind's build and search parameters (code size, re-scored candidates, ...).")
+    files: dict[str, str] | None = Field(None, description="SHA-256 of every file (the Indexer's build result only).")
+    create_time: str
+    build_seconds: float
+    calibration: dict[str, object] | None = Field(None, description="How kind and parameters were chosen: the measured curve.")
+    kind: str = Field("", description="The index kind (facedex.index.registry).")
+    warning: str | None = Field(None, description="Set when no configuration reached the calibration targets.")
+    format: int
+    task_id: str = Field("", description="The Index Manager task that built it.")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
