@@ -66,12 +66,16 @@ def _settings_bounds(schema: dict[str, Any], settings: Settings) -> dict[str, An
     """The matching limits are settings: the schema shows this deployment's values, as the code enforces them."""
     m = settings.matching
     components = schema["components"]["schemas"]
-    candidates = components["MatchCandidates"]["properties"]
-    candidates["limit"]["maximum"] = m.max_limit
-    for branch in candidates["face_ids"].get("anyOf", []):
-        if branch.get("type") == "array":
-            branch["maxItems"] = m.max_filter_face_ids
-    components["MatchRequestIn"]["properties"]["references"]["maxItems"] = m.max_references
+    # the matching body is inlined into its route (it is read with bounded work: facedex.api.match_body)
+    body = schema["paths"]["/1/matcher/faces"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    for request in filter(None, (body, components.get("MatchRequestIn"))):
+        request["properties"]["references"]["maxItems"] = m.max_references
+        candidates = request["properties"]["candidates"]
+        candidates = components["MatchCandidates"] if "$ref" in candidates else candidates
+        candidates["properties"]["limit"]["maximum"] = m.max_limit
+        for branch in candidates["properties"]["face_ids"].get("anyOf", []):
+            if branch.get("type") == "array":
+                branch["maxItems"] = m.max_filter_face_ids
     form = schema["paths"]["/1/matcher/image"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     form["properties"]["limit"]["maximum"] = m.max_limit
     return schema
