@@ -61,13 +61,18 @@ def index(
     efs: Annotated[str, typer.Option(help="Search ef values to sweep.")] = "32,64,128,256",
     arms: Annotated[
         str | None,
-        typer.Option(help="lib:precision:M:efC,... (libs: facedex, usearch-raw, faiss-hnsw, hnswlib, pgvector); "
+        typer.Option(help="lib:precision:M:efC[:sweep/sweep],... (libs: facedex, usearch-raw, faiss-hnsw, hnswlib, pgvector; "
+                     "flat code scans with exact re-score, precision = re-score store f16/f32, sweep = R: faiss-binary "
+                     "(M = 0: sign bits, M > 0: M random-projection bits), faiss-pqfs (M 4-bit codes), faiss-rabitq; "
+                     "milvus-lite: milvus-flat, milvus-ivf (M = nlist, sweep = nprobe), milvus-hnsw) and our engine's "
+                     "ours:<kind>[:key=value+...][:sweep/...] (kind hnsw: precision, m, efc); "
                      "default: facedex at the index settings, and each peer at the same M and efC."),
     ] = None,
     threshold: float = 0.3,
     seed: int = 0,
     repeat: Annotated[int, typer.Option(help="Passes over the probes per ef (median QPS reported).")] = 3,
-    data: Annotated[str, typer.Option(help="face-like (identity clusters, planted mates) or uniform (the hard case).")] = "face-like",
+    data: Annotated[str, typer.Option(help="face-like (isotropic identity clusters), manifold or subspace (structured "
+                                           "generators, facedex/bench/faces_model.py), or uniform (the hard case).")] = "face-like",
     doc: Doc = None,
     section: Annotated[str, typer.Option(help="Name of the section of --doc to replace.")] = "index",
     from_record: Annotated[
@@ -116,25 +121,44 @@ def e2e(
     own_platform: Annotated[
         bool, typer.Option(help="Start a throwaway licensed platform (temp data, own database and ports) for the run.")
     ] = False,
+    data: Annotated[str, typer.Option(help="Data regime: face-like, manifold, subspace or uniform (see bench index).")] = "face-like",
+    milvus: Annotated[str, typer.Option(help="milvus-lite comparison arm on the same faces: hnsw, ivf, flat or none.")] = "hnsw",
+    milvus_m: Annotated[int, typer.Option(help="milvus-lite HNSW M (or IVF nlist).")] = 24,
+    milvus_efc: Annotated[int, typer.Option(help="milvus-lite HNSW efConstruction.")] = 96,
+    milvus_ef: Annotated[int, typer.Option(help="milvus-lite search ef (HNSW) or nprobe (IVF).")] = 128,
     doc: Doc = None,
     section: Annotated[str, typer.Option(help="Name of the section of --doc to replace.")] = "e2e",
 ) -> None:
-    """Matching over HTTP on a running platform: latency, throughput, route and recall, indexed and exact."""
+    """Matching over HTTP on a running platform: latency, throughput, route and recall, indexed and exact; then milvus-lite.
+
+    A milvus-lite arm that cannot run is reported in the table and makes the command exit 1 (the rest is published).
+    """
     from facedex.bench import e2e as be
+    from facedex.bench.regimes import DATA
     from facedex.config import get_settings
 
+    if data not in DATA:
+        raise typer.BadParameter(f"--data must be one of {', '.join(DATA)}")
+    if milvus not in ("hnsw", "ivf", "flat", "none"):
+        raise typer.BadParameter("--milvus must be hnsw, ivf, flat or none")
     levels = [int(c) for c in concurrency.split(",")]
+    arm = dict(data=data, milvus=None if milvus == "none" else milvus, milvus_m=milvus_m, milvus_efc=milvus_efc,
+               milvus_knob=milvus_ef, log=console.print)
     if own_platform:
         from facedex.bench.platform import own_platform as start
 
         with start(log=console.print) as p:
-            record = be.main(p.api, p.manager, p.admin_token, size, levels, requests, seed)
+            record = be.main(p.api, p.manager, p.admin_token, size, levels, requests, seed, **arm)  # type: ignore[arg-type]
     else:
         if not admin_token:
             raise typer.BadParameter("give --admin-token (or FACEDEX_ADMIN_TOKEN), or use --own-platform")
         settings = get_settings()
-        record = be.main(api or settings.api.url, manager or settings.manager.url, admin_token, size, levels, requests, seed)
+        record = be.main(api or settings.api.url, manager or settings.manager.url, admin_token, size, levels, requests, seed,
+                         **arm)  # type: ignore[arg-type]
     _publish("e2e", record, be.markdown(record, _command()), doc, section)
+    if (record.get("milvus") or {}).get("error"):  # type: ignore[union-attr]
+        console.print(f"[red]{record['milvus']['error']}[/red]")  # type: ignore[index]
+        raise typer.Exit(1)
 
 
 @app.command()
