@@ -175,6 +175,13 @@ def extract(
 
 
 INDEX_PARAM_ARMS = "facedex:f16:32:128,facedex:f16:32:64,facedex:i8:32:64,facedex:i8:24:96,facedex:i8:16:128"
+# issue 11's library baselines: flat code scans re-scored from fp16 (R swept), and milvus-lite as a server would be
+R_SWEEP = "16/64/256"
+SCAN_ARMS_512 = ",".join(f"{arm}:{R_SWEEP}" for arm in (
+    "faiss-binary:f16:0:0", "faiss-pqfs:f16:64:0", "faiss-pqfs:f16:128:0", "faiss-rabitq:f16:0:0"))
+SCAN_ARMS_128 = ",".join(f"{arm}:{R_SWEEP}" for arm in (
+    "faiss-binary:f16:0:0", "faiss-binary:f16:512:0", "faiss-pqfs:f16:32:0", "faiss-pqfs:f16:64:0", "faiss-rabitq:f16:0:0"))
+MILVUS_ARMS = "milvus-flat:f32:0:0:1,milvus-ivf:f32:1024:0:16/64/256,milvus-hnsw:f32:24:96:64/256"
 
 
 @app.command("all")
@@ -215,6 +222,11 @@ def all_(
         ("index-128", index_section("index-128", peers_128, dim=128)),
         ("index-uniform", index_section("index-uniform", peers_uniform, efs="32,64,128,256,512", data="uniform")),
         ("index-1m", index_section("index-1m", peers_1m, sizes="1000000", efs="64,128,256")),
+        # the structured regimes (facedex/bench/faces_model.py) and the flat code scans, our HNSW beside them
+        *[(f"index-scans-{data}", index_section(f"index-scans-{data}", f"facedex:{default},{SCAN_ARMS_512},{MILVUS_ARMS}",
+                                                data=data, efs="64,256")) for data in ("face-like", "manifold", "subspace")],
+        ("index-scans-128", index_section("index-scans-128", f"facedex:{default},{SCAN_ARMS_128}", dim=128, data="manifold",
+                                          efs="64,256")),
         ("extract", lambda: extract(repeat=20, total=200, doc=doc)),
     ]
     if e2e_runs:

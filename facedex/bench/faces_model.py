@@ -179,7 +179,9 @@ def measure(ds: Dataset, pairs: int = 200_000, id_sample: int = 3000, seed: int 
         out["genuine"] = _summary(np.concatenate(genuine))
     i, j = rng.integers(0, len(x), (2, pairs))
     keep = (i != j) & ((labels[i] != labels[j]) | (labels[i] < 0))
-    out["impostor"] = _summary(np.einsum("ij,ij->i", x[i[keep]], x[j[keep]]))
+    i, j = i[keep], j[keep]
+    out["impostor"] = _summary(np.concatenate([np.einsum("ij,ij->i", x[i[s : s + 8192]], x[j[s : s + 8192]])
+                                               for s in range(0, len(i), 8192)]))  # bounded temporaries
     # one face per identity: with a few photos per person the nearest two neighbours are mates at alike
     # distances, and TwoNN would measure the clusters, not the space the identities live in
     _, first = np.unique(labels, return_index=True) if (labels >= 0).any() else (None, np.arange(len(x)))

@@ -188,7 +188,7 @@ def parse_arms(spec: str) -> list[Arm]:
             lib = ":".join(parts[:3]) if len(parts) > 2 and parts[2] else ":".join(parts[:2])
             kind, params = ours.parse(lib)
             efs = [int(e) for e in parts[3].split("/")] if len(parts) == 4 else None
-            arms.append((lib, params.get("precision", "-"), int(params.get("m", 0)), int(params.get("efc", 0)), efs))
+            arms.append((lib, params.get("precision", "default"), int(params.get("m", 0)), int(params.get("efc", 0)), efs))
             continue
         if len(parts) not in (4, 5):
             raise ValueError(f"arm {item!r}: expected lib:precision:M:efC[:ef/ef/...]")

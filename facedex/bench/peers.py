@@ -133,11 +133,11 @@ class Milvus:
     NAME = "faces"
 
     def __init__(self, lib: str, x: np.ndarray, m: int, efc: int, folder: Path) -> None:
-        from pymilvus import DataType
-
         self.lib, self.folder = lib, folder
         folder.mkdir(parents=True, exist_ok=True)
-        self.client = _milvus_client(folder / "milvus.db")
+        self.client = _milvus_client(folder / "milvus.db")  # first: a missing milvus-lite is named as such
+        from pymilvus import DataType
+
         kind = {"milvus-flat": "FLAT", "milvus-ivf": "IVF_FLAT", "milvus-hnsw": "HNSW"}[lib]
         params = {"FLAT": {}, "IVF_FLAT": {"nlist": m or 1024}, "HNSW": {"M": m, "efConstruction": efc}}[kind]
         schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
