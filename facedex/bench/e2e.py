@@ -102,8 +102,8 @@ async def _run_level(http, api, auth, list_id, probes, exact: bool, concurrency:
 
 
 async def run(api: str, manager: str, admin_token: str, size: int, levels: list[int], requests: int, seed: int,
-              data_name: str = "face-like") -> tuple[dict[str, object], object, np.ndarray]:
-    """The HTTP arm; returns the record, the dataset and exact search's top 10 (for the milvus-lite arm)."""
+              data_name: str = "face-like") -> tuple[dict[str, object], object, np.ndarray, list[set[int]]]:
+    """The HTTP arm; returns the record, the dataset, exact top 10s and each probe's mates (for the milvus-lite arm)."""
     n_probes = 200
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256), timeout=aiohttp.ClientTimeout(total=120)) as http:
         data, face_ids, list_id, auth, setup = await _setup(http, api, manager, admin_token, size, n_probes, seed, data_name)
@@ -135,7 +135,9 @@ async def run(api: str, manager: str, admin_token: str, size: int, levels: list[
                 print(f"  {'exact' if exact else 'auto'} c={c}: p50 {level['p50_ms']:.1f} ms, p99 {level['p99_ms']:.1f} ms, "
                       f"{level['throughput_rps']:.0f} req/s, routes {level['routes']}", flush=True)
     record = {"benchmark": "e2e", "machine": machine(), "size": size, "seed": seed, "data": data_name, "setup": setup, "rows": rows}
-    return record, data, exact_i
+    mates = [{int(j) for j, s in zip(exact_i[q], exact_s[q]) if s >= 0.3 and data.labels[j] == data.probe_labels[q]}
+             for q in range(len(data.probes))]
+    return record, data, exact_i, mates
 
 
 def markdown(record: dict[str, object], command: str) -> str:
@@ -200,10 +202,10 @@ def main(api: str, manager: str, admin_token: str, size: int, levels: list[int],
 
     A milvus-lite arm that cannot run leaves its reason in ``record["milvus"]["error"]``; the HTTP rows stand.
     """
-    record, ds, exact_i = asyncio.run(run(api, manager, admin_token, size, levels, requests, seed, data))
+    record, ds, exact_i, mates = asyncio.run(run(api, manager, admin_token, size, levels, requests, seed, data))
     if milvus is not None:
         try:
-            record["milvus"] = milvus_e2e.run(ds.gallery, ds.probes, exact_i, levels, requests, milvus,  # type: ignore[attr-defined]
+            record["milvus"] = milvus_e2e.run(ds.gallery, ds.probes, exact_i, mates, levels, requests, milvus,  # type: ignore[attr-defined]
                                               milvus_m, milvus_efc, milvus_knob, log=log)
         except MilvusUnavailable as e:
             record["milvus"] = {"error": str(e)}

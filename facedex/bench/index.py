@@ -74,7 +74,7 @@ def _build(lib: str, x: np.ndarray, m: int, efc: int, precision: str):  # type: 
     if lib.startswith("ours:"):
         return ours.build(*ours.parse(lib), x)
     if lib in peers.LIBS:
-        return peers.build(lib, x, m, efc, precision, Path(tempfile.mkdtemp(prefix="facedex-bench-")))
+        return peers.build(lib, x, m, efc, precision)
     if lib == "facedex":
         from facedex.index import HnswIndex, IndexParams
 

@@ -105,8 +105,8 @@ def load(uri: str, gallery: np.ndarray, kind: str, m: int, efc: int) -> dict[str
         client.close()
 
 
-async def level(uri: str, probes: np.ndarray, exact_i: np.ndarray, kind: str, knob: int, concurrency: int, requests: int,
-                server_pid: int) -> dict[str, object]:
+async def level(uri: str, probes: np.ndarray, exact_i: np.ndarray, mates: list[set[int]], kind: str, knob: int,
+                concurrency: int, requests: int, server_pid: int) -> dict[str, object]:
     """One concurrency level: ``requests`` single-probe searches from ``concurrency`` concurrent callers."""
     import psutil
     from pymilvus import AsyncMilvusClient
@@ -143,14 +143,17 @@ async def level(uri: str, probes: np.ndarray, exact_i: np.ndarray, kind: str, kn
     lat = np.array(latencies) * 1000
     top1 = np.mean([bool(ids) and ids[0] == exact_i[q, 0] for q, ids in found.items()])
     recall = np.mean([len(set(ids) & set(exact_i[q].tolist())) / 10 for q, ids in found.items()])
+    mate_hits = sum(len(mates[q] & set(ids)) for q, ids in found.items())
+    mate_total = sum(len(mates[q]) for q in found)
     return {"route_asked": f"milvus-lite {KINDS[kind]}", "concurrency": concurrency, "requests": requests,
             "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
             "p99_ms": float(np.percentile(lat, 99)), "throughput_rps": requests / wall, "routes": {"milvus-lite": len(lat)},
-            "top1_agreement": float(top1), "recall_at_10": float(recall), "client_cpu_s": cpu, "client_cpu_share": cpu / wall,
+            "top1_agreement": float(top1), "recall_at_10": float(recall), "mate_recall": mate_hits / max(mate_total, 1),
+            "client_cpu_s": cpu, "client_cpu_share": cpu / wall,
             "server_cpu_s": srv_cpu, "wall_s": wall}
 
 
-def run(gallery: np.ndarray, probes: np.ndarray, exact_i: np.ndarray, levels: list[int], requests: int, kind: str,
+def run(gallery: np.ndarray, probes: np.ndarray, exact_i: np.ndarray, mates: list[set[int]], levels: list[int], requests: int, kind: str,
         m: int, efc: int, knob: int, log=print) -> dict[str, object]:  # type: ignore[no-untyped-def]
     with server(log) as (uri, pid):
         setup = load(uri, gallery, kind, m, efc)
@@ -158,7 +161,7 @@ def run(gallery: np.ndarray, probes: np.ndarray, exact_i: np.ndarray, levels: li
             f"loaded in {setup['build_s']:.0f} s")
         rows = []
         for c in levels:
-            row = asyncio.run(level(uri, probes, exact_i, kind, knob, c, requests, pid))
+            row = asyncio.run(level(uri, probes, exact_i, mates, kind, knob, c, requests, pid))
             rows.append(row)
             log(f"  milvus-lite c={c}: p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, "
                 f"{row['throughput_rps']:.0f} req/s, top-1 {row['top1_agreement']:.3f}, client CPU {row['client_cpu_share']:.0%}")

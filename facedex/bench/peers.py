@@ -21,6 +21,7 @@ arm's process, so the peak RSS is its own.
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -135,7 +136,11 @@ class Milvus:
     def __init__(self, lib: str, x: np.ndarray, m: int, efc: int, folder: Path) -> None:
         self.lib, self.folder = lib, folder
         folder.mkdir(parents=True, exist_ok=True)
-        self.client = _milvus_client(folder / "milvus.db")  # first: a missing milvus-lite is named as such
+        try:
+            self.client = _milvus_client(folder / "milvus.db")  # first: a missing milvus-lite is named as such
+        except MilvusUnavailable:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         from pymilvus import DataType
 
         kind = {"milvus-flat": "FLAT", "milvus-ivf": "IVF_FLAT", "milvus-hnsw": "HNSW"}[lib]
@@ -183,9 +188,9 @@ class Milvus:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def build(lib: str, x: np.ndarray, m: int, efc: int, precision: str, work: Path) -> FlatScan | Milvus:
+def build(lib: str, x: np.ndarray, m: int, efc: int, precision: str) -> FlatScan | Milvus:
     if lib in SCANS:
         return FlatScan(lib, x, m, precision)
-    if lib in MILVUS:
-        return Milvus(lib, x, m, efc, work / lib)
+    if lib in MILVUS:  # a database folder of its own, removed by close()
+        return Milvus(lib, x, m, efc, Path(tempfile.mkdtemp(prefix=f"facedex-bench-{lib}-")))
     raise ValueError(f"unknown peer {lib!r}")
