@@ -29,7 +29,8 @@ def test_bench_bruteforce_and_index_smoke(database_url: str, tmp_path: Path) -> 
     cwd = os.getcwd()
     os.chdir(tmp_path)  # records go to ./bench-results
     try:
-        out = facedex("bench", "bruteforce", "--sizes", "2000", "--repeat", "5", "--batch", "4", "--doc", str(doc), env=env)
+        out = facedex("bench", "bruteforce", "--sizes", "2000", "--repeat", "5", "--batch", "4", "--data", "subspace",
+                      "--doc", str(doc), env=env)
         assert out.returncode == 0, out.stdout + out.stderr
         out = facedex(
             "bench", "index", "--sizes", "1000", "--probes", "50", "--efs", "32,64",
@@ -50,6 +51,7 @@ def test_bench_bruteforce_and_index_smoke(database_url: str, tmp_path: Path) -> 
     text = doc.read_text()
     assert "<!-- bench:bruteforce -->" in text and "<!-- bench:index -->" in text
     assert "| 2,000 × 512 |" in text and "| facedex | 1,000 | i8 | 16 | 32 |" in text
+    assert "Data: subspace: structured identities in 4 correlated groups" in text.split("<!-- bench:bruteforce -->")[1]
     records = sorted((tmp_path / "bench-results").glob("*.json"))
     assert [r.name.split("-")[0] for r in records] == ["bruteforce", "extract", "index", "index", "index"]
     index = json.loads(records[2].read_text())

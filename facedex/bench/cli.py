@@ -43,13 +43,17 @@ def bruteforce(
     repeat: Annotated[int, typer.Option(help="Single-reference runs per size (median reported).")] = 50,
     batch: Annotated[int, typer.Option(help="References per batched request.")] = 64,
     seed: int = 0,
+    data: Annotated[str, typer.Option(help="Data regime: face-like, manifold, subspace or uniform (see bench index).")] = "face-like",
     doc: Doc = None,
 ) -> None:
     """Bulk import rate and exact matching vs plain numpy and the memory-bandwidth bound (real PostgreSQL)."""
     from facedex.bench import bruteforce as bf
+    from facedex.bench.regimes import DATA
     from facedex.cli import _database_url
 
-    record = bf.main(_database_url(), [int(s) for s in sizes.split(",")], dim, repeat, batch, seed)
+    if data not in DATA:
+        raise typer.BadParameter(f"--data must be one of {', '.join(DATA)}")
+    record = bf.main(_database_url(), [int(s) for s in sizes.split(",")], dim, repeat, batch, seed, data)
     _publish("bruteforce", record, bf.markdown(record, _command()), doc)
 
 
