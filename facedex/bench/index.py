@@ -219,7 +219,8 @@ def _child(lib: str, data_path: str, probes_path: str, m: int, efc: int, precisi
     with tempfile.TemporaryDirectory() as tmp:
         nbytes, load_s = _save_load(lib, index, Path(tmp))
     out.put({"lib": lib, "build_s": build_s, "peak_rss_mb": peak, "bytes": nbytes, "load_s": load_s,
-             "code_bytes": getattr(index, "code_bytes", None), "rescore_bytes": getattr(index, "rescore_bytes", None)})
+             "code_bytes": getattr(index, "code_bytes", None), "rescore_bytes": getattr(index, "rescore_bytes", None),
+             "insert_s": getattr(index, "insert_s", None)})
     warm: set[int] = set()
     try:
         while (command := commands.get()) is not None:
@@ -410,10 +411,11 @@ def markdown(record: dict[str, object], command: str, plot: str | None) -> str:
                       "PQ fast-scan with M 4-bit codes; `faiss-rabitq`): every code is scanned, the best R candidates are "
                       "re-scored exactly from the float store, and their ef column is R. Per face: " + sizes_b + ".")
     if libs & set(peers.MILVUS):
+        inserts = "; ".join(f"{r['lib']} {r['insert_s']:.1f} s" for r in rows if r.get("insert_s") is not None)  # type: ignore[union-attr]
         lines[-1] += (" milvus-lite (embedded Milvus, in the arm's own process) is queried through pymilvus as an "
                       "application would: one `search` call per query, the batched column one call with every query; "
                       "its ef column is nprobe for IVF_FLAT, ef for HNSW, unused for FLAT; its build covers create, "
-                      "insert, flush and index build.")
+                      f"insert, flush and index build (of which inserting the rows: {inserts}).")
     if any(str(lib).startswith("ours:") for lib in libs):
         lines[-1] += " `ours:<kind>` arms run facedex's own index interface (`facedex/bench/ours.py`)."
     if plot:
