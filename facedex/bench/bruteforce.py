@@ -23,7 +23,7 @@ import numpy as np
 
 from facedex import wire
 from facedex.bench.common import machine, median_s
-from facedex.bench.datasets import face_like
+from facedex.bench.regimes import DESCRIPTION, make
 from facedex.bruteforce.app import match
 from facedex.bruteforce.batching import Batcher
 from facedex.bruteforce.cache import ListCache
@@ -56,8 +56,9 @@ def stream_bound_s(x: np.ndarray, repeat: int) -> tuple[float, str]:
     return timed[best], best
 
 
-async def run_size(store: FacesStore, n: int, dim: int, repeat: int, batch: int, seed: int) -> dict[str, object]:
-    data = face_like(n, dim=dim, n_probes=max(repeat, batch), seed=seed)
+async def run_size(store: FacesStore, n: int, dim: int, repeat: int, batch: int, seed: int,
+                   data_name: str = "face-like") -> dict[str, object]:
+    data = make(data_name, n, dim, max(repeat, batch), seed)
     account_id, _ = await store.create_account("bench")
     lst = await store.create_list(account_id)
     chunk = 20_000
@@ -133,7 +134,8 @@ async def run_size(store: FacesStore, n: int, dim: int, repeat: int, batch: int,
     }
 
 
-async def run(database_url: str, sizes: list[int], dim: int, repeat: int, batch: int, seed: int) -> dict[str, object]:
+async def run(database_url: str, sizes: list[int], dim: int, repeat: int, batch: int, seed: int,
+              data: str = "face-like") -> dict[str, object]:
     url, admin, name = bench_db_url(database_url)
     conn = await asyncpg.connect(admin)
     await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -142,13 +144,13 @@ async def run(database_url: str, sizes: list[int], dim: int, repeat: int, batch:
     pool = await create_pool(url, max_size=4)
     try:
         store = FacesStore(pool)
-        rows = [await run_size(store, n, dim, repeat, batch, seed) for n in sizes]
+        rows = [await run_size(store, n, dim, repeat, batch, seed, data) for n in sizes]
     finally:
         await pool.close()
         conn = await asyncpg.connect(admin)
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await conn.close()
-    return {"benchmark": "bruteforce", "machine": machine(), "repeat": repeat, "seed": seed, "rows": rows}
+    return {"benchmark": "bruteforce", "machine": machine(), "repeat": repeat, "seed": seed, "data": data, "rows": rows}
 
 
 def markdown(record: dict[str, object], command: str) -> str:
@@ -159,7 +161,7 @@ def markdown(record: dict[str, object], command: str) -> str:
         "## Brute-force matching and bulk import",
         "",
         f"Machine: {machine_line(record['machine'])}.  ",  # type: ignore[arg-type]
-        "Data: face-like identity clusters (`facedex.bench.datasets.face_like`, 4 faces per identity, seed "
+        f"Data: {record.get('data', 'face-like')}: {DESCRIPTION[str(record.get('data', 'face-like'))]} (seed "
         f"{record['seed']}), float32, L2-normalised; top-10 per reference.  ",
         f"Command: `{command}`  ",
         f"Medians of {record['repeat']} single-reference runs (fewer for batches), all numbers from one run.",
@@ -187,8 +189,9 @@ def markdown(record: dict[str, object], command: str) -> str:
     return "\n".join(lines)
 
 
-def main(database_url: str, sizes: list[int], dim: int, repeat: int, batch: int, seed: int) -> dict[str, object]:
-    return asyncio.run(run(database_url, sizes, dim, repeat, batch, seed))
+def main(database_url: str, sizes: list[int], dim: int, repeat: int, batch: int, seed: int,
+         data: str = "face-like") -> dict[str, object]:
+    return asyncio.run(run(database_url, sizes, dim, repeat, batch, seed, data))
 
 
 

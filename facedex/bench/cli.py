@@ -69,13 +69,17 @@ def bruteforce(
     repeat: Annotated[int, typer.Option(help="Single-reference runs per size (median reported).")] = 50,
     batch: Annotated[int, typer.Option(help="References per batched request.")] = 64,
     seed: int = 0,
+    data: Annotated[str, typer.Option(help="Data regime: face-like, manifold, subspace or uniform (see bench index).")] = "face-like",
     doc: Doc = None,
 ) -> None:
     """Bulk import rate and exact matching vs plain numpy and the memory-bandwidth bound (real PostgreSQL)."""
     from facedex.bench import bruteforce as bf
+    from facedex.bench.regimes import DATA
     from facedex.cli import _database_url
 
-    record = bf.main(_database_url(), [int(s) for s in sizes.split(",")], dim, repeat, batch, seed)
+    if data not in DATA:
+        raise typer.BadParameter(f"--data must be one of {', '.join(DATA)}")
+    record = bf.main(_database_url(), [int(s) for s in sizes.split(",")], dim, repeat, batch, seed, data)
     _publish("bruteforce", record, bf.markdown(record, _command()), doc)
 
 
@@ -87,13 +91,18 @@ def index(
     efs: Annotated[str, typer.Option(help="Search ef values to sweep.")] = "32,64,128,256",
     arms: Annotated[
         str | None,
-        typer.Option(help="lib:precision:M:efC,... (libs: facedex, usearch-raw, faiss-hnsw, hnswlib, pgvector); "
+        typer.Option(help="lib:precision:M:efC[:sweep/sweep],... (libs: facedex, usearch-raw, faiss-hnsw, hnswlib, pgvector; "
+                     "flat code scans with exact re-score, precision = re-score store f16/f32, sweep = R: faiss-binary "
+                     "(M = 0: sign bits, M > 0: M random-projection bits), faiss-pqfs (M 4-bit codes), faiss-rabitq; "
+                     "milvus-lite: milvus-flat, milvus-ivf (M = nlist, sweep = nprobe), milvus-hnsw) and our engine's "
+                     "ours:<kind>[:key=value+...][:sweep/...] (kind hnsw: precision, m, efc); "
                      "default: facedex at the index settings, and each peer at the same M and efC."),
     ] = None,
     threshold: float = 0.3,
     seed: int = 0,
     repeat: Annotated[int, typer.Option(help="Passes over the probes per ef (median QPS reported).")] = 3,
-    data: Annotated[str, typer.Option(help="face-like (identity clusters, planted mates) or uniform (the hard case).")] = "face-like",
+    data: Annotated[str, typer.Option(help="face-like (isotropic identity clusters), manifold or subspace (structured "
+                                           "generators, facedex/bench/faces_model.py), or uniform (the hard case).")] = "face-like",
     doc: Doc = None,
     section: Annotated[str, typer.Option(help="Name of the section of --doc to replace.")] = "index",
     from_record: Annotated[
@@ -142,25 +151,44 @@ def e2e(
     own_platform: Annotated[
         bool, typer.Option(help="Start a throwaway licensed platform (temp data, own database and ports) for the run.")
     ] = False,
+    data: Annotated[str, typer.Option(help="Data regime: face-like, manifold, subspace or uniform (see bench index).")] = "face-like",
+    milvus: Annotated[str, typer.Option(help="milvus-lite comparison arm on the same faces: hnsw, ivf, flat or none.")] = "hnsw",
+    milvus_m: Annotated[int, typer.Option(help="milvus-lite HNSW M (or IVF nlist).")] = 24,
+    milvus_efc: Annotated[int, typer.Option(help="milvus-lite HNSW efConstruction.")] = 96,
+    milvus_ef: Annotated[int, typer.Option(help="milvus-lite search ef (HNSW) or nprobe (IVF).")] = 128,
     doc: Doc = None,
     section: Annotated[str, typer.Option(help="Name of the section of --doc to replace.")] = "e2e",
 ) -> None:
-    """Matching over HTTP on a running platform: latency, throughput, route and recall, indexed and exact."""
+    """Matching over HTTP on a running platform: latency, throughput, route and recall, indexed and exact; then milvus-lite.
+
+    A milvus-lite arm that cannot run is reported in the table and makes the command exit 1 (the rest is published).
+    """
     from facedex.bench import e2e as be
+    from facedex.bench.regimes import DATA
     from facedex.config import get_settings
 
+    if data not in DATA:
+        raise typer.BadParameter(f"--data must be one of {', '.join(DATA)}")
+    if milvus not in ("hnsw", "ivf", "flat", "none"):
+        raise typer.BadParameter("--milvus must be hnsw, ivf, flat or none")
     levels = [int(c) for c in concurrency.split(",")]
+    arm = dict(data=data, milvus=None if milvus == "none" else milvus, milvus_m=milvus_m, milvus_efc=milvus_efc,
+               milvus_knob=milvus_ef, log=console.print)
     if own_platform:
         from facedex.bench.platform import own_platform as start
 
         with start(log=console.print) as p:
-            record = be.main(p.api, p.manager, p.admin_token, size, levels, requests, seed)
+            record = be.main(p.api, p.manager, p.admin_token, size, levels, requests, seed, **arm)  # type: ignore[arg-type]
     else:
         if not admin_token:
             raise typer.BadParameter("give --admin-token (or FACEDEX_ADMIN_TOKEN), or use --own-platform")
         settings = get_settings()
-        record = be.main(api or settings.api.url, manager or settings.manager.url, admin_token, size, levels, requests, seed)
+        record = be.main(api or settings.api.url, manager or settings.manager.url, admin_token, size, levels, requests, seed,
+                         **arm)  # type: ignore[arg-type]
     _publish("e2e", record, be.markdown(record, _command()), doc, section)
+    if (record.get("milvus") or {}).get("error"):  # type: ignore[union-attr]
+        console.print(f"[red]{record['milvus']['error']}[/red]")  # type: ignore[index]
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -177,6 +205,13 @@ def extract(
 
 
 INDEX_PARAM_ARMS = "facedex:f16:32:128,facedex:f16:32:64,facedex:i8:32:64,facedex:i8:24:96,facedex:i8:16:128"
+# issue 11's library baselines: flat code scans re-scored from fp16 (R swept), and milvus-lite as a server would be
+R_SWEEP = "16/64/256"
+SCAN_ARMS_512 = ",".join(f"{arm}:{R_SWEEP}" for arm in (
+    "faiss-binary:f16:0:0", "faiss-pqfs:f16:64:0", "faiss-pqfs:f16:128:0", "faiss-rabitq:f16:0:0"))
+SCAN_ARMS_128 = ",".join(f"{arm}:{R_SWEEP}" for arm in (
+    "faiss-binary:f16:0:0", "faiss-binary:f16:512:0", "faiss-pqfs:f16:32:0", "faiss-pqfs:f16:64:0", "faiss-rabitq:f16:0:0"))
+MILVUS_ARMS = "milvus-flat:f32:0:0:1,milvus-ivf:f32:1024:0:16/64/256,milvus-hnsw:f32:24:96:64/256"
 
 
 @app.command("all")
@@ -217,6 +252,11 @@ def all_(
         ("index-128", index_section("index-128", peers_128, dim=128)),
         ("index-uniform", index_section("index-uniform", peers_uniform, efs="32,64,128,256,512", data="uniform")),
         ("index-1m", index_section("index-1m", peers_1m, sizes="1000000", efs="64,128,256")),
+        # the structured regimes (facedex/bench/faces_model.py) and the flat code scans, our HNSW beside them
+        *[(f"index-scans-{data}", index_section(f"index-scans-{data}", f"facedex:{default},{SCAN_ARMS_512},{MILVUS_ARMS}",
+                                                data=data, efs="64,256")) for data in ("face-like", "manifold", "subspace")],
+        ("index-scans-128", index_section("index-scans-128", f"facedex:{default},{SCAN_ARMS_128}", dim=128, data="manifold",
+                                          efs="64,256")),
         ("extract", lambda: extract(repeat=20, total=200, doc=doc)),
     ]
     if e2e_runs:

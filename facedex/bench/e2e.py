@@ -6,7 +6,10 @@ Indexed Matcher, then sends matching requests at each concurrency level, on
 the indexed route and on the brute-force route (``candidates.exact``), with a
 real HTTP client (aiohttp, keep-alive). Reports latency percentiles,
 throughput, the route that answered, and recall@10 and mate recall of the
-API's results against exact search on the same data.
+API's results against exact search on the same data, and the load generator's
+own CPU time per level (so one can tell it was not the bottleneck). With
+``milvus`` set, the same faces are then put in milvus-lite and queried at the
+same levels (``facedex.bench.milvus_e2e``).
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ import time
 import aiohttp
 import numpy as np
 
+from facedex.bench import milvus_e2e
 from facedex.bench.common import machine, machine_line
-from facedex.bench.datasets import face_like
+from facedex.bench.peers import MilvusUnavailable
+from facedex.bench.regimes import make
 from facedex.bruteforce.exact import topk
 
 
@@ -27,13 +32,14 @@ def _b64(v: np.ndarray) -> str:
     return base64.b64encode(np.asarray(v, "<f4").tobytes()).decode()
 
 
-async def _setup(http: aiohttp.ClientSession, api: str, manager: str, admin_token: str, size: int, n_probes: int, seed: int):  # type: ignore[no-untyped-def]
+async def _setup(http: aiohttp.ClientSession, api: str, manager: str, admin_token: str, size: int, n_probes: int, seed: int,  # type: ignore[no-untyped-def]
+                 data_name: str):
     async with http.post(f"{api}/1/accounts", json={"name": "bench-e2e"}, headers={"Authorization": f"Bearer {admin_token}"}) as r:
         token = (await r.json())["token"]
     auth = {"Authorization": f"Bearer {token}"}
     async with http.post(f"{api}/1/lists", json={"user_data": "bench-e2e"}, headers=auth) as r:
         list_id = (await r.json())["list_id"]
-    data = face_like(size, n_probes=n_probes, seed=seed)
+    data = make(data_name, size, 512, n_probes, seed)
     face_ids: list[str] = [""] * size
     sem = asyncio.Semaphore(4)
 
@@ -86,19 +92,22 @@ async def _run_level(http, api, auth, list_id, probes, exact: bool, concurrency:
             routes[payload["route"]] = routes.get(payload["route"], 0) + 1
             results[i % len(probes)] = [m["face_id"] for m in payload["matches"][0]["results"]]
 
-    started = time.perf_counter()
+    cpu, started = milvus_e2e.cpu_seconds(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall = time.perf_counter() - started
+    cpu = milvus_e2e.cpu_seconds() - cpu
     lat = np.array(latencies) * 1000
     return {"concurrency": concurrency, "requests": requests, "p50_ms": float(np.percentile(lat, 50)),
             "p95_ms": float(np.percentile(lat, 95)), "p99_ms": float(np.percentile(lat, 99)),
-            "throughput_rps": requests / wall, "routes": routes}, results
+            "throughput_rps": requests / wall, "routes": routes, "client_cpu_s": cpu, "client_cpu_share": cpu / wall}, results
 
 
-async def run(api: str, manager: str, admin_token: str, size: int, levels: list[int], requests: int, seed: int) -> dict[str, object]:
+async def run(api: str, manager: str, admin_token: str, size: int, levels: list[int], requests: int, seed: int,
+              data_name: str = "face-like") -> tuple[dict[str, object], object, np.ndarray, list[set[int]]]:
+    """The HTTP arm; returns the record, the dataset, exact top 10s and each probe's mates (for the milvus-lite arm)."""
     n_probes = 200
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256), timeout=aiohttp.ClientTimeout(total=120)) as http:
-        data, face_ids, list_id, auth, setup = await _setup(http, api, manager, admin_token, size, n_probes, seed)
+        data, face_ids, list_id, auth, setup = await _setup(http, api, manager, admin_token, size, n_probes, seed, data_name)
         print(f"  uploaded {size:,} faces in {setup['upload_s']:.0f} s; index built in {setup['build_s']:.0f} s, "
               f"calibrated: {setup['kind']}", flush=True)
         row_of = {f: i for i, f in enumerate(face_ids)}
@@ -120,11 +129,16 @@ async def run(api: str, manager: str, admin_token: str, size: int, levels: list[
                     mates = {int(j) for j, s in zip(exact_i[q], exact_s[q]) if s >= 0.3 and data.labels[j] == data.probe_labels[q]}
                     hits += len(mates & {row_of[f] for f in got})
                     total += len(mates)
-                level.update(route_asked="exact" if exact else "auto", recall_at_10=float(recall), mate_recall=hits / max(total, 1))
+                top1 = np.mean([bool(got) and row_of[got[0]] == exact_i[q, 0] for q, got in results.items()])
+                level.update(route_asked="exact" if exact else "auto", recall_at_10=float(recall), mate_recall=hits / max(total, 1),
+                             top1_agreement=float(top1))
                 rows.append(level)
                 print(f"  {'exact' if exact else 'auto'} c={c}: p50 {level['p50_ms']:.1f} ms, p99 {level['p99_ms']:.1f} ms, "
                       f"{level['throughput_rps']:.0f} req/s, routes {level['routes']}", flush=True)
-    return {"benchmark": "e2e", "machine": machine(), "size": size, "seed": seed, "setup": setup, "rows": rows}
+    record = {"benchmark": "e2e", "machine": machine(), "size": size, "seed": seed, "data": data_name, "setup": setup, "rows": rows}
+    mates = [{int(j) for j, s in zip(exact_i[q], exact_s[q]) if s >= 0.3 and data.labels[j] == data.probe_labels[q]}
+             for q in range(len(data.probes))]
+    return record, data, exact_i, mates
 
 
 def markdown(record: dict[str, object], command: str) -> str:
@@ -132,21 +146,45 @@ def markdown(record: dict[str, object], command: str) -> str:
         f"## End to end over HTTP, {record['size']:,} faces",
         "",
         f"Machine: {machine_line(record['machine'])}; every service and the client on the same 2 cores.  ",  # type: ignore[arg-type]
-        f"Data: {record['size']:,} face-like descriptors (seed {record['seed']}) created through the API, indexed by the "
+        f"Data: {record['size']:,} {record.get('data', 'face-like')} descriptors (seed {record['seed']}) created through the API, indexed by the "
         "Index Manager; references are planted probes; limit 10.  ",
         f"Command: `{command}`",
         "",
         *_setup_line(record.get("setup")),  # type: ignore[arg-type]
-        "| route asked | concurrency | requests | answered by | p50 (ms) | p95 (ms) | p99 (ms) | throughput (req/s) | recall@10 | mate recall |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| route asked | concurrency | requests | answered by | p50 (ms) | p95 (ms) | p99 (ms) | throughput (req/s) | top-1 = exact | recall@10 | mate recall | load generator CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in record["rows"]:  # type: ignore[union-attr]
+    milvus = record.get("milvus") or {}
+    for r in [*record["rows"], *milvus.get("rows", [])]:  # type: ignore[union-attr,misc]
         routes = ", ".join(f"{k} {v}" for k, v in sorted(r["routes"].items()))
         lines.append(f"| {r['route_asked']} | {r['concurrency']} | {r['requests']} | {routes} | {r['p50_ms']:.1f} | "
-                     f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['throughput_rps']:.0f} | {r['recall_at_10']:.3f} | {r['mate_recall']:.4f} |")
+                     f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['throughput_rps']:.0f} | {_opt(r.get('top1_agreement'))} | "
+                     f"{r['recall_at_10']:.3f} | {_opt(r.get('mate_recall'))} | {_cpu(r)} |")
     lines += ["", "\"auto\" lets the proxy route (indexed when the list's index is loaded and licensed); \"exact\" sets "
-              "`candidates.exact` and is answered by the brute-force Matcher."]
+              "`candidates.exact` and is answered by the brute-force Matcher. Load generator CPU: the client process's "
+              "own user + system CPU seconds over the level, as a share of one core of the wall time (of 2 cores in all); "
+              "far below 100 % means the client was not the bottleneck."]
+    if milvus.get("error"):
+        lines += ["", f"**milvus-lite arm failed**: {milvus['error']}"]
+    elif milvus:
+        st = milvus["setup"]
+        lines += ["", f"milvus-lite (`python -m milvus_lite server`, its own process on the same cores): the same "
+                  f"{record['size']:,} faces inserted through pymilvus in {st['insert_s']:.0f} s, {st['index']} index "
+                  f"(M {st['m']}, efConstruction {st['efc']}) built and loaded after {st['build_s']:.0f} s in all; search "
+                  f"ef/nprobe {st['search_knob']}; queried with `AsyncMilvusClient`, one probe per call; its rows' CPU column "
+                  "also gives the server's CPU seconds."]
     return "\n".join(lines)
+
+
+def _opt(value: object) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def _cpu(r: dict[str, object]) -> str:
+    if "client_cpu_share" not in r:
+        return "—"
+    text = f"{r['client_cpu_share']:.0%} ({r['client_cpu_s']:.2f} s)"
+    return text + (f"; server {r['server_cpu_s']:.1f} s" if "server_cpu_s" in r else "")
 
 
 def _setup_line(setup: dict[str, object] | None) -> list[str]:
@@ -158,5 +196,19 @@ def _setup_line(setup: dict[str, object] | None) -> list[str]:
             f"calibration, store) {setup['build_s']:.0f} s; calibrated: {setup['kind']} ({chosen}).", ""]
 
 
-def main(api: str, manager: str, admin_token: str, size: int, levels: list[int], requests: int, seed: int) -> dict[str, object]:
-    return asyncio.run(run(api, manager, admin_token, size, levels, requests, seed))
+def main(api: str, manager: str, admin_token: str, size: int, levels: list[int], requests: int, seed: int,
+         data: str = "face-like", milvus: str | None = None, milvus_m: int = 24, milvus_efc: int = 96,
+         milvus_knob: int = 128, log=print) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """The HTTP arm, then (``milvus`` = flat/ivf/hnsw) the milvus-lite arm on the same faces and probes.
+
+    A milvus-lite arm that cannot run leaves its reason in ``record["milvus"]["error"]``; the HTTP rows stand.
+    """
+    record, ds, exact_i, mates = asyncio.run(run(api, manager, admin_token, size, levels, requests, seed, data))
+    if milvus is not None:
+        try:
+            record["milvus"] = milvus_e2e.run(ds.gallery, ds.probes, exact_i, mates, levels, requests, milvus,  # type: ignore[attr-defined]
+                                              milvus_m, milvus_efc, milvus_knob, log=log)
+        except MilvusUnavailable as e:
+            record["milvus"] = {"error": str(e)}
+            log(str(e))
+    return record

@@ -33,12 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
+from facedex.bench import ours, peers
 from facedex.bench.common import machine, machine_line
-from facedex.bench.datasets import face_like, uniform
+from facedex.bench.faces_model import measure, stats_line
+from facedex.bench.regimes import DATA as DATASETS
+from facedex.bench.regimes import DESCRIPTION
 from facedex.bruteforce.exact import topk
 
 K = 10
-DATASETS = {"face-like": face_like, "uniform": uniform}
 
 
 def _rss_mb() -> float:
@@ -69,6 +71,10 @@ def _row_ids(n: int) -> np.ndarray:
 
 def _build(lib: str, x: np.ndarray, m: int, efc: int, precision: str):  # type: ignore[no-untyped-def]
     n, d = x.shape
+    if lib.startswith("ours:"):
+        return ours.build(*ours.parse(lib), x)
+    if lib in peers.LIBS:
+        return peers.build(lib, x, m, efc, precision)
     if lib == "facedex":
         from facedex.index import HnswIndex, IndexParams
 
@@ -105,6 +111,8 @@ def _build(lib: str, x: np.ndarray, m: int, efc: int, precision: str):  # type: 
 
 def _search(lib: str, index, q: np.ndarray, ef: int, threads: int) -> np.ndarray:  # type: ignore[no-untyped-def]
     """(len(q), K) row numbers."""
+    if lib.startswith("ours:") or lib in peers.LIBS:  # the sweep value: ef, re-score depth R or nprobe
+        return index.search(q, K, ef, threads)
     if lib == "facedex":
         ids, _ = index.search(q, K, ef=ef, threads=threads)
         return np.ascontiguousarray(ids[:, :, :8]).view(">u8").reshape(len(q), -1).astype(np.int64) - 1
@@ -127,6 +135,8 @@ def _save_load(lib: str, index, folder: Path) -> tuple[int, float | None]:  # ty
     """(bytes on disk, cold-load seconds; None where loading is not a step of its own)."""
     if lib == "pgvector":
         return index.nbytes(), None
+    if lib.startswith("ours:") or lib in peers.LIBS:
+        return index.save_load(folder / "arm")  # type: ignore[no-any-return]
     path = folder / lib
     if lib == "facedex":
         from facedex.index import HnswIndex
@@ -165,16 +175,26 @@ def parse_arms(spec: str) -> list[Arm]:
     """``lib:precision:M:efC[:ef/ef/...],...`` -> [(lib, precision, M, efC, efs or None)].
 
     Precision is ignored by f32-only libraries; an arm's own ef list (``/``-separated) replaces ``--efs`` for
-    that arm, so one run can sweep our index to high ef without paying for the peers' slow tail.
+    that arm, so one run can sweep our index to high ef without paying for the peers' slow tail. For the flat
+    code scans (``peers.SCANS``) precision is the re-score store (f16/f32) and the sweep is the re-score depth R.
+    Our engine's arms are ``ours:<kind>[:key=value+...][:ef/ef/...]`` (``facedex.bench.ours``).
     """
     arms: list[Arm] = []
     for item in spec.split(","):
         parts = item.split(":")
+        if parts[0] == "ours":
+            if len(parts) > 4:
+                raise ValueError(f"arm {item!r}: expected ours:<kind>[:key=value+...][:ef/ef/...]")
+            lib = ":".join(parts[:3]) if len(parts) > 2 and parts[2] else ":".join(parts[:2])
+            kind, params = ours.parse(lib)
+            efs = [int(e) for e in parts[3].split("/")] if len(parts) == 4 else None
+            arms.append((lib, params.get("precision", "default"), int(params.get("m", 0)), int(params.get("efc", 0)), efs))
+            continue
         if len(parts) not in (4, 5):
             raise ValueError(f"arm {item!r}: expected lib:precision:M:efC[:ef/ef/...]")
         lib, precision, m, efc = parts[:4]
         efs = [int(e) for e in parts[4].split("/")] if len(parts) == 5 else None
-        arms.append((lib, precision if lib in ("facedex", "usearch-raw") else "f32", int(m), int(efc), efs))
+        arms.append((lib, precision if lib in ("facedex", "usearch-raw", *peers.SCANS) else "f32", int(m), int(efc), efs))
     return arms
 
 
@@ -198,7 +218,9 @@ def _child(lib: str, data_path: str, probes_path: str, m: int, efc: int, precisi
     del x  # every library holds its own copy; the data is not needed for searching
     with tempfile.TemporaryDirectory() as tmp:
         nbytes, load_s = _save_load(lib, index, Path(tmp))
-    out.put({"lib": lib, "build_s": build_s, "peak_rss_mb": peak, "bytes": nbytes, "load_s": load_s})
+    out.put({"lib": lib, "build_s": build_s, "peak_rss_mb": peak, "bytes": nbytes, "load_s": load_s,
+             "code_bytes": getattr(index, "code_bytes", None), "rescore_bytes": getattr(index, "rescore_bytes", None),
+             "insert_s": getattr(index, "insert_s", None)})
     warm: set[int] = set()
     try:
         while (command := commands.get()) is not None:
@@ -219,7 +241,7 @@ def _child(lib: str, data_path: str, probes_path: str, m: int, efc: int, precisi
                     found[i, : len(r)] = r
             out.put({"qps_1thread": qps1, "qps_2threads_batched": qps2, "found": found})
     finally:
-        if lib == "pgvector":
+        if lib == "pgvector" or lib in peers.LIBS or lib.startswith("ours:"):
             index.close()
 
 
@@ -289,7 +311,9 @@ def run(sizes: list[int], dim: int, n_probes: int, efs: list[int], arms: list[Ar
                                  "probes": n_probes, "repeat": repeat, "data": data, "interleaved": True, "rows": rows}
     for n in sizes:
         ds = DATASETS[data](n, dim=dim, n_probes=n_probes, seed=seed)
-        exact_s, exact_i = topk(ds.probes, ds.gallery, K)
+        record.setdefault("data_stats", {})[str(n)] = stats = measure(ds)  # type: ignore[index]
+        print(f"  data {data} n={n}: {stats_line(stats)}", flush=True)
+        exact_s, exact_i = topk(ds.probes, ds.gallery, K)  # exact truth: blocked numpy GEMM
         children: list[_ArmProcess] = []
         with tempfile.TemporaryDirectory() as tmp:
             data_path, probes_path = os.path.join(tmp, "x.npy"), os.path.join(tmp, "q.npy")
@@ -336,11 +360,17 @@ def markdown(record: dict[str, object], command: str, plot: str | None) -> str:
     dims = ", ".join(sorted({str(r["dim"]) for r in rows}))  # type: ignore[index]
     sizes = ", ".join(f"{n:,}" for n in sorted({r["n"] for r in rows}))  # type: ignore[index]
     turns = ", the passes of all libraries taken in turn (a drifting machine slows them alike)" if record.get("interleaved") else ""
-    if record.get("data", "face-like") == "uniform":
+    regime = str(record.get("data", "face-like"))
+    if regime == "uniform":
         data = f"{dims}-d i.i.d. uniform unit vectors (no identities, so no mates: recall@10 is the measure), "
-    else:
+    elif regime == "face-like":
         data = (f"{dims}-d face-like identity clusters (4 faces per identity, same-identity cosine 0.5-0.8, "
                 f"impostors 0 ± {spread}), ")
+    else:
+        data = f"{dims}-d {DESCRIPTION[regime]}, "
+    measured = record.get("data_stats") or {}
+    if measured:
+        data += "measured " + "; ".join(f"at {int(n):,}: {stats_line(st)}" for n, st in measured.items()) + "; "  # type: ignore[union-attr]
     lines = [
         f"## Index build and search: {sizes} × {dims}, {record.get('data', 'face-like')} data",
         "",
@@ -372,6 +402,22 @@ def markdown(record: dict[str, object], command: str, plot: str | None) -> str:
                       "maintenance worker); its build column is the CREATE INDEX alone, its memory the server processes' "
                       "PSS during it, its bytes the index relation; its QPS are SQL queries over a loopback connection "
                       "(two connections for the two-thread column), as an application would run them.")
+    libs = {r["lib"] for r in rows}  # type: ignore[union-attr]
+    scans = [r for r in rows if r["lib"] in peers.SCANS]  # type: ignore[union-attr]
+    if scans:
+        sizes_b = "; ".join(f"{r['lib']} M={r['m']}: {r['code_bytes'] / r['n']:.0f} B codes + {r['rescore_bytes'] / r['n']:.0f} B "
+                            f"{r['precision']} re-score vectors" for r in scans if r.get("code_bytes"))
+        lines[-1] += (" faiss flat code scans (`faiss-binary`: sign bits, of random projections when M > 0; `faiss-pqfs`: "
+                      "PQ fast-scan with M 4-bit codes; `faiss-rabitq`): every code is scanned, the best R candidates are "
+                      "re-scored exactly from the float store, and their ef column is R. Per face: " + sizes_b + ".")
+    if libs & set(peers.MILVUS):
+        inserts = "; ".join(f"{r['lib']} {r['insert_s']:.1f} s" for r in rows if r.get("insert_s") is not None)  # type: ignore[union-attr]
+        lines[-1] += (" milvus-lite (embedded Milvus, in the arm's own process) is queried through pymilvus as an "
+                      "application would: one `search` call per query, the batched column one call with every query; "
+                      "its ef column is nprobe for IVF_FLAT, ef for HNSW, unused for FLAT; its build covers create, "
+                      f"insert, flush and index build (of which inserting the rows: {inserts}).")
+    if any(str(lib).startswith("ours:") for lib in libs):
+        lines[-1] += " `ours:<kind>` arms run facedex's own index interface (`facedex/bench/ours.py`)."
     if plot:
         lines += ["", f"![mate recall vs single-thread QPS]({plot})"]
     return "\n".join(lines)

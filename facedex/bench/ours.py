@@ -1,0 +1,87 @@
+"""Our engine's arms in ``facedex bench index``: ``ours:<kind>[:<key=value+key=value>[:<sweep/sweep>]]``.
+
+The arm goes through facedex's own index interface, as the Indexed Matcher does. :func:`build` is the ONE
+place that maps a kind name to that interface: today it knows ``hnsw`` (``facedex.index.HnswIndex``; params
+``precision``, ``m``, ``efc``; the sweep value is the search ``ef``). When the index engine grows kinds
+behind one registry, point :func:`build` at that registry (a kind name and its params in, an index out) and
+give :class:`OursArm` its search and save calls; the bench's arm parsing, child processes, interleaving and
+quality measures stay as they are.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def parse(lib: str) -> tuple[str, dict[str, str]]:
+    """``ours:hnsw:precision=i8+m=32`` -> ("hnsw", {"precision": "i8", "m": "32"})."""
+    parts = lib.split(":")
+    if parts[0] != "ours" or len(parts) not in (2, 3) or not parts[1]:
+        raise ValueError(f"arm {lib!r}: expected ours:<kind>[:key=value+key=value]")
+    params: dict[str, str] = {}
+    for item in (parts[2].split("+") if len(parts) == 3 and parts[2] else []):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"arm {lib!r}: parameter {item!r} is not key=value")
+        params[key] = value
+    return parts[1], params
+
+
+def _row_ids(n: int) -> np.ndarray:
+    """Face ids that encode row numbers (+1: the all-zero id means "removed" in the id map)."""
+    ids = np.zeros((n, 16), np.uint8)
+    ids[:, :8] = (np.arange(n, dtype=np.uint64) + 1).astype(">u8").view(np.uint8).reshape(n, 8)
+    return ids
+
+
+def _rows(ids: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(ids[:, :, :8]).view(">u8").reshape(len(ids), -1).astype(np.int64) - 1
+
+
+class OursArm:
+    """One built index of ours: search by row number, save and cold-load through the same interface."""
+
+    def __init__(self, kind: str, params: dict[str, str], index, reopen) -> None:  # type: ignore[no-untyped-def]
+        self.kind, self.params, self.index, self._reopen = kind, params, index, reopen
+
+    def search(self, q: np.ndarray, k: int, knob: int, threads: int) -> np.ndarray:
+        ids, _ = self.index.search(q, k, ef=knob, threads=threads)
+        return _rows(ids)
+
+    def save_load(self, folder: Path) -> tuple[int, float]:
+        folder.mkdir(parents=True, exist_ok=True)
+        files = self.index.save(folder / "ours")
+        started = time.perf_counter()
+        self._reopen(folder / "ours")
+        return sum(f.stat().st_size for f in files), time.perf_counter() - started
+
+    def close(self) -> None:
+        pass
+
+
+def _hnsw(x: np.ndarray, params: dict[str, str]) -> OursArm:
+    from facedex.config import get_settings
+    from facedex.index import HnswIndex, IndexParams
+
+    s = get_settings().index
+    p = IndexParams(int(params.get("m", s.connectivity)), int(params.get("efc", s.expansion_add)), 64,
+                    params.get("precision", s.precision))  # type: ignore[arg-type]
+    unknown = set(params) - {"m", "efc", "precision"}
+    if unknown:
+        raise ValueError(f"ours:hnsw does not know parameter(s) {', '.join(sorted(unknown))}")
+    index = HnswIndex(x.shape[1], p)
+    index.add(_row_ids(len(x)), x, threads=2)
+    return OursArm("hnsw", params, index, lambda path: HnswIndex.load(path, index.dim, p, view=True))
+
+
+KINDS = {"hnsw": _hnsw}
+
+
+def build(kind: str, params: dict[str, str], x: np.ndarray) -> OursArm:
+    """THE hook: a kind name and its parameters in, a built index of ours out (see the module docstring)."""
+    if kind not in KINDS:
+        raise ValueError(f"ours: unknown index kind {kind!r}; known: {', '.join(KINDS)}")
+    return KINDS[kind](x, params)
