@@ -59,6 +59,11 @@ class Errors:
     IMAGE_REQUEST = ErrorCode(16008, 400, "Malformed image request")
     # accounts
     ACCOUNT_NOT_FOUND = ErrorCode(15001, 404, "Account not found")
+    # dashboard
+    DASHBOARD_LOGIN_REQUIRED = ErrorCode(18001, 401, "Dashboard login required")
+    DASHBOARD_LOGIN_FAILED = ErrorCode(18002, 401, "Wrong admin token")
+    DASHBOARD_OFF = ErrorCode(18003, 403, "Dashboard is off: no admin token is configured")
+    DASHBOARD_UPSTREAM = ErrorCode(18004, 502, "A service the dashboard called failed")
     # internal
     INTERNAL = ErrorCode(19001, 500, "Internal server error")
     # index services (numbers as in LUNA LIM)
