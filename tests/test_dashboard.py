@@ -243,6 +243,32 @@ def _noisy(v: np.ndarray, cosine: float, rng: np.random.Generator) -> np.ndarray
     return cosine * v + np.sqrt(1 - cosine**2) * n
 
 
+def test_search_by_uploaded_photo(dash: Dash, page: object) -> None:
+    from facedex.bench.photos import face_recognition_photos
+
+    pg = page
+    photos = face_recognition_photos()
+    api = new_client(dash.services)
+    list_id = api.post("/1/lists", json={"user_data": "photos"}).json()["list_id"]
+    ids = {}
+    for name in ("obama", "biden"):
+        r = api.post("/1/images/faces", files={"image": (f"{name}.jpg", photos[name], "image/jpeg")}, data={"list_ids": [list_id]})
+        assert r.status_code == 201, r.text
+        ids[name] = r.json()["faces"][0]["face_id"]
+    pg.goto(f"{dash.url}/search")
+    pg.fill("#search-list", list_id)
+    pg.set_input_files("input[name=photo]", files=[{"name": "obama2.jpg", "mimeType": "image/jpeg", "buffer": photos["obama2"]}])
+    pg.click("#search-go")
+    pg.wait_for_selector("table.hits")
+    first = pg.locator("table.hits tbody tr").first
+    assert first.locator(".hit-face").inner_text() == ids["obama"]
+    assert float(first.locator(".similarity").inner_text()) > 0.363  # SFace's threshold: the same man
+    # a list that does not exist: the error is shown with its code, not a 5xx
+    pg.fill("#search-list", str(uuid.uuid4()))
+    pg.click("#search-go")
+    assert "12001" in pg.locator("#search-error").inner_text()
+
+
 def test_cancel_a_task_from_the_page(dash: Dash, page: object) -> None:
     """A task kept pending (the master lock is held by no manager for a while) is cancelled with its button."""
     pg = page
@@ -341,6 +367,7 @@ def test_health_at_a_glance_turns_red(dash: Dash, page: object, shots: Path) -> 
     row = pg.locator("table.health tbody tr", has_text="indexer")
     row.locator(".dot.bad").wait_for()  # the live part turns red without a reload
     assert pg.locator(".overall").inner_text() == "something is unhealthy"
+    pg.screenshot(path=str(shots / "dashboard-overview-unhealthy.png"), full_page=True)
     # a session can be ended: after logging out every page asks for the token again
     pg.click("header .logout button")
     assert pg.goto(dash.url + "/").status == 401
