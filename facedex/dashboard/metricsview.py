@@ -21,12 +21,19 @@ MATCH_ROUTE = "facedex_match_route_total"
 Sample = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
+KEPT = (REQUESTS + "_count", REQUESTS + "_bucket", MATCH_ROUTE, "process_resident_memory_bytes")
+
+
 def parse(text: str) -> Sample:
-    """Every sample of the scrape, keyed by (name, sorted labels)."""
+    """The samples the dashboard shows, keyed by (name, sorted labels); request series summed over status (memory:
+    a few hundred numbers per scrape, however many statuses a service has answered)."""
     out: Sample = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+            if s.name not in KEPT:
+                continue
+            labels = tuple(sorted((k, v) for k, v in s.labels.items() if k not in ("status", "service")))
+            out[(s.name, labels)] = out.get((s.name, labels), 0.0) + s.value
     return out
 
 
@@ -49,11 +56,16 @@ def percentile(buckets: list[tuple[float, float]], q: float) -> float | None:
 @dataclass
 class History:
     window_s: float = 60.0
-    keep: int = 120
+    keep: int = 25
+    min_gap_s: float = 2.5  # a scrape sooner than this after the last one replaces it: memory stays bounded
     scrapes: dict[str, deque[tuple[float, Sample]]] = field(default_factory=dict)
 
     def add(self, service: str, sample: Sample, now: float | None = None) -> None:
-        self.scrapes.setdefault(service, deque(maxlen=self.keep)).append((now or time.monotonic(), sample))
+        now = time.monotonic() if now is None else now
+        scrapes = self.scrapes.setdefault(service, deque(maxlen=self.keep))
+        if len(scrapes) >= 2 and now - scrapes[-2][0] < self.min_gap_s:
+            scrapes.pop()
+        scrapes.append((now, sample))
 
     def _pair(self, service: str) -> tuple[float, Sample, Sample] | None:
         """(seconds between, older, newer) scrapes of the window, or None with fewer than two."""
