@@ -1,7 +1,7 @@
 """The dashboard in headless Chromium against a running platform (issue 17).
 
 The dashboard runs with an Index Manager, Indexer and Indexed Matcher of its own
-(Redis prefix ``<run prefix>:dash``), so the 10,000 task records written for the
+(Redis prefix ``<run prefix>:dash``, index storage of their own), so the 10,000 task records written for the
 paging test and the master-lock takeover of the cancel test touch no other test.
 Set ``FACEDEX_DASHBOARD_SCREENSHOTS=docs/img`` to refresh the screenshots in docs/.
 """
@@ -44,7 +44,8 @@ class Dash:
         self.prefix = f"{services.env['FACEDEX_REDIS_PREFIX']}:dash"
         self.keys = Keys(self.prefix)
         self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
-        env = {"FACEDEX_REDIS_PREFIX": self.prefix}
+        # index storage of its own too: the run's shared matcher never loads (nor spends time on) these indexes
+        env = {"FACEDEX_REDIS_PREFIX": self.prefix, "FACEDEX_INDEX_STORAGE__PATH": str(services.log_dir / "indexes-dash")}
         self.manager = services.start_indexing("dash", **env)
         services.start("matcher-dash", "matcher", **env)
         services.start(
@@ -208,7 +209,8 @@ def test_build_from_the_page_then_served_and_searched(dash: Dash, page: object, 
     assert row.locator(".kind").inner_text()
     assert row.locator(".lag").inner_text() == "0"
     assert "expansion_search" in row.inner_text()
-    assert dash.services.ports["matcher-dash"] and row.locator(".served").inner_text()
+    served_by = row.locator(".served").inner_text()
+    assert served_by.endswith(f":{dash.services.ports['matcher-dash']}")  # the matcher id: host:port
     pg.screenshot(path=str(shots / "dashboard-lists.png"), full_page=True)
 
     # the matchers page shows the loaded index, the master and the license
@@ -216,6 +218,7 @@ def test_build_from_the_page_then_served_and_searched(dash: Dash, page: object, 
     pg.locator("table.loaded tbody tr", has_text=list_id).wait_for()
     assert pg.locator("#master").inner_text() not in ("", "—")
     assert pg.locator("#license").inner_text().startswith("valid")
+    assert pg.locator("table.labels tbody tr", has_text=served_by).count() == 1
     pg.screenshot(path=str(shots / "dashboard-matchers.png"), full_page=True)
 
     # search by face id: the planted mate comes first

@@ -71,6 +71,7 @@ class Dashboard:
         self.history = History()
         self._tokens: dict[uuid.UUID, str] = {}  # account -> the dashboard's API token for it (search)
         self._relevant: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
+        self._versions: dict[uuid.UUID, tuple[int, list[int]]] = {}  # list -> (change_seq, versions), bounded below
 
     # ------------------------------------------------------------ where things are
     def services(self) -> dict[str, str]:
@@ -105,9 +106,21 @@ class Dashboard:
             out.setdefault(list_id, []).append(matcher_id)
         return out
 
+    async def _list_versions(self, rows: list[Any]) -> dict[uuid.UUID, list[int]]:
+        """Descriptor versions per list, probed again only when the list changed (a big list's probe is not free)."""
+        stale = [r["list_id"] for r in rows if self._versions.get(r["list_id"], (-1, []))[0] != r["change_seq"]]
+        if stale:
+            fresh = await self.store.list_versions(stale)
+            if len(self._versions) > 10_000:
+                self._versions.clear()
+            heads = {r["list_id"]: r["change_seq"] for r in rows}
+            for list_id in stale:
+                self._versions[list_id] = (heads[list_id], fresh.get(list_id, []))
+        return {r["list_id"]: self._versions[r["list_id"]][1] for r in rows}
+
     async def lists(self, account_id: uuid.UUID | None, page: int, page_size: int) -> dict[str, Any]:
         total, rows = await self.store.all_lists_page(account_id, page, page_size)
-        versions, labels = await asyncio.gather(self.store.list_versions([r["list_id"] for r in rows]), self.live_labels())
+        versions, labels = await asyncio.gather(self._list_versions(rows), self.live_labels())
         error = None
         try:
             relevant = await self._relevant_indexes()
@@ -192,11 +205,16 @@ class Dashboard:
         backlogs = await asyncio.gather(*(self._stream_backlog(str(idx.get("list_id"))) for _, idx in window))
         for m in matchers:
             m["loaded"] = len(m.pop("indexes", None) or [])
+        seen: dict[str, int] = {}
+        for ids in (await self.live_labels()).values():
+            for matcher_id in ids:
+                seen[matcher_id] = seen.get(matcher_id, 0) + 1
         master, license_ = await asyncio.gather(
             self._safe(self.up.json("GET", f"{self.s.manager.url}/1/master", role="admin")),
             self._safe(self.up.json("GET", f"{self.s.licenses.url}/1/license")),
         )
         return {**pages(len(loaded), page, page_size), "matchers": matchers, "master": master, "license": license_,
+                "labels_by_matcher": dict(sorted(seen.items())),
                 "items": [{"matcher": mid, **idx, "stream": b} for (mid, idx), b in zip(window, backlogs, strict=True)]}
 
     @staticmethod

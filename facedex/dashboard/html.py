@@ -187,6 +187,9 @@ def matchers_fragment(data: dict[str, Any]) -> str:
     return (f'<p>master Index Manager: <strong id="master">{e(master.get("master") or master.get("error"))}</strong></p>'
             f'<p>license: <span id="license">{lic_text}</span></p>'
             + table(["matcher", "url", "loaded", "memory", "requests served", "licensed"], mrows, "matchers")
+            + "<h2>Live labels in Redis, by matcher</h2>"
+            + table(["matcher", "lists served"], [[f'<span class="label-matcher">{e(m)}</span>', f"{n:,}"]
+                                                  for m, n in data.get("labels_by_matcher", {}).items()], "labels")
             + "<h2>Loaded indexes</h2>"
             + table(["list", "matcher", "index", "faces", "applied change", "stream length", "stream lag", "pending"], irows, "loaded")
             + pager("/matchers", data))
