@@ -137,6 +137,14 @@ class ExtractionSettings(BaseModel):
     min_face: int = Field(20, description="Smallest face (box side, pixels) that counts.")
 
 
+class DashboardSettings(BaseModel):
+    matchers: list[str] = Field(
+        default_factory=list, description="Indexed Matcher origins the dashboard shows (default: the `matcher` address)."
+    )
+    session_ttl_s: float = Field(12 * 3600.0, description="How long a dashboard login lasts.")
+    page_size: int = Field(50, description="Rows per page on the dashboard's paged tables.")
+
+
 class Settings(BaseSettings):
     """facedex settings; see the README's Settings section for a table."""
 
@@ -172,6 +180,7 @@ class Settings(BaseSettings):
     proxy: ServiceAddress = ServiceAddress(port=5110)
     bruteforce: ServiceAddress = ServiceAddress(port=5120)
     extractor: ServiceAddress = ServiceAddress(port=5140)
+    dashboard: ServiceAddress = ServiceAddress(port=5160)
 
     proxy_plugins: list[str] = Field(
         default_factory=lambda: ["facedex.proxy.indexed:IndexedPlugin"],
@@ -186,6 +195,7 @@ class Settings(BaseSettings):
     matching: MatchingSettings = MatchingSettings()
     bruteforce_engine: BruteForceSettings = BruteForceSettings()
     extraction: ExtractionSettings = ExtractionSettings()
+    dashboard_ui: DashboardSettings = DashboardSettings()
 
     @classmethod
     def settings_customise_sources(

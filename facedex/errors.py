@@ -67,6 +67,11 @@ class Errors:
     ACCOUNT_NOT_FOUND = ErrorCode(15001, 404, "Account not found")
     TOKEN_LIMIT = ErrorCode(15002, 409, "Too many live tokens for this account")
     TOKEN_NOT_FOUND = ErrorCode(15003, 404, "Token not found")
+    # dashboard
+    DASHBOARD_LOGIN_REQUIRED = ErrorCode(18001, 401, "Dashboard login required")
+    DASHBOARD_LOGIN_FAILED = ErrorCode(18002, 401, "Wrong admin token")
+    DASHBOARD_OFF = ErrorCode(18003, 403, "Dashboard is off: no admin token is configured")
+    DASHBOARD_UPSTREAM = ErrorCode(18004, 502, "A service the dashboard called failed")
     # internal
     INTERNAL = ErrorCode(19001, 500, "Internal server error")
     # index services (numbers as in LUNA LIM)

@@ -289,8 +289,13 @@ def create_app(
     internal: bool = False,
     **kwargs: Any,
 ) -> FastAPI:
-    """``internal=True``: every route but OPEN_PATHS requires ``internal_token`` (401, 10010 without it)."""
-    app = FastAPIOffline(  # FastAPI with /docs and /redoc assets served from a pip package, not a CDN
+    """``internal=True``: every route but OPEN_PATHS requires ``internal_token`` (401, 10010 without it).
+
+    ``openapi_url=None`` (the dashboard, a web UI) publishes no schema and no docs pages.
+    """
+    # FastAPIOffline: /docs and /redoc with their assets served from a pip package, not a CDN
+    factory = FastAPIOffline if kwargs.get("openapi_url", "/openapi.json") is not None else FastAPI
+    app = factory(
         title=title,
         description=description,
         version=__version__,

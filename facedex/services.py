@@ -50,6 +50,8 @@ SERVICES: dict[str, Service] = {
         Service("extractor", "Extractor: faces and descriptors from images", "facedex.extractor.app:build_app", lambda s: s.extractor,
                 needs_db=False, in_up=lambda s: s.extraction.url == s.extractor.url),  # else the API extracts in-process
         Service("api", "public REST API", "facedex.api.app:build_app", lambda s: s.api),
+        Service("dashboard", "Dashboard: the operator's web UI", "facedex.dashboard.app:build_app", lambda s: s.dashboard,
+                needs_redis=True),
     )
 }
 

@@ -124,6 +124,7 @@ def run_up(settings: Settings, demo: bool = False, exit_after_demo: bool = False
             table.add_row(name, service.address(settings).url, str(logs_dir / f"{name}.log"))
         console.print(table)
         console.print(f"API docs: {settings.api.url}/docs   admin token: {_token_hint(settings)}")
+        console.print(f"dashboard: {settings.dashboard.url} (log in with the admin token)")
         if demo:
             from facedex.demo import run_demo
 

@@ -74,7 +74,7 @@ def test_up_demo_and_import(database_url: str, redis_url: str, redis_prefix: str
         FACEDEX_REDIS_URL=redis_url,
         FACEDEX_REDIS_PREFIX=redis_prefix + ":up",
         FACEDEX_DATA_DIR=str(tmp_path),
-        **{f"FACEDEX_{name}__PORT": str(free_port()) for name in ("API", "PROXY", "BRUTEFORCE", "MANAGER", "INDEXER")},
+        **{f"FACEDEX_{name}__PORT": str(free_port()) for name in ("API", "PROXY", "BRUTEFORCE", "MANAGER", "INDEXER", "DASHBOARD")},
     )
     out = facedex("up", "--demo", "--exit-after-demo", env=env)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -116,7 +116,7 @@ def test_up_stops_cleanly_on_sigterm(database_url: str, redis_url: str, redis_pr
     import httpx
     import psutil
 
-    ports = {name: free_port() for name in ("API", "PROXY", "BRUTEFORCE", "MANAGER", "INDEXER", "LICENSES", "MATCHER")}
+    ports = {name: free_port() for name in ("API", "PROXY", "BRUTEFORCE", "MANAGER", "INDEXER", "LICENSES", "MATCHER", "DASHBOARD")}
     env = {**os.environ, "FACEDEX_DATABASE_URL": database_url, "FACEDEX_REDIS_URL": redis_url,
            "FACEDEX_REDIS_PREFIX": redis_prefix + ":sigterm", "FACEDEX_DATA_DIR": str(tmp_path),
            **{f"FACEDEX_{name}__PORT": str(port) for name, port in ports.items()}}
@@ -124,14 +124,14 @@ def test_up_stops_cleanly_on_sigterm(database_url: str, redis_url: str, redis_pr
     deadline = time.monotonic() + 90
     while True:
         try:
-            if httpx.get(f"http://127.0.0.1:{ports['API']}/healthcheck", timeout=1).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{ports['DASHBOARD']}/healthcheck", timeout=1).status_code == 200:  # started last
                 break
         except httpx.HTTPError:
             pass
         assert proc.poll() is None and time.monotonic() < deadline, "up did not start"
         time.sleep(0.3)
     children = psutil.Process(proc.pid).children()
-    assert len(children) == 7
+    assert len(children) == 8
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     gone, alive = psutil.wait_procs(children, timeout=5)

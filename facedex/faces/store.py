@@ -634,3 +634,31 @@ class FacesStore:
         kept = [r for r in rows if r["descriptor"] is not None]
         vecs = np.frombuffer(b"".join(r["descriptor"] for r in kept), dtype=spec.dtype).reshape(-1, spec.dim)
         return ListDelta(head, removed, [r["fid"] for r in kept], vecs.astype(np.float32, copy=False))
+
+    # ------------------------------------------------------------ dashboard reads (every account: admin only)
+    async def all_lists_page(
+        self, account_id: uuid.UUID | None, page: int, page_size: int
+    ) -> tuple[int, list[asyncpg.Record]]:
+        """(total, one page of lists with their account's name), oldest first; paged in SQL so 1,000s of lists cost one page."""
+        where, args = ("WHERE l.account_id=$1", [account_id]) if account_id else ("", [])
+        total = await self.pool.fetchval(f"SELECT count(*) FROM lists l {where}", *args)
+        rows = await self.pool.fetch(
+            f"SELECT l.list_id, l.account_id, a.name AS account_name, l.user_data, l.create_time, l.face_count, l.change_seq"
+            f" FROM lists l JOIN accounts a USING (account_id) {where}"
+            f" ORDER BY l.create_time, l.list_id LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}",
+            *args, page_size, (page - 1) * page_size,
+        )
+        return total, rows
+
+    async def list_versions(self, list_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[int]]:
+        """Descriptor versions present in each list (one EXISTS probe per list and known version: stops at the first face)."""
+        rows = await self.pool.fetch(
+            "SELECT l.list_id, v.version FROM unnest($1::uuid[]) AS l(list_id) CROSS JOIN unnest($2::int[]) AS v(version)"
+            " WHERE EXISTS (SELECT 1 FROM list_faces lf JOIN descriptors d ON d.face_id=lf.face_id AND d.version=v.version"
+            " WHERE lf.list_id=l.list_id) ORDER BY 1, 2",
+            list(list_ids), [v.version for v in descriptors.versions()],
+        )
+        out: dict[uuid.UUID, list[int]] = {}
+        for r in rows:
+            out.setdefault(r["list_id"], []).append(r["version"])
+        return out

@@ -1,0 +1,1 @@
+"""Dashboard: the operator's web UI over every service (server-rendered HTML, polled live parts)."""
