@@ -102,8 +102,10 @@ class Dashboard:
         now_ms = sec * 1000 + usec // 1000
         out: dict[str, list[str]] = {}
         for member in await self.redis.zrangebyscore(self.keys.labels, now_ms, "+inf"):
-            list_id, _, matcher_id = str(member).partition(":")
-            out.setdefault(list_id, []).append(matcher_id)
+            label = Keys.labels_member_label(str(member))  # <list_id>:<descriptor version>
+            list_id, matcher_id = label.split(":", 1)[0], str(member)[len(label) + 1:]
+            if matcher_id not in out.setdefault(list_id, []):
+                out[list_id].append(matcher_id)
         return out
 
     async def _list_versions(self, rows: list[Any]) -> dict[uuid.UUID, list[int]]:
@@ -172,9 +174,9 @@ class Dashboard:
         return {"status": status, "body": body}
 
     # ------------------------------------------------------------ matchers
-    async def _stream_backlog(self, list_id: str) -> dict[str, Any]:
-        """XINFO GROUPS (lag, pending) and XPENDING's summary of the matchers' consumer group on the list's stream."""
-        stream = self.keys.stream(list_id)
+    async def _stream_backlog(self, list_id: str, version: int) -> dict[str, Any]:
+        """XINFO GROUPS (lag, pending) and XPENDING's summary of the matchers' consumer group on the label's stream."""
+        stream = self.keys.stream(Keys.matching_label(list_id, version))
         out: dict[str, Any] = {"length": await self.redis.xlen(stream), "lag": None, "pending": 0, "consumers": {}}
         try:
             for group in await self.redis.xinfo_groups(stream):
@@ -202,7 +204,9 @@ class Dashboard:
         loaded = [(m.get("matcher_id") or m["url"], idx) for m in matchers for idx in m.get("indexes") or []]
         loaded.sort(key=lambda pair: (str(pair[1].get("list_id")), str(pair[0])))
         window = loaded[(page - 1) * page_size: page * page_size]
-        backlogs = await asyncio.gather(*(self._stream_backlog(str(idx.get("list_id"))) for _, idx in window))
+        default = self.s.default_descriptor_version
+        backlogs = await asyncio.gather(*(self._stream_backlog(str(idx.get("list_id")), int(idx.get("descriptor_version") or default))
+                                          for _, idx in window))
         for m in matchers:
             m["loaded"] = len(m.pop("indexes", None) or [])
         seen: dict[str, int] = {}
