@@ -3,7 +3,7 @@
 The dashboard runs with an Index Manager, Indexer and Indexed Matcher of its own
 (Redis prefix ``<run prefix>:dash``, index storage of their own), so the 10,000 task records written for the
 paging test and the master-lock takeover of the cancel test touch no other test.
-Set ``FACEDEX_DASHBOARD_SCREENSHOTS=docs/img`` to refresh the screenshots in docs/.
+Set ``FACEDEX_TEST_DASHBOARD_SCREENSHOTS=docs/img`` to refresh the screenshots in docs/.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def browser() -> Iterator[object]:
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    where = os.environ.get("FACEDEX_DASHBOARD_SCREENSHOTS")
+    where = os.environ.get("FACEDEX_TEST_DASHBOARD_SCREENSHOTS")
     path = Path(where) if where else tmp_path_factory.mktemp("screenshots")
     path.mkdir(parents=True, exist_ok=True)
     return path
