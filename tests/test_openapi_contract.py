@@ -78,8 +78,8 @@ def fuzz_token(services: Services) -> str:
 @pytest.fixture(scope="module")
 def target(request: pytest.FixtureRequest, services: Services, fuzz_token: str) -> Target:
     name = request.param
-    if name not in services.procs:  # an Indexer of its own (fuzzed builds must not disturb the shared one), the extractor
-        services.start(name, name.split("-")[0])
+    if name not in services.procs or services.procs[name].poll() is not None:  # not started, or stopped by another test
+        services.start(name, name.split("-")[0])  # an Indexer of its own (fuzzed builds leave the shared one alone)
     internal = getattr(services, "internal_token", None)
     if name in ("api", "manager"):
         headers = {"Authorization": fuzz_token}
