@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 
 import redis.asyncio as aredis
+from redis.commands.core import AsyncScript as Script
 from redis.exceptions import ResponseError
 
 from facedex.redis.keys import Keys
@@ -88,7 +89,7 @@ class MasterLock:
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.value: str | None = None  # "<token>/<instance_id>" while held
         self.valid_until = 0.0  # monotonic; a safety margin inside the TTL, measured from before the call
-        self._fenced = redis.register_script(_FENCED)
+        self._fenced: Script | None = None  # registered on first use (a Master can be built without Redis: tests of due())
 
     @property
     def held(self) -> bool:
@@ -141,6 +142,8 @@ class MasterLock:
             args.extend(cmd)
             if len(cmd) > 1 and isinstance(cmd[1], str) and cmd[1].startswith(self.k.prefix):
                 keys.append(cmd[1])  # declared for Redis Cluster routing (all {manager} keys share one slot)
+        if self._fenced is None:
+            self._fenced = self.r.register_script(_FENCED)
         try:
             return await self._fenced(keys=keys, args=args)  # type: ignore[no-any-return]
         except ResponseError as exc:
