@@ -23,7 +23,7 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 import numpy as np
-from pydantic import BaseModel, TypeAdapter
+from pydantic import TypeAdapter
 
 from facedex.api.models import (
     AccountCreated,

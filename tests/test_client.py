@@ -129,17 +129,17 @@ def test_cli_faces_match_tasks_indexes(services: Services, fx: Client, token: st
     assert refused.returncode == 1 and "12001" in refused.stdout
 
     manager = ("--url", services.url("manager"))
-    built = facedex("tasks", "create", str(lst.list_id), *manager)
+    built = facedex("tasks", "create", str(lst.list_id), *manager, token=token)  # the account's own list
     assert built.returncode == 0, built.stdout + built.stderr
     task = fx.get_tasks(list_id=lst.list_id)[0]
     assert task.status == TaskStatus.success and task.count == 300 and str(task.task_id) in built.stdout
-    assert str(task.task_id) in facedex("tasks", "list", "--list", str(lst.list_id), *manager).stdout
-    again = facedex("tasks", "cancel", str(task.task_id), *manager)
+    assert str(task.task_id) in facedex("tasks", "list", "--list", str(lst.list_id), *manager, token=token).stdout
+    again = facedex("tasks", "cancel", str(task.task_id), *manager, token=token)
     assert again.returncode == 1 and "26205" in again.stdout
     indexes = fx.get_indexes(lst.list_id)
     assert [i.index_id for i in indexes] == [task.index_id] and indexes[0].count == 300
-    assert task.index_id in facedex("indexes", "list", "--list", str(lst.list_id), *manager).stdout
-    deleted = facedex("indexes", "delete", task.index_id, *manager)
+    assert task.index_id in facedex("indexes", "list", "--list", str(lst.list_id), *manager, token=token).stdout
+    deleted = facedex("indexes", "delete", task.index_id, *manager, token=token)
     assert deleted.returncode == 0, deleted.stdout + deleted.stderr
     deadline = time.monotonic() + 30
     while fx.get_indexes(lst.list_id) and time.monotonic() < deadline:

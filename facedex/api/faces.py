@@ -5,16 +5,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from facedex.api import images
 from facedex.api.deps import Account, Page, PageSize, Store, parse_descriptor
 from facedex.api.models import (
     DESCRIPTOR_ERRORS,
     IMAGE_ERRORS,
-    MAX_EXTERNAL_ID,
     DescriptorIn,
     Detection,
     FaceCreate,

@@ -118,7 +118,7 @@ class Builder:
         self.proc.start()
         self.state = BuildState("indexing", job.task_id, job.list_id, job.index_id, 0.0, start_time=time.time())
         self._watcher = asyncio.get_running_loop().create_task(self._watch(self.proc))
-        log.info("build of list %s (task %s) started in pid %s", list_id, task_id, self.proc.pid)
+        log.info("build of list %s (task %s) started in pid %s", job.list_id, job.task_id, self.proc.pid)
         return self.state
 
     def cancel(self, task_id: str) -> BuildState:
