@@ -116,6 +116,25 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
         client.delete(key)
 
 
+# One service-to-service secret for the whole run: every Services instance (the session's and the fault suites'
+# private ones) shares it, so a helper acting as an operator works against any of them.
+RUN_INTERNAL_TOKEN = secrets.token_urlsafe(24)
+OPERATOR = {"Authorization": f"Bearer {RUN_INTERNAL_TOKEN}"}
+
+
+@pytest.fixture
+def as_operator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain ``httpx.get/post/delete`` calls of a test act as an operator (the run's internal token)."""
+    for name in ("get", "post", "delete"):
+        call = getattr(httpx, name)
+
+        def authed(url, *args, _call=call, **kwargs):  # type: ignore[no-untyped-def]
+            kwargs["headers"] = {**OPERATOR, **(kwargs.get("headers") or {})}
+            return _call(url, *args, **kwargs)
+
+        monkeypatch.setattr(httpx, name, authed)
+
+
 class Services:
     """The services of one test run, each instance a `facedex serve` process on its own port."""
 
@@ -123,7 +142,7 @@ class Services:
 
     def __init__(self, database_url: str, redis_url: str, redis_prefix: str, work: Path) -> None:
         self.admin_token = secrets.token_urlsafe(16)
-        self.internal_token = secrets.token_urlsafe(24)  # the service-to-service secret (facedex.internal_auth)
+        self.internal_token = RUN_INTERNAL_TOKEN  # the service-to-service secret (facedex.internal_auth)
         self.internal = {"Authorization": f"Bearer {self.internal_token}"}  # headers for calls to internal routes
         self.admin = {"Authorization": f"Bearer {self.admin_token}"}  # headers of an operator (Index Manager, admin routes)
         self.ports: dict[str, int] = {}

@@ -32,6 +32,8 @@ from facedex.storage.local import LocalStorage
 from tests.conftest import Services, free_port
 from tests.test_indexing import new_list
 
+pytestmark = pytest.mark.usefixtures("as_operator")  # raw httpx calls act as an operator
+
 
 class PrivateRedis:
     """A redis-server of this module's own, with AOF: it can be killed -9 and restarted on the same port and data."""

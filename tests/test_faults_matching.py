@@ -31,13 +31,17 @@ from facedex.bench.datasets import face_like
 from tests.conftest import Services, free_port, new_client
 from tests.test_indexing import wait_task
 
+
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 N = 3000
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("redis-server") is None or not (PG_BIN / "pg_ctl").exists() or os.geteuid() != 0,
-    reason="needs redis-server, PostgreSQL 15 binaries and root (to run PostgreSQL as the postgres user)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        shutil.which("redis-server") is None or not (PG_BIN / "pg_ctl").exists() or os.geteuid() != 0,
+        reason="needs redis-server, PostgreSQL 15 binaries and root (to run PostgreSQL as the postgres user)",
+    ),
+    pytest.mark.usefixtures("as_operator"),  # raw httpx calls act as an operator
+]
 
 
 # ----------------------------------------------------------------------------------------- private servers

@@ -17,13 +17,13 @@ from facedex.bench.datasets import face_like
 from facedex.faces.store import FacesStore
 from facedex.index import FaceIndex
 from facedex.storage.local import LocalStorage
-from tests.conftest import Services
+from tests.conftest import OPERATOR, Services
 
 
 def wait_task(url: str, task_id: str, timeout: float = 120, until: tuple[str, ...] = ("success", "failed", "cancelled")) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        task = httpx.get(f"{url}/1/tasks/{task_id}", headers=Services.current.internal).json()  # type: ignore[union-attr]
+        task = httpx.get(f"{url}/1/tasks/{task_id}", headers=OPERATOR).json()
         if task["status"] in until:
             return task
         time.sleep(0.2)
