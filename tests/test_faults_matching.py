@@ -287,9 +287,10 @@ def cluster(private, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
             resp = client.post("/1/faces/batch", json={"faces": faces, "list_ids": [list_id]})
             assert resp.status_code == 201, resp.text
             ids += resp.json()["face_ids"]
-        task = httpx.post(svc.url("manager") + "/1/tasks", json={"list_id": list_id}).json()
+        task = httpx.post(svc.url("manager") + "/1/tasks", json={"list_id": list_id}, headers=svc.internal).json()
         assert wait_task(svc.url("manager"), task["task_id"], timeout=180)["status"] == "success"
-        wait_until(lambda: any(i["list_id"] == list_id for i in httpx.get(svc.url("matcher") + "/1/indexes").json()["indexes"]),
+        wait_until(lambda: any(i["list_id"] == list_id
+                               for i in httpx.get(svc.url("matcher") + "/1/indexes", headers=svc.internal).json()["indexes"]),
                    60, "the matcher to load the index")
         token = client.headers["Authorization"].split(" ", 1)[1]
         load = Load(svc.url("api"), token, list_id, data.gallery, data.probes, ids)

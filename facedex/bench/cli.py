@@ -25,7 +25,7 @@ Doc = Annotated[Path | None, typer.Option(help="Update this Markdown file's sect
 
 
 # Libraries of the `bench` extra: a runtime install (`pip install facedex`) has none of them.
-BENCH_EXTRA = {"faiss", "psutil", "hnswlib", "matplotlib", "skimage"}
+BENCH_EXTRA = {"aiohttp", "psutil", "hnswlib", "matplotlib", "skimage"}
 
 
 def _needs_bench_extra(fn: Callable[..., object]) -> Callable[..., object]:

@@ -1,16 +1,17 @@
 """Our engine's arms in ``facedex bench index``: ``ours:<kind>[:<key=value+key=value>[:<sweep/sweep>]]``.
 
 The arm goes through facedex's own index interface, as the Indexed Matcher does. :func:`build` is the ONE
-place that maps a kind name to that interface: today it knows ``hnsw`` (``facedex.index.HnswIndex``; params
-``precision``, ``m``, ``efc``; the sweep value is the search ``ef``). When the index engine grows kinds
-behind one registry, point :func:`build` at that registry (a kind name and its params in, an index out) and
-give :class:`OursArm` its search and save calls; the bench's arm parsing, child processes, interleaving and
-quality measures stay as they are.
+place that maps a kind name to that interface: ``hnsw`` (``facedex.index.HnswIndex``; params ``precision``,
+``m``, ``efc``; the sweep value is the search ``ef``) and the engine's code scans ``sign`` (``bits``, ``seed``),
+``pq_fastscan`` (``m``) and ``rabitq`` through ``facedex.index.FaceIndex``, whose sweep value is R, the
+candidates re-scored exactly. The bench's arm parsing, child processes, interleaving and quality measures are
+the same for every arm.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,43 @@ def _hnsw(x: np.ndarray, params: dict[str, str]) -> OursArm:
     return OursArm("hnsw", params, index, lambda path: HnswIndex.load(path, index.dim, p, view=True))
 
 
-KINDS = {"hnsw": _hnsw}
+def _number(value: str) -> int | float | str:
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+class FaceIndexArm(OursArm):
+    """A kind of the index engine (``facedex.index.registry``) through ``FaceIndex``: the sweep value is the number of
+    candidates re-scored exactly (R), as the Indexed Matcher searches."""
+
+    def search(self, q: np.ndarray, k: int, knob: int, threads: int) -> np.ndarray:
+        ids, _ = self.index.search(q, k, r=knob)
+        out = np.full((len(ids), k), -1, np.int64)
+        for i, row in enumerate(ids):
+            out[i, : len(row)] = _rows(row[None])[0]
+        return out
+
+
+def _engine(kind: str) -> Callable[[np.ndarray, dict[str, str]], OursArm]:
+    def build_kind(x: np.ndarray, params: dict[str, str]) -> OursArm:
+        from facedex.index import FaceIndex
+
+        scan_params = {key: _number(value) for key, value in params.items()}
+        index = FaceIndex.build(kind, scan_params, _row_ids(len(x)), x)
+        described = index.describe()
+        return FaceIndexArm(kind, params, index, lambda path: FaceIndex.load(path, x.shape[1], kind, described, writable=False))
+
+    return build_kind
+
+
+# "hnsw" is the graph through its own interface (ef swept); every other kind goes through FaceIndex (R swept)
+KINDS: dict[str, Callable[[np.ndarray, dict[str, str]], OursArm]] = {
+    "hnsw": _hnsw, **{kind: _engine(kind) for kind in ("sign", "pq_fastscan", "rabitq")}
+}
 
 
 def build(kind: str, params: dict[str, str], x: np.ndarray) -> OursArm:

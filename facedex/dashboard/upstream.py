@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
+import httpx
 
 from facedex.config import Settings
 from facedex.errors import Errors, FacedexError
@@ -19,15 +19,15 @@ from facedex.errors import Errors, FacedexError
 class Upstream:
     def __init__(self, settings: Settings, timeout_s: float = 5.0) -> None:
         self.settings = settings
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self.http: aiohttp.ClientSession | None = None
+        self.timeout = httpx.Timeout(timeout_s)
+        self.http: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
-        self.http = aiohttp.ClientSession(timeout=self.timeout)
+        self.http = httpx.AsyncClient(timeout=self.timeout)
 
     async def close(self) -> None:
         if self.http is not None:
-            await self.http.close()
+            await self.http.aclose()
 
     def headers(self, role: str, token: str | None = None) -> dict[str, str]:
         """``role``: "admin" (Index Manager), "internal" (health, metrics, matcher state) or "account" (the API, ``token``)."""
@@ -43,12 +43,12 @@ class Upstream:
         """(status, parsed JSON or text); raises 18004 when the service cannot be reached."""
         assert self.http is not None
         try:
-            async with self.http.request(method, url, headers=self.headers(role, token), **kw) as resp:
-                if resp.content_type == "application/json":
-                    return resp.status, await resp.json()
-                return resp.status, await resp.text()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            resp = await self.http.request(method, url, headers=self.headers(role, token), **kw)
+        except (httpx.HTTPError, TimeoutError) as exc:
             raise FacedexError(Errors.DASHBOARD_UPSTREAM, f"{method} {url}: {type(exc).__name__}: {exc}") from None
+        if resp.headers.get("content-type", "").split(";")[0].strip() == "application/json":
+            return resp.status_code, resp.json()
+        return resp.status_code, resp.text
 
     async def json(self, method: str, url: str, role: str = "internal", token: str | None = None, **kw: Any) -> Any:
         """The JSON answer of a 2xx; anything else raises 18004 carrying the service's own error."""

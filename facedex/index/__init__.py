@@ -8,7 +8,14 @@ measured per build (:mod:`facedex.index.calibrate`). Callers see face ids and
 inner products, never library keys.
 """
 
-from facedex.index.faces import FaceIndex
-from facedex.index.hnsw import HnswIndex, IndexParams
+import os
+
+# faiss runs on OpenMP, whose idle threads spin by default: on a machine shared by several facedex services (and
+# builds) spinning threads steal the cores the others need (a PQ training measured 50-100x slower under load).
+# Sleeping waits cost microseconds per parallel region. Set before faiss (libgomp) is first loaded.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from facedex.index.faces import FaceIndex  # noqa: E402
+from facedex.index.hnsw import HnswIndex, IndexParams  # noqa: E402
 
 __all__ = ["FaceIndex", "HnswIndex", "IndexParams"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import aiohttp
+import httpx
 
 from facedex.config import Settings
 from facedex.internal_auth import bearer
@@ -12,13 +12,11 @@ async def feature_enabled(settings: Settings, feature: str = "index", timeout_s:
     """(enabled, reason); an unreachable Licenses service counts as not enabled."""
     url = f"{settings.licenses.url}/1/features/{feature}"
     try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http,
-            http.get(url, headers=bearer(settings.internal_token)) as resp,
-        ):
-            status = await resp.json()
-            if resp.status != 200:
-                return False, f"licenses service answered {resp.status}: {status.get('detail', '')}"
+        async with httpx.AsyncClient(timeout=timeout_s) as http:
+            resp = await http.get(url, headers=bearer(settings.internal_token))
+        status = resp.json()
+        if resp.status_code != 200:
+            return False, f"licenses service answered {resp.status_code}: {status.get('detail', '')}"
         return bool(status.get("enabled")), status.get("reason") or ""
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+    except (httpx.HTTPError, TimeoutError, ValueError) as exc:
         return False, f"licenses service unreachable: {exc}"
