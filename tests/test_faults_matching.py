@@ -405,7 +405,7 @@ def test_refuse_when_stale_if_the_operator_says_so(cluster, private) -> None:
     """With matching.when_stale = "refuse", an unreachable Faces DB gives 14007 within about a second, not a stale answer."""
     import asyncio
 
-    from facedex import wire
+    from facedex import internal_auth, wire
     from facedex.errors import Errors, FacedexError
     from facedex.rpc import ServiceClient
 
@@ -413,10 +413,13 @@ def test_refuse_when_stale_if_the_operator_says_so(cluster, private) -> None:
     _, pg = private
     svc.start("bruteforce-refuse", "bruteforce", FACEDEX_MATCHING__WHEN_STALE="refuse")
     account = httpx.get(load.api + "/1/account", headers={"Authorization": f"Bearer {load.token}"}).json()["account_id"]
-    req = wire.MatchRequest(uuid_bytes(account), uuid_bytes(load.list_id), 1, load.probes[0].astype("<f4").tobytes(), 5)
+    auth, expires = internal_auth.sign(svc.internal_token, uuid_bytes(account), uuid_bytes(load.list_id), 600)
+    req = wire.MatchRequest(uuid_bytes(account), uuid_bytes(load.list_id), 1, load.probes[0].astype("<f4").tobytes(), 5,
+                            auth=auth, auth_expires_ms=expires)  # as the API signs it
 
     async def call() -> tuple[float, object]:
         client = ServiceClient(svc.url("bruteforce-refuse"), 30)
+        client.headers = dict(svc.internal)
         started = time.monotonic()
         try:
             return time.monotonic() - started, await client.call("/1/match", req, wire.MatchResponse)

@@ -27,6 +27,7 @@ class TaskStatus(str, Enum):
 class TaskType(str, Enum):
     one_time = "one_time"
     background = "background"
+    recovered = "recovered"  # recorded by the master for an index found in storage whose task Redis lost
 
 
 class TaskOut(BaseModel):
