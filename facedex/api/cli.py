@@ -14,9 +14,9 @@ from rich.console import Console
 from rich.table import Table
 
 from facedex.api.models import MatchResponseOut
-from facedex.client import Client, FacedexAPIError
+from facedex.client import Client
 from facedex.config import get_settings
-from facedex.manager.cli import id_column
+from facedex.manager.cli import cli_client, id_column
 
 faces_app = typer.Typer(help="Faces of an account (through the API).", no_args_is_help=True)
 console = Console()
@@ -33,14 +33,8 @@ Version = Annotated[int | None, typer.Option(help="Descriptor version of --descr
 @contextmanager
 def api(url: str | None, token: str) -> Iterator[Client]:
     """A client of the API; an error answer is printed with its code and exits 1."""
-    client = Client(url or get_settings().api.url, token)
-    try:
+    with cli_client(Client(url or get_settings().api.url, token)) as client:
         yield client
-    except FacedexAPIError as err:
-        console.print(f"[red]{err.error_code} {err.desc}[/]: {err.detail}")
-        raise typer.Exit(1) from None
-    finally:
-        client.close()
 
 
 def _descriptor(path: Path) -> np.ndarray:

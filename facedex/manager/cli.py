@@ -44,7 +44,13 @@ def _admin_token() -> str | None:
 def manager(url: str | None, token: str | None) -> Iterator[Client]:
     """A client of the Index Manager; an error answer is printed with its code and exits 1."""
     settings = get_settings()
-    client = Client(manager_url=url or settings.manager.url, manager_token=token or _admin_token())
+    with cli_client(Client(manager_url=url or settings.manager.url, manager_token=token or _admin_token())) as client:
+        yield client
+
+
+@contextmanager
+def cli_client(client: Client) -> Iterator[Client]:
+    """Use ``client`` for one command: an error answer is printed with its code and exits 1; closed at the end."""
     try:
         yield client
     except FacedexAPIError as err:
