@@ -270,7 +270,8 @@ class Dashboard:
         created in the Faces DB on first use and kept for this process's lifetime."""
         token = self._tokens.get(account_id)
         if token is None:
-            token = self._tokens[account_id] = await self.store.create_token(account_id, "dashboard")
+            created = await self.store.create_token(account_id, "dashboard")  # the operator's own: not counted against the cap
+            token = self._tokens[account_id] = created.token  # type: ignore[assignment]
         return token
 
     async def search(self, list_id: uuid.UUID, face_id: uuid.UUID | None, photo: bytes | None, limit: int) -> dict[str, Any]:
