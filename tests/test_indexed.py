@@ -103,7 +103,7 @@ def test_attach_and_detach_are_seen_at_once(ready, services: Services) -> None:
     t0 = time.monotonic()
     client.patch(f"/1/lists/{list_id}/faces", json={"action": "attach", "face_ids": [newcomer]})
     body = match(client, list_id, data.probes[150], limit=1)
-    assert body["route"] == "indexed" and body["matches"][0]["results"][0]["face_id"] == newcomer
+    assert body["route"] == "indexed" and body["matches"][0]["results"][0]["face_id"] == newcomer, body
     assert time.monotonic() - t0 < 1.0
     client.patch(f"/1/lists/{list_id}/faces", json={"action": "detach", "face_ids": [newcomer]})
     body = match(client, list_id, data.probes[150], limit=10)
@@ -219,12 +219,13 @@ async def test_a_version_2_list_is_built_and_served_by_the_indexed_route(ready, 
     list_id = client.post("/1/lists", json={"user_data": "v2"}).json()["list_id"]
     ids = [str(i) for i in await store.import_matrix(account, uuid.UUID(list_id), 2, data.gallery)]
     manager = services.url("manager")
-    task = httpx.post(f"{manager}/1/tasks", json={"list_id": list_id, "descriptor_version": 2}).json()
+    task = httpx.post(f"{manager}/1/tasks", json={"list_id": list_id, "descriptor_version": 2}, headers=services.internal).json()
     done = wait_task(manager, task["task_id"], timeout=300)
     assert done["status"] == "success" and done["count"] == 20_000, done
     wait_for(lambda: served_by_matcher(services, "matcher", list_id), 30, "the matcher to load the v2 index")
     time.sleep(1.0)  # the proxy's label sync
-    loaded = [i for i in httpx.get(services.url("matcher") + "/1/indexes").json()["indexes"] if i["list_id"] == list_id]
+    loaded = [i for i in httpx.get(services.url("matcher") + "/1/indexes", headers=services.internal).json()["indexes"]
+              if i["list_id"] == list_id]
     assert [i["descriptor_version"] for i in loaded] == [2]
     agree = 0
     for q in range(60):

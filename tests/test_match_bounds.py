@@ -12,7 +12,7 @@ import httpx
 import psutil
 import pytest
 
-from facedex import wire
+from facedex import internal_auth, wire
 from facedex.errors import Errors, FacedexError
 from facedex.failover import FailoverClient
 from tests.conftest import Services, free_port
@@ -75,7 +75,10 @@ def test_matching_body_limit(services: Services, client: httpx.Client) -> None:
 async def test_failover_skips_a_dead_instance_and_a_4xx_is_final(services: Services) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     client = FailoverClient([dead, services.url("bruteforce")], timeout_s=10, cooldown_s=30)
-    req = wire.MatchRequest(uuid.uuid4().bytes, uuid.uuid4().bytes, 1, b"\0" * 2048, 5)
+    client.headers = services.internal
+    account, list_id = uuid.uuid4().bytes, uuid.uuid4().bytes
+    auth, expires = internal_auth.sign(services.internal_token, account, list_id, 600)  # as the API signs it
+    req = wire.MatchRequest(account, list_id, 1, b"\0" * 2048, 5, auth=auth, auth_expires_ms=expires)
     try:
         for _ in range(3):  # whichever instance a call starts at, it ends at the live one, whose 404 is final
             with pytest.raises(FacedexError) as err:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from pathlib import Path
 
 import httpx
@@ -60,16 +62,17 @@ def test_s3_cache_pruned_when_index_leaves_bucket(s3_endpoint: str, tmp_path: Pa
     except writer.client.exceptions.BucketAlreadyOwnedByYou:
         pass
     reader = S3Storage(settings, tmp_path / "reader-cache")
-    for index_id in ("keep", "gone"):
+    keep, gone = str(uuid.uuid4()), str(uuid.uuid4())  # index ids are UUIDs (they name folders and keys)
+    for index_id in (keep, gone):
         work = tmp_path / index_id
         work.mkdir()
         (work / "ids.npy").write_bytes(index_id.encode())
-        writer.put(work, IndexMeta(index_id, "L", "acc", 1, 1, 1, {}))
+        writer.put(work, IndexMeta(index_id, str(uuid.uuid4()), str(uuid.uuid4()), 1, 1, 1, {}))
         reader.fetch(index_id)
     (reader.cache / ".tmp-other").mkdir()  # a download in progress is not touched
-    assert writer.delete("gone")
-    assert {m.index_id for m in reader.list()} == {"keep"}
-    assert sorted(p.name for p in reader.cache.iterdir()) == [".tmp-other", "keep"]
+    assert writer.delete(gone)
+    assert {m.index_id for m in reader.list()} == {keep}
+    assert sorted(p.name for p in reader.cache.iterdir()) == [".tmp-other", keep]
 
 
 async def test_build_stored_in_s3(services: Services, store, s3_endpoint: str, tmp_path: Path) -> None:

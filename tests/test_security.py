@@ -105,7 +105,11 @@ def _dir_digest(root: Path) -> str:
 async def _db_digest(store: FacesStore) -> dict[str, str]:
     out = {}
     for table in TABLES:
-        out[table] = await store.pool.fetchval(f"SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) FROM {table} t")
+        # count + sum of 60-bit row hashes: order-independent and small however many rows other tests left
+        row = await store.pool.fetchrow(
+            f"SELECT count(*), coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint), 0) FROM {table} t"
+        )
+        out[table] = f"{row[0]}:{row[1]}"
     return out
 
 

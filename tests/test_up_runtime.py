@@ -131,9 +131,9 @@ def test_every_command_helps_without_the_bench_extra(tmp_path: Path) -> None:
 
 
 def test_restart_backoff_doubles_up_to_a_cap_with_jitter() -> None:
-    from facedex.supervise import Supervisor
+    from facedex.restarts import ServiceRestarter
 
-    most = Supervisor({}, say=print, jitter=lambda: 1.0)
-    least = Supervisor({}, say=print, jitter=lambda: 0.0)
+    most = ServiceRestarter({}, say=print, jitter=lambda: 1.0)
+    least = ServiceRestarter({}, say=print, jitter=lambda: 0.0)
     assert [most.delay(n) for n in range(9)] == [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
     assert [least.delay(n) for n in range(9)] == [0.25, 0.5, 1, 2, 4, 8, 15, 15, 15]
