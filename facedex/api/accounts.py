@@ -38,7 +38,7 @@ async def get_tokens(account: Account, store: Store) -> list[TokenOut]:
     return [TokenOut.model_validate(t, from_attributes=True) for t in await store.list_tokens(account)]
 
 
-@router.post("/1/account/tokens", status_code=201, response_model=TokenCreated)
+@router.post("/1/account/tokens", status_code=201, response_model=TokenCreated, responses=errors(Errors.TOKEN_LIMIT))
 async def create_token(request: Request, account: Account, store: Store, body: TokenCreate | None = None) -> TokenCreated:
     """Another token for the same account, optionally expiring; at most ``max_tokens_per_account`` live ones (15002)."""
     body = body or TokenCreate()
@@ -47,7 +47,7 @@ async def create_token(request: Request, account: Account, store: Store, body: T
     return TokenCreated.model_validate(row, from_attributes=True)
 
 
-@router.delete("/1/account/tokens/{token_id}", status_code=204)
+@router.delete("/1/account/tokens/{token_id}", status_code=204, responses=errors(Errors.TOKEN_NOT_FOUND))
 async def delete_token(token_id: uuid.UUID, account: Account, store: Store) -> Response:
     """Revoke a token of this account; every API instance refuses it from the next request on."""
     await store.delete_token(account, token_id)
