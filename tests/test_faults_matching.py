@@ -359,7 +359,8 @@ def test_kill_one_of_two_indexed_matchers(cluster, private) -> None:
 
     Entries the dead one had read stay pending on it: the survivor claims them after ``indexed.claim_idle_ms``
     (and drops those past their deadline) while the proxy, waiting at most ``indexed.request_timeout_s``,
-    answers them by brute force; new entries go to the survivor alone.
+    answers them by brute force; new entries go to the survivor alone. The victim is frozen (SIGSTOP) for up
+    to 3 s before the kill, so that it dies holding entries (a blocked read still takes them).
     """
     import redis
 
@@ -383,15 +384,23 @@ def test_kill_one_of_two_indexed_matchers(cluster, private) -> None:
             wait_until(lambda: all(state(url)["served"] > before[url] for url in (m1, m2)), 30,
                        "both matchers to serve indexed requests")
             dead = state(m1)["matcher_id"]
+            stream = Keys("faults").stream(Keys.matching_label(load.list_id, 1))
+            r = redis.Redis.from_url(redis_server.url)
+
+            def stuck() -> int:  # entries delivered to the dead matcher and not acknowledged
+                return len(r.xpending_range(stream, Keys.MATCHER_GROUP, "-", "+", 100, consumername=dead))
+
+            # frozen first (its blocked read still takes entries), so that it most likely dies holding some
+            svc.procs["matcher"].send_signal(signal.SIGSTOP)
+            deadline = time.monotonic() + 3.0
+            while not stuck() and time.monotonic() < deadline:
+                time.sleep(0.05)
             svc.procs["matcher"].kill()
             svc.procs["matcher"].wait()
             killed = time.monotonic()
             survivor_before = state(m2)["served"]
             took = load.wait_indexed(killed, 5.0)
-            stream = Keys("faults").stream(Keys.matching_label(load.list_id, 1))
-            r = redis.Redis.from_url(redis_server.url)
-            wait_until(lambda: not r.xpending_range(stream, Keys.MATCHER_GROUP, "-", "+", 100, consumername=dead), 15,
-                       "the dead matcher's pending entries to be claimed")
+            wait_until(lambda: not stuck(), 15, "the dead matcher's pending entries to be claimed")
             time.sleep(max(1.0, killed + 5.0 - time.monotonic()))
             settled = [a for a in load.since(killed + 2.0) if a.route]
         load.assert_all_good()
