@@ -2,8 +2,9 @@
 
 Two proxies and two brute-force Matchers (the API and the proxies name both), one Indexed Matcher serving an
 indexed list built through the Index Manager, and client threads matching all along, each answer checked
-against numpy's exact search. Faults: kill -9 of one proxy and of one brute-force Matcher, Redis kill -9 +
-restart (AOF), a Redis stall (SIGSTOP), a PostgreSQL restart and stall. Nothing is restarted by hand
+against numpy's exact search. Faults: kill -9 of one proxy and of one brute-force Matcher, of one of two
+Indexed Matchers and of one of two APIs, Redis kill -9 + restart (AOF), a Redis stall (SIGSTOP), a
+PostgreSQL restart and stall. Nothing is restarted by hand
 except the killed dependency itself.
 """
 
@@ -127,11 +128,18 @@ class Answer:
     seconds: float = 0.0
     wrong: str | None = None
     error: str | None = None
+    exact: bool = False  # forced exact (brute force): not a candidate for the indexed route
+    attempts: list[str] = field(default_factory=list)  # the API URLs tried, in order (the last one answered)
 
 
 @dataclass
 class Load:
-    """Client threads matching probes (half of them forced exact) and checking each answer against numpy."""
+    """Client threads matching probes (half of them forced exact) and checking each answer against numpy.
+
+    With several ``apis`` the requests go round robin over them, and a request whose connection is refused or
+    reset is sent again to the next API (what a load balancer in front of the APIs does; matching is read-only,
+    so a retry is safe). With one API (``api``) nothing is retried.
+    """
 
     api: str
     token: str
@@ -140,6 +148,7 @@ class Load:
     probes: np.ndarray
     ids: list[str]
     threads: int = 3
+    apis: list[str] = field(default_factory=list)  # API URLs to spread requests over (default: [api])
     answers: list[Answer] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _workers: list[threading.Thread] = field(default_factory=list)
@@ -163,22 +172,40 @@ class Load:
 
     def _run(self, seed: int) -> None:
         rng = np.random.default_rng(seed)
-        with httpx.Client(base_url=self.api, headers={"Authorization": f"Bearer {self.token}"}, timeout=60) as http:
+        urls = self.apis or [self.api]
+        clients = [httpx.Client(base_url=url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60) for url in urls]
+        try:
             n = 0
             while not self._stop.is_set():
                 q = int(rng.integers(len(self.probes)))
                 probe = self.probes[q]
+                exact = n % 2 == 1
                 body = {"references": [{"descriptor": {"data": base64.b64encode(probe.astype("<f4").tobytes()).decode()}}],
-                        "candidates": {"list_id": self.list_id, "limit": 5, "exact": n % 2 == 1}}
+                        "candidates": {"list_id": self.list_id, "limit": 5, "exact": exact}}
+                first = (n // 2) % len(clients)  # round robin over the API URLs (exact and not on each)
                 n += 1
                 started = time.monotonic()
-                try:
-                    resp = http.post("/1/matcher/faces", json=body)
-                except httpx.HTTPError as exc:
-                    self.answers.append(Answer(started, 0, error=f"{type(exc).__name__}: {exc}",
-                                               seconds=time.monotonic() - started))
+                resp: httpx.Response | None = None
+                error: Exception | None = None
+                attempts: list[str] = []
+                for i in range(len(clients)):
+                    j = (first + i) % len(clients)
+                    http = clients[j]
+                    attempts.append(urls[j])
+                    try:
+                        resp = http.post("/1/matcher/faces", json=body)
+                        break
+                    except (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError) as exc:
+                        error = exc  # refused or reset: what a load balancer retries on the next instance
+                    except httpx.HTTPError as exc:
+                        error = exc
+                        break
+                if resp is None:
+                    self.answers.append(Answer(started, 0, error=f"{type(error).__name__}: {error}",
+                                               seconds=time.monotonic() - started, exact=exact, attempts=attempts))
                     continue
-                answer = Answer(started, resp.status_code, seconds=time.monotonic() - started)
+                answer = Answer(started, resp.status_code, seconds=time.monotonic() - started, exact=exact,
+                                attempts=attempts)
                 if resp.status_code == 200:
                     got = resp.json()
                     answer.route, answer.consistency = got["route"], got["consistency"]
@@ -186,6 +213,9 @@ class Load:
                 else:
                     answer.error = resp.text[:300]
                 self.answers.append(answer)
+        finally:
+            for http in clients:
+                http.close()
 
     def __enter__(self) -> Load:
         self.answers = []
@@ -303,7 +333,7 @@ def cluster(private, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
 
 
 def indexed_share(answers: list[Answer]) -> float:
-    auto = [a for a in answers if a.route]
+    auto = [a for a in answers if a.route and not a.exact]
     return sum(a.route == "indexed" for a in auto) / max(1, len(auto))
 
 
@@ -322,6 +352,98 @@ def test_kill_one_proxy_and_one_bruteforce_matcher(cluster) -> None:
     assert health(svc.url("api")) == 200 and health(svc.url("proxy2")) == 200  # one brute-force Matcher is enough
     svc.start("proxy")
     svc.start("bruteforce")
+
+
+def test_kill_one_of_two_indexed_matchers(cluster, private) -> None:
+    """kill -9 of one of two Indexed Matchers serving the list under load: the other keeps the indexed route.
+
+    Entries the dead one had read stay pending on it: the survivor claims them after ``indexed.claim_idle_ms``
+    (and drops those past their deadline) while the proxy, waiting at most ``indexed.request_timeout_s``,
+    answers them by brute force; new entries go to the survivor alone. The victim is frozen (SIGSTOP) for up
+    to 3 s before the kill, so that it dies holding entries (a blocked read still takes them).
+    """
+    import redis
+
+    from facedex.redis.keys import Keys
+
+    svc, load = cluster
+    redis_server, _ = private
+    svc.start("matcher2", "matcher")
+    m1, m2 = svc.url("matcher"), svc.url("matcher2")
+
+    def state(url: str) -> dict:  # type: ignore[type-arg]
+        return httpx.get(url + "/1/indexes", headers=svc.internal, timeout=5).json()
+
+    def serves(url: str) -> bool:
+        return any(i["list_id"] == load.list_id for i in state(url)["indexes"])
+
+    try:
+        wait_until(lambda: serves(m2), 60, "the second matcher to load the index")
+        with load:
+            before = {url: state(url)["served"] for url in (m1, m2)}
+            wait_until(lambda: all(state(url)["served"] > before[url] for url in (m1, m2)), 30,
+                       "both matchers to serve indexed requests")
+            dead = state(m1)["matcher_id"]
+            stream = Keys("faults").stream(Keys.matching_label(load.list_id, 1))
+            r = redis.Redis.from_url(redis_server.url)
+
+            def stuck() -> int:  # entries delivered to the dead matcher and not acknowledged
+                return len(r.xpending_range(stream, Keys.MATCHER_GROUP, "-", "+", 100, consumername=dead))
+
+            # frozen first (its blocked read still takes entries), so that it most likely dies holding some
+            svc.procs["matcher"].send_signal(signal.SIGSTOP)
+            deadline = time.monotonic() + 3.0
+            while not stuck() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            svc.procs["matcher"].kill()
+            svc.procs["matcher"].wait()
+            killed = time.monotonic()
+            survivor_before = state(m2)["served"]
+            took = load.wait_indexed(killed, 5.0)
+            wait_until(lambda: not stuck(), 15, "the dead matcher's pending entries to be claimed")
+            time.sleep(max(1.0, killed + 5.0 - time.monotonic()))
+            settled = [a for a in load.since(killed + 2.0) if a.route]
+        load.assert_all_good()
+        assert took <= 5.0, f"indexed answers resumed {took:.1f}s after the kill"
+        assert state(m2)["served"] > survivor_before, "the survivor went on serving"
+        assert settled and indexed_share(settled) >= 0.5, f"indexed share after the kill: {indexed_share(settled):.2f}"
+        assert max(a.seconds for a in load.answers) < 10.0, "no request waited on the dead matcher"
+        assert health(m2) == 200 and health(svc.url("proxy")) == 200
+    finally:
+        if svc.procs["matcher"].poll() is not None:  # the module's other tests use the first matcher
+            svc.start("matcher")
+            wait_until(lambda: serves(m1), 60, "the restarted matcher to load the index")
+        svc.stop("matcher2")
+
+
+def test_kill_one_of_two_apis(cluster) -> None:
+    """kill -9 of one of two API instances under load: 0 failed requests, 0 wrong answers.
+
+    The load generator spreads the requests over both API URLs and, when a connection is refused or reset,
+    sends the request again to the other API: what a load balancer in front of the APIs does.
+    """
+    svc, load = cluster
+    svc.start("api2", "api")
+    apis = [svc.url("api"), svc.url("api2")]
+    load.apis = apis
+    try:
+        with load:
+            wait_until(lambda: {a.attempts[-1] for a in load.answers if a.status == 200} >= set(apis), 30,
+                       "both APIs to answer")
+            time.sleep(1.0)  # both under load
+            svc.procs["api2"].kill()
+            svc.procs["api2"].wait()
+            killed = time.monotonic()
+            time.sleep(3.0)
+        load.assert_all_good()
+        assert {a.attempts[-1] for a in load.answers if a.at < killed} >= set(apis), "both APIs answered"
+        after = load.since(killed)
+        assert len(after) > 5 and all(a.attempts[-1] == apis[0] for a in after), "the survivor answered all"
+        assert any(a.attempts[:1] == [apis[1]] for a in after), "requests first sent to the dead API were retried"
+    finally:
+        load.apis = []
+        if svc.procs["api2"].poll() is None:
+            svc.stop("api2")
 
 
 def test_redis_kill_and_restart(cluster, private) -> None:
