@@ -11,7 +11,8 @@ import pytest
 from facedex.bench.datasets import face_like
 from facedex.ids import uuid7_block
 from facedex.index import FaceIndex
-from facedex.index.calibrate import calibrate, exact_top, probes_near
+from facedex.bruteforce.exact import topk
+from facedex.index.calibrate import calibrate, probes_near
 from facedex.index.registry import candidates
 from facedex.storage.base import CorruptIndex, IndexMeta, newest_per_list
 from facedex.storage.local import LocalStorage
@@ -107,7 +108,7 @@ def test_calibration_chooses_the_cheapest_config_that_holds_on_planted_probes(da
     rng = np.random.default_rng(1)
     cos = np.linspace(0.4, 0.8, 50).astype(np.float32)
     assert np.allclose((probes_near(d.gallery[:50], cos, rng) * d.gallery[:50]).sum(axis=1), cos, atol=1e-5)
-    truth = exact_top(d.gallery, d.probes[:20], 10, block=3000)  # blocked like a big list
+    truth = topk(d.probes[:20], d.gallery, 10)[1]  # calibration's truth is the brute-force Matcher's exact search
     full = np.argsort(-(d.probes[:20] @ d.gallery.T), axis=1)[:, :10]
     assert np.array_equal(truth, full)
 

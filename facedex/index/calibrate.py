@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from facedex.bruteforce.exact import topk
 from facedex.index import rescore
 from facedex.index.base import Scan
 from facedex.index.registry import kind as kind_class
@@ -95,25 +96,6 @@ def probes_near(vectors: np.ndarray, cosines: np.ndarray | float, rng: np.random
     return (cos * vectors + np.sqrt(1 - cos**2) * noise).astype(np.float32)
 
 
-def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int, block: int = 131_072) -> np.ndarray:
-    """(m, k) rows of the exact top-k (float32 inner product, ties by row): one GEMM, blocked to bound memory."""
-    m, n = queries.shape[0], vectors.shape[0]
-    k = min(k, n)
-    best_s = np.full((m, 0), -np.inf, np.float32)
-    best_k = np.zeros((m, 0), np.int64)
-    for start in range(0, n, block):
-        s = queries @ np.asarray(vectors[start : start + block]).T
-        kk = min(k, s.shape[1])
-        part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
-        best_s = np.hstack([best_s, np.take_along_axis(s, part, axis=1)])
-        best_k = np.hstack([best_k, part + start])
-        if best_s.shape[1] > k:
-            keep = np.argpartition(-best_s, k - 1, axis=1)[:, :k]
-            best_s, best_k = np.take_along_axis(best_s, keep, axis=1), np.take_along_axis(best_k, keep, axis=1)
-    order = np.lexsort((best_k, -best_s), axis=1) if best_k.size else np.zeros((m, 0), np.int64)
-    return np.take_along_axis(best_k, order, axis=1)
-
-
 def calibrate(
     vectors: np.ndarray,
     vectors16: np.ndarray,
@@ -137,7 +119,7 @@ def calibrate(
     rows = np.sort(rng.choice(n, size=min(samples, n), replace=False))
     cosines = rng.permutation(np.resize(np.asarray(MATE_COSINES, np.float32), len(rows)))
     probes = probes_near(np.asarray(vectors[rows]), cosines, rng)
-    truth = exact_top(vectors, probes, TOP)
+    truth = topk(probes, vectors, TOP)[1]  # exact search, as the brute-force Matcher does it (blocked GEMM)
     mate_ranked = (truth == rows[:, None]).any(axis=1)  # exact search has the photo's face in its top 10
     ladder = [r for r in RESCORE_LADDER if r <= max_rescore] or [max_rescore]
 
