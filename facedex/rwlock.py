@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextvars
+import functools
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
 from contextlib import asynccontextmanager
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class RWLock:
@@ -43,3 +49,19 @@ class RWLock:
             async with self._cond:
                 self._writer = False
                 self._cond.notify_all()
+
+
+async def finish_in_thread(fn: Callable[..., T], *args: object, executor: Executor | None = None) -> T:
+    """``fn(*args)`` in a worker thread (of ``executor``, else the default), awaited to its end even if the caller is
+    cancelled (then re-raised).
+
+    Why: a cancelled ``await asyncio.to_thread(...)`` returns at once while the thread runs on, so a lock held around
+    it would be released under a search or an index change still running (faiss/usearch are not safe for that).
+    """
+    call = functools.partial(contextvars.copy_context().run, fn, *args)  # the request id stays on its log lines
+    future = asyncio.get_running_loop().run_in_executor(executor, call)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait([future])
+        raise

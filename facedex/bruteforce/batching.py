@@ -23,6 +23,7 @@ import numpy as np
 from facedex import descriptors, wire
 from facedex.bruteforce.cache import ListMatrix
 from facedex.metrics import BATCH_REQUESTS
+from facedex.rwlock import finish_in_thread
 
 
 def run_search(matrix: ListMatrix, reqs: list[wire.MatchRequest]) -> list[wire.MatchResponse]:
@@ -91,7 +92,7 @@ class Batcher:
 
     async def _run(self, matrix: ListMatrix, reqs: list[wire.MatchRequest]) -> list[wire.MatchResponse]:
         async with matrix.lock.read():
-            return await asyncio.get_running_loop().run_in_executor(self.executor, run_search, matrix, reqs)
+            return await finish_in_thread(run_search, matrix, reqs, executor=self.executor)
 
 
 def _count(req: wire.MatchRequest, dim: int) -> int:

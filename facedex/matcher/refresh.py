@@ -9,7 +9,6 @@ unreachable or stalled, waiting on it would stop matching altogether. Past
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -18,6 +17,7 @@ from typing import Literal
 from facedex.faces.store import UNREACHABLE, FacesStore, bounded
 from facedex.matcher.loaded import LoadedIndex
 from facedex.metrics import INDEX_REFRESH_LAG
+from facedex.rwlock import finish_in_thread
 
 log = logging.getLogger(__name__)
 
@@ -50,5 +50,5 @@ async def catch_up(store: FacesStore, idx: LoadedIndex, timeout_s: float) -> Fre
         return "gone"
     async with idx.lock.write():
         if delta.head > idx.head:  # another batch may have applied it meanwhile
-            await asyncio.to_thread(idx.apply, delta)
+            await finish_in_thread(idx.apply, delta)
     return "fresh"

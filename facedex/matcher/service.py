@@ -16,8 +16,8 @@ good round, so a Redis restart or stall heals by itself.
 from __future__ import annotations
 
 import asyncio
-import uuid
 import logging
+import uuid
 
 import msgspec
 import redis.asyncio as aredis
@@ -25,8 +25,8 @@ import redis.asyncio as aredis
 from facedex import wire
 from facedex.config import Settings
 from facedex.errors import Errors, FacedexError
-from facedex.internal_auth import verify as verify_identity
 from facedex.faces.store import FacesStore
+from facedex.internal_auth import verify as verify_identity
 from facedex.matcher.answer import answer_batch
 from facedex.matcher.consuming import Consumer
 from facedex.matcher.labels import Labels
@@ -35,6 +35,7 @@ from facedex.matcher.loaded import LoadedIndex
 from facedex.matcher.loading import Loader
 from facedex.matcher.refresh import catch_up
 from facedex.redis.keys import Keys
+from facedex.rwlock import finish_in_thread
 from facedex.storage.base import IndexStorage
 from facedex.supervise import Supervisor
 
@@ -127,7 +128,7 @@ class MatcherService:
         answered: list[wire.IndexedReply] = []
         if ok:
             async with idx.lock.read():
-                answered = await asyncio.to_thread(answer_batch, idx, ok, self.cfg.rescore_candidates)
+                answered = await finish_in_thread(answer_batch, idx, ok, self.cfg.rescore_candidates)
         if state == "stale":
             answered = [msgspec.structs.replace(r, response=msgspec.structs.replace(r.response, consistency="stale"))
                         if r.response is not None else r for r in answered]
