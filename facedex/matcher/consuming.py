@@ -116,7 +116,12 @@ class Consumer:
             live.append((entry_id, req))
         if not live:
             return
-        replies = await self.answer(label, [r for _, r in live])
+        try:
+            replies = await self.answer(label, [r for _, r in live])
+        except Exception as exc:  # this label's failure must not take the other streams of the read down with it
+            log.warning("answering %d request(s) of %s failed: %s: %s", len(live), label, type(exc).__name__, exc)
+            detail = f"indexed matcher failed: {type(exc).__name__}"
+            replies = [wire.IndexedReply(r.rid, None, Errors.MATCHER_UNAVAILABLE.code, detail) for _, r in live]
         async with self.redis.pipeline(transaction=False) as p:
             for (entry_id, req), reply in zip(live, replies, strict=True):
                 p.publish(req.reply_to, wire.encode(reply))
