@@ -35,6 +35,8 @@ from facedex.metrics import LOOP_RESTARTS, LOOP_UP
 
 log = logging.getLogger(__name__)
 
+HEALTHY_LIFE_S = 1.0  # how long a ``forever`` life must run before its beats count as recovery
+
 State = Literal["starting", "ok", "failing", "stalled", "stopped"]
 
 
@@ -67,8 +69,12 @@ class Beat:
         self._loop = loop
 
     def beat(self) -> None:
-        self._loop.beaten = time.monotonic()
-        self._loop.good()
+        now = time.monotonic()
+        self._loop.beaten = now
+        # a life counts as working (clearing its failures, and so the backoff) only once it has lived a while: one
+        # that beats, then fails at once, must back off more each time instead of spinning against a dead dependency
+        if now - self._loop.born >= HEALTHY_LIFE_S:
+            self._loop.good()
 
 
 @dataclass
@@ -79,6 +85,7 @@ class _Loop:
     task: asyncio.Task[None] | None = None  # the keeper: runs lives one after another
     life: asyncio.Task[None] | None = None  # the current life
     beaten: float = field(default_factory=time.monotonic)
+    born: float = field(default_factory=time.monotonic)  # when the current life started
     supervisor: Supervisor | None = None
 
     def good(self) -> None:
@@ -181,7 +188,7 @@ class Supervisor:
         """
         st = loop.status
         while True:
-            loop.beaten = time.monotonic()
+            loop.beaten = loop.born = time.monotonic()
             loop.life = asyncio.create_task(loop.run(), name=f"{self.service}:{st.name}:life")
             try:
                 await loop.life
