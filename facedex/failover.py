@@ -3,8 +3,9 @@
 Why: the API -> proxy and proxy -> brute-force hops must not be single points of
 failure. Each call starts at the next instance in turn (spreading load) among
 those not cooling down; an instance that refuses the connection, resets it,
-times out or answers 5xx is skipped for ``cooldown_s`` and the call goes on to
-the next one. A 4xx answer is the request's own fault and is final.
+times out or answers 500 is skipped for ``cooldown_s`` and the call goes on to
+the next one, all within the call's one timeout. An error a service answered
+on purpose (4xx, or a 503 such as "Faces DB unreachable") is final.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import TypeVar
 import msgspec
 
 from facedex.errors import ErrorCode, Errors, FacedexError
-from facedex.rpc import ServiceClient
+from facedex.rpc import ServiceClient, Unreachable
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ class FailoverClient:
             raise ValueError("FailoverClient needs at least one URL")
         self.urls = [u.rstrip("/") for u in urls]
         self.clients = [ServiceClient(u, timeout_s, unavailable) for u in self.urls]
+        self.timeout_s = timeout_s
+        self.unavailable = unavailable
         self.cooldown_s = cooldown_s
         self.down_until = [0.0] * len(urls)
         self._next = 0
@@ -55,21 +58,30 @@ class FailoverClient:
         return [i for i in ring if self.down_until[i] <= now] + [i for i in ring if self.down_until[i] > now]
 
     async def call(self, path: str, message: msgspec.Struct, response_type: type[T]) -> T:
+        """The first answer of an instance; all tries together within ``timeout_s``.
+
+        Only an instance that did not answer (or failed with 500) is skipped: an error a service answered on purpose
+        (a 4xx, a 503 such as "Faces DB unreachable") is the answer every instance would give, so it is final, and
+        retrying it elsewhere would only multiply the load when the system is already in trouble.
+        """
+        deadline = time.monotonic() + self.timeout_s
         last: FacedexError | None = None
         for i in self._order():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
             try:
-                result = await self.clients[i].call(path, message, response_type)
+                result = await self.clients[i].call(path, message, response_type, timeout_s=remaining)
             except FacedexError as exc:
-                if exc.error.status < 500:
-                    raise  # the request's own fault: another instance would say the same
+                if not isinstance(exc, Unreachable) and exc.error.status != 500:
+                    raise
                 last = exc
                 self.down_until[i] = time.monotonic() + self.cooldown_s
                 log.warning("%s%s failed (%s %s); trying the next instance", self.urls[i], path, exc.error.code, exc.detail)
                 continue
             self.down_until[i] = 0.0
             return result
-        assert last is not None
-        raise last
+        raise last or FacedexError(self.unavailable, f"no instance of {', '.join(self.urls)} answered within {self.timeout_s}s")
 
     async def healthy(self, timeout_s: float = 2.0) -> None:
         """A health check: passes while at least one instance answers its ``/healthcheck`` with 200."""

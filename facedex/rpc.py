@@ -20,6 +20,10 @@ T = TypeVar("T")
 _LIMITS = httpx.Limits(max_connections=256, max_keepalive_connections=256, keepalive_expiry=30)
 
 
+class Unreachable(FacedexError):
+    """The service did not answer (refused, reset, timed out): unlike an error it answered, another instance may."""
+
+
 class ServiceClient:
     """One keep-alive connection pool to one service.
 
@@ -69,7 +73,7 @@ class ServiceClient:
             if resp.status_code == 200:
                 return wire.decode(body, response_type)
         except (httpx.HTTPError, TimeoutError) as exc:
-            raise FacedexError(self.unavailable, f"{url}: {type(exc).__name__}: {exc}") from exc
+            raise Unreachable(self.unavailable, f"{url}: {type(exc).__name__}: {exc}") from exc
         try:
             err = orjson.loads(body)
             raise FacedexError(by_code(int(err["error_code"])), str(err.get("detail", "")))

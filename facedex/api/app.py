@@ -29,7 +29,10 @@ def build_app(settings: Settings) -> FastAPI:
         await app.state.tokens.start()
         m = settings.matching
         # several proxies: a dead one is skipped within the request (facedex.failover)
-        app.state.proxy = FailoverClient(m.proxy_urls or [settings.proxy.url], m.proxy_timeout_s, Errors.MATCHER_UNAVAILABLE,
+        # the proxy's own budget (an indexed try, a license check, then brute force within proxy_timeout_s) must fit
+        # inside the API's, or the API would give up on a working proxy and send the same work to the next one
+        budget = m.proxy_timeout_s + settings.indexed.request_timeout_s + 3.0
+        app.state.proxy = FailoverClient(m.proxy_urls or [settings.proxy.url], budget, Errors.MATCHER_UNAVAILABLE,
                                          cooldown_s=m.instance_cooldown_s)
         app.state.proxy.headers = bearer(settings.internal_token)
         app.state.health["faces_db"] = lambda: bounded(pool.fetchval("SELECT 1"), 2.0)  # a stalled DB: red, not hung
