@@ -102,7 +102,7 @@ class TokenCache:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(lost.wait(), 5.0)
                         break
-                    await asyncio.wait_for(conn.fetchval("SELECT 1"), 5.0)  # a silently dead link counts as lost
+                    await bounded(conn.fetchval("SELECT 1"), 5.0)  # a silently dead or stalled link counts as lost
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

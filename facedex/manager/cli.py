@@ -136,11 +136,11 @@ def indexes_list(
     table = Table()
     id_column(table, "index")
     id_column(table, "list")
-    for column in ("version", "faces", "change_seq", "ef", "created"):
+    for column in ("version", "faces", "change_seq", "kind", "re-scored", "created"):
         table.add_column(column)
     for m in metas:
-        ef = m.params.get("expansion_search", "")
-        table.add_row(m.index_id, m.list_id, str(m.descriptor_version), str(m.count), str(m.change_seq), str(ef), m.create_time)
+        table.add_row(m.index_id, m.list_id, str(m.descriptor_version), str(m.count), str(m.change_seq), m.kind,
+                      str(m.params.get("rescore", "")), m.create_time)
     console.print(table)
 
 

@@ -126,6 +126,9 @@ class Master:
         if not self.lock.held:
             return
         try:
+            # lookup rounds run one at a time and only they dispatch: a task still in `dispatching` now was left by an
+            # earlier round cut short (a timeout, a lost renewal, a Redis error), so it goes back to the queue head
+            await self.repo.recover(self.lock)
             states = dict(zip(self.s.indexers, await asyncio.gather(*(self._state(o) for o in self.s.indexers))))
             for task in await self.repo.indexing():
                 try:
@@ -182,8 +185,8 @@ class Master:
             await self.repo.master_update(self.lock, task, progress=state.get("progress", 0.0), seen_time=time.time())
         elif status == "success":
             result = state.get("result") or {}
-            await self.repo.finish(task, SUCCESS, progress=1.0, count=result.get("count", 0),  # type: ignore[union-attr]
-                                   warning=result.get("warning") or "")  # type: ignore[union-attr]
+            await self.repo.master_finish(self.lock, task, SUCCESS, progress=1.0, count=result.get("count", 0),  # type: ignore[union-attr]
+                                          error_code=0, error_detail="", warning=result.get("warning") or "")  # type: ignore[union-attr]
             log.info("task %s (list %s) built index %s", task.task_id, task.list_id, task.index_id)
         elif status in (FAILED, CANCELLED):
             err = state.get("error") or {}
@@ -288,7 +291,7 @@ class Master:
             if m.list_id not in existing:
                 doomed[m.index_id] = (m, "its list was deleted")
                 continue
-            task_id = getattr(m, "task_id", "")
+            task_id = m.task_id
             if task_id:
                 task = await self.repo.get_or_none(task_id)
                 if task is None:

@@ -10,7 +10,9 @@ by another process, e.g. the master's retention), so the cache stays bounded.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,12 +67,20 @@ class S3Storage:
     def _key_or_none(self, index_id: str) -> str | None:
         return self._key(index_id, META_FILE) if valid_index_id(index_id) else None
 
-    def prune_cache(self, present: set[str]) -> list[str]:
-        """Remove cached folders of indexes not in ``present`` (a complete listing); temp folders are left alone."""
+    def prune_cache(self, present: set[str], min_age_s: float = 600.0) -> list[str]:
+        """Remove cached folders of indexes not in ``present`` (a complete listing); temp folders are left alone.
+
+        Several processes may share the cache, and a listing takes a while: a folder fetched by another process
+        after this listing began is not in ``present`` yet, so only folders older than ``min_age_s`` are pruned.
+        """
         pruned = []
+        young = time.time() - min_age_s
         for path in self.cache.iterdir():
             if path.name.startswith(".") or path.name in present or not path.is_dir():
                 continue
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime > young:
+                    continue
             shutil.rmtree(path, ignore_errors=True)
             pruned.append(path.name)
         return pruned
