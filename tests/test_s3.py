@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 
 from pathlib import Path
@@ -71,8 +73,13 @@ def test_s3_cache_pruned_when_index_leaves_bucket(s3_endpoint: str, tmp_path: Pa
         reader.fetch(index_id)
     (reader.cache / ".tmp-other").mkdir()  # a download in progress is not touched
     assert writer.delete(gone)
+    # a folder fetched moments ago may be another process's, fetched after this listing began: it is spared
     assert {m.index_id for m in reader.list()} == {keep}
-    assert sorted(p.name for p in reader.cache.iterdir()) == [".tmp-other", keep]
+    assert sorted(p.name for p in reader.cache.iterdir()) == sorted([".tmp-other", keep, gone])
+    old = time.time() - 3600
+    os.utime(reader.cache / gone, (old, old))  # an hour later: pruned
+    assert {m.index_id for m in reader.list()} == {keep}
+    assert sorted(p.name for p in reader.cache.iterdir()) == sorted([".tmp-other", keep])
 
 
 async def test_build_stored_in_s3(services: Services, store, s3_endpoint: str, tmp_path: Path) -> None:
