@@ -204,6 +204,26 @@ def extract(
     _publish("extract", record, bx.markdown(record, _command()), doc)
 
 
+@app.command()
+def scale(
+    size: Annotated[int, typer.Option(help="Faces in the list.")] = 10_000_000,
+    dim: int = 512,
+    kind: Annotated[str, typer.Option(help="Index kind (facedex.index.registry), as the 1M calibration chose it.")] = "pq_fastscan",
+    params: Annotated[str, typer.Option(help="The kind's build parameters, JSON.")] = '{"m": 64}',
+    rescore: Annotated[int, typer.Option(help="Candidates re-scored exactly (R), as calibration chose it.")] = 64,
+    probes: int = 200,
+    repeat: int = 3,
+    seed: int = 0,
+    doc: Doc = None,
+) -> None:
+    """Single-query latency of one index kind at 10M x 512 (codes only in memory; re-score measured on 1M, added)."""
+    from facedex.bench import scale as bs
+
+    record = bs.run(size, dim, kind, orjson.loads(params), rescore, probes, repeat, seed, log=console.print)
+    record["command"] = _command()
+    _publish("scale", record, bs.markdown(record, _command()), doc)
+
+
 INDEX_PARAM_ARMS = "facedex:f16:32:128,facedex:f16:32:64,facedex:i8:32:64,facedex:i8:24:96,facedex:i8:16:128"
 # issue 11's library baselines: flat code scans re-scored from fp16 (R swept), and milvus-lite as a server would be
 R_SWEEP = "16/64/256"
@@ -212,6 +232,9 @@ SCAN_ARMS_512 = ",".join(f"{arm}:{R_SWEEP}" for arm in (
 SCAN_ARMS_128 = ",".join(f"{arm}:{R_SWEEP}" for arm in (
     "faiss-binary:f16:0:0", "faiss-binary:f16:512:0", "faiss-pqfs:f16:32:0", "faiss-pqfs:f16:64:0", "faiss-rabitq:f16:0:0"))
 MILVUS_ARMS = "milvus-flat:f32:0:0:1,milvus-ivf:f32:1024:0:16/64/256,milvus-hnsw:f32:24:96:64/256"
+# the Indexer's own choice (R = 0: its calibrated R) and the best HNSW peer (faiss: at 1M it matched or beat hnswlib
+# and usearch at every ef, docs/benchmarks.md index-1m) swept up to the ef where it reaches the choice's top-1
+ENGINE_ARMS = "ours:chosen::0,faiss-hnsw:f32:24:96:256/1024/2048/4096"
 
 
 @app.command("all")
@@ -257,6 +280,9 @@ def all_(
                                                 data=data, efs="64,256")) for data in ("face-like", "manifold", "subspace")],
         ("index-scans-128", index_section("index-scans-128", f"facedex:{default},{SCAN_ARMS_128}", dim=128, data="manifold",
                                           efs="64,256")),
+        # issue 11's acceptance: what the Indexer chooses at 1M against the best graphs at equal top-1, both regimes
+        *[(f"engine-{dim}-{data}", index_section(f"engine-{dim}-{data}", ENGINE_ARMS, sizes="1000000", dim=dim, data=data,
+                                                 efs="0")) for dim in (512, 128) for data in ("face-like", "manifold")],
         ("extract", lambda: extract(repeat=20, total=200, doc=doc)),
     ]
     if e2e_runs:

@@ -220,7 +220,8 @@ def _child(lib: str, data_path: str, probes_path: str, m: int, efc: int, precisi
         nbytes, load_s = _save_load(lib, index, Path(tmp))
     out.put({"lib": lib, "build_s": build_s, "peak_rss_mb": peak, "bytes": nbytes, "load_s": load_s,
              "code_bytes": getattr(index, "code_bytes", None), "rescore_bytes": getattr(index, "rescore_bytes", None),
-             "insert_s": getattr(index, "insert_s", None)})
+             "insert_s": getattr(index, "insert_s", None), "final_bytes": getattr(index, "final_bytes", None),
+             "chosen": getattr(index, "chosen", None)})
     warm: set[int] = set()
     try:
         while (command := commands.get()) is not None:
@@ -418,9 +419,46 @@ def markdown(record: dict[str, object], command: str, plot: str | None) -> str:
                       f"insert, flush and index build (of which inserting the rows: {inserts}).")
     if any(str(lib).startswith("ours:") for lib in libs):
         lines[-1] += " `ours:<kind>` arms run facedex's own index interface (`facedex/bench/ours.py`)."
+    for r in rows:  # type: ignore[union-attr]
+        if r.get("chosen"):
+            lines += ["", *chosen_summary(r, rows)]  # type: ignore[arg-type]
     if plot:
         lines += ["", f"![mate recall vs single-thread QPS]({plot})"]
     return "\n".join(lines)
+
+
+GRAPHS = ("faiss-hnsw", "hnswlib", "usearch-raw", "facedex", "ours:hnsw")
+
+
+def chosen_summary(row: dict, rows: list[dict]) -> list[str]:  # type: ignore[type-arg]
+    """What the Indexer chose, its memory per face, and its speed against each HNSW peer at equal top-1 (issue 11)."""
+    c, n = row["chosen"], row["n"]
+    ours_ = row["sweeps"][0]
+    out = [
+        f"**Chosen by the Indexer's calibration** (`ours:chosen`, {n:,} faces): {c['kind']} {c['params']}, R = {c['rescore']} "
+        f"(on its {c['samples']} calibration photos: top-1 {c['top1']}, mate recall@10 {c['recall10']}; "
+        f"{len(c['curve'])} points measured in {c['seconds']:.0f} s{'; WARNING: ' + c['warning'] if c.get('warning') else ''}). "
+        f"On the planted probes: top-1 = exact {ours_['top1_agreement']:.4f}, mate recall@10 {_ratio(ours_['mate_recall'], 4)}, "
+        f"{ours_['qps_1thread']:,.0f} q/s on one thread (one query per call), {ours_['qps_2threads_batched']:,.0f} q/s batched "
+        f"on two threads. Memory per face: {row['code_bytes'] / n:.0f} B scanned codes, {row['rescore_bytes'] / n:.0f} B fp16 "
+        f"re-score rows (memory-mapped), and {row['final_bytes'] / n:.0f} B fp32 rows on disk read only for the answered faces.",
+    ]
+    for peer in rows:
+        if peer["lib"] not in GRAPHS or peer["n"] != n or not peer["sweeps"]:
+            continue
+        equal = [sw for sw in peer["sweeps"] if sw["top1_agreement"] >= ours_["top1_agreement"]]
+        if equal:
+            sw = min(equal, key=lambda s_: s_["ef"])
+            out.append(f"- vs {peer['lib']} at equal top-1 (ef {sw['ef']}: {sw['top1_agreement']:.4f}): "
+                       f"{ours_['qps_1thread'] / sw['qps_1thread']:.1f}x on one thread, "
+                       f"{ours_['qps_2threads_batched'] / sw['qps_2threads_batched']:.1f}x batched.")
+        else:
+            sw = max(peer["sweeps"], key=lambda s_: (s_["top1_agreement"], s_["qps_1thread"]))
+            out.append(f"- vs {peer['lib']}: never reaches top-1 {ours_['top1_agreement']:.4f} (best {sw['top1_agreement']:.4f} at "
+                       f"ef {sw['ef']}, {sw['qps_1thread']:,.0f} q/s); against that best: "
+                       f"{ours_['qps_1thread'] / sw['qps_1thread']:.1f}x on one thread, "
+                       f"{ours_['qps_2threads_batched'] / sw['qps_2threads_batched']:.1f}x batched, at a higher top-1.")
+    return out
 
 
 def _opt(seconds: float | None) -> str:

@@ -4,7 +4,8 @@ The arm goes through facedex's own index interface, as the Indexed Matcher does.
 place that maps a kind name to that interface: ``hnsw`` (``facedex.index.HnswIndex``; params ``precision``,
 ``m``, ``efc``; the sweep value is the search ``ef``) and the engine's code scans ``sign`` (``bits``, ``seed``),
 ``pq_fastscan`` (``m``) and ``rabitq`` through ``facedex.index.FaceIndex``, whose sweep value is R, the
-candidates re-scored exactly. The bench's arm parsing, child processes, interleaving and quality measures are
+candidates re-scored exactly; and ``chosen``, the configuration the Indexer's calibration picks for the gallery
+(sweep value 0: the chosen R). The bench's arm parsing, child processes, interleaving and quality measures are
 the same for every arm.
 """
 
@@ -89,14 +90,32 @@ def _number(value: str) -> int | float | str:
 
 class FaceIndexArm(OursArm):
     """A kind of the index engine (``facedex.index.registry``) through ``FaceIndex``: the sweep value is the number of
-    candidates re-scored exactly (R), as the Indexed Matcher searches."""
+    candidates re-scored exactly (R), as the Indexed Matcher searches; R = 0 is the index's own (calibrated) R."""
+
+    chosen: dict[str, object] | None = None  # the calibration's choice, for ``ours:chosen``
+    code_bytes: int | None = None
+    rescore_bytes: int | None = None
+    final_bytes: int | None = None
 
     def search(self, q: np.ndarray, k: int, knob: int, threads: int) -> np.ndarray:
-        ids, _ = self.index.search(q, k, r=knob)
+        import faiss
+
+        faiss.omp_set_num_threads(threads)  # 1: one core per query, as the column says; 2: the batch on both cores
+        ids, _ = self.index.search(q, k, r=knob or None)
         out = np.full((len(ids), k), -1, np.int64)
         for i, row in enumerate(ids):
             out[i, : len(row)] = _rows(row[None])[0]
         return out
+
+    def save_load(self, folder: Path) -> tuple[int, float]:
+        from facedex.index.faces import VECTORS16_FILE, VECTORS_FILE
+
+        nbytes, load_s = super().save_load(folder)
+        saved = folder / "ours"
+        self.rescore_bytes = (saved / VECTORS16_FILE).stat().st_size  # fp16 rows the candidates are re-scored from
+        self.final_bytes = (saved / VECTORS_FILE).stat().st_size  # fp32 rows, read for the k answered faces only
+        self.code_bytes = sum(f.stat().st_size for f in saved.iterdir()) - self.rescore_bytes - self.final_bytes
+        return nbytes, load_s
 
 
 def _engine(kind: str) -> Callable[[np.ndarray, dict[str, str]], OursArm]:
@@ -111,9 +130,27 @@ def _engine(kind: str) -> Callable[[np.ndarray, dict[str, str]], OursArm]:
     return build_kind
 
 
-# "hnsw" is the graph through its own interface (ef swept); every other kind goes through FaceIndex (R swept)
+def _chosen(x: np.ndarray, params: dict[str, str]) -> OursArm:
+    """What the Indexer would serve for this gallery: its own calibration (``facedex.indexer.build.choose_index``) at
+    the index settings, R = 0 searching at the chosen R."""
+    from facedex.config import get_settings
+    from facedex.index import FaceIndex
+    from facedex.indexer.build import choose_index
+
+    if params:
+        raise ValueError("ours:chosen takes no parameters: it runs the Indexer's calibration at the index settings")
+    index, choice = choose_index(get_settings().index, _row_ids(len(x)), x)
+    described = index.describe()
+    arm = FaceIndexArm(f"chosen:{choice.kind}", params, index,
+                       lambda path: FaceIndex.load(path, x.shape[1], choice.kind, described, writable=False))
+    arm.chosen = choice.as_dict()
+    return arm
+
+
+# "hnsw" is the graph through its own interface (ef swept); every other kind goes through FaceIndex (R swept);
+# "chosen" is the Indexer's own choice among them for the gallery
 KINDS: dict[str, Callable[[np.ndarray, dict[str, str]], OursArm]] = {
-    "hnsw": _hnsw, **{kind: _engine(kind) for kind in ("sign", "pq_fastscan", "rabitq")}
+    "hnsw": _hnsw, "chosen": _chosen, **{kind: _engine(kind) for kind in ("sign", "pq_fastscan", "rabitq")}
 }
 
 
