@@ -125,9 +125,9 @@ def markdown(r: dict, command: str) -> str:  # type: ignore[type-arg]
         f"| {r['n']:,} | {r['kind']} | {r['params']} | {r['code_bytes_per_face']:.0f} | {r['build_s']:.0f} | {r['scan_ms']:.2f} | "
         f"{r['rescore_ms']:.3f} (R = {r['rescore']}) | {total:.2f} | {1000 / total:,.0f} | {r['scan_qps_2threads_batched']:,.0f} |",
         "",
-        "The scan is measured over all 10M codes. The re-score column is measured, not at 10M: the R candidates are "
-        "gathered from a 1M fp16 store at random rows (each a cache miss, as at 10M) and re-scored, whose cost "
-        "depends on R and the dimension only; the total adds the two. Quality at 10M is not measured here (the "
+        f"The scan is measured over all {r['n']:,} codes. The re-score column is measured on a 1M store: the R candidates are "
+        "gathered at random rows (each a cache miss, as in a larger list) and re-scored, whose cost "
+        "depends on R and the dimension only; the total adds the two. Quality is not measured here (the "
         "1M sections measure it with exact truth); the scan is linear in the list size, so beyond this a list is "
         "sharded across matchers rather than given a larger R.",
     ])
