@@ -57,6 +57,17 @@ def test_each_kind_finds_planted_mates_with_exact_top1_and_exact_scores(built, d
     assert index.scan.code_bytes() > 0
 
 
+def test_a_batch_re_scored_on_several_threads_answers_each_query_as_alone(built, data) -> None:
+    """The Indexed Matcher answers many waiting requests in one call, re-scored on every core: no answer may depend on
+    the batch it came in or on the threads."""
+    _, index = built
+    d, _ = data
+    batch = index.search(d.probes[:200], 10, r=128, threads=2)
+    alone = [index.search(d.probes[q : q + 1], 10, r=128, threads=1) for q in range(0, 200, 7)]
+    for j, q in enumerate(range(0, 200, 7)):
+        assert np.array_equal(batch[0][q], alone[j][0][0]) and np.array_equal(batch[1][q], alone[j][1][0])
+
+
 def test_each_kind_refreshes_and_reloads_without_reviving_removed_faces(built, data, tmp_path: Path) -> None:
     kind, built_index = built
     d, ids = data

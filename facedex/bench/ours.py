@@ -101,7 +101,7 @@ class FaceIndexArm(OursArm):
         import faiss
 
         faiss.omp_set_num_threads(threads)  # 1: one core per query, as the column says; 2: the batch on both cores
-        ids, _ = self.index.search(q, k, r=knob or None)
+        ids, _ = self.index.search(q, k, r=knob or None, threads=threads)
         out = np.full((len(ids), k), -1, np.int64)
         for i, row in enumerate(ids):
             out[i, : len(row)] = _rows(row[None])[0]

@@ -169,16 +169,19 @@ class FaceIndex:
         valid &= np.cumsum(valid, axis=1) <= r  # the r best live ones
         return np.where(valid, cands, -1)
 
-    def rerank(self, queries: np.ndarray, cands: np.ndarray, k: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        return rescore.rerank(queries, cands, lambda k_: self.rows(k_, True), lambda k_: self.rows(k_, False), k)
+    def rerank(self, queries: np.ndarray, cands: np.ndarray, k: int, threads: int = 1) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        return rescore.rerank(queries, cands, lambda k_: self.rows(k_, True), lambda k_: self.rows(k_, False), k, threads)
 
-    def search_keys(self, queries: np.ndarray, k: int, r: int | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Per query: (keys, exact float32 inner products), best first, at most ``k``."""
+    def search_keys(self, queries: np.ndarray, k: int, r: int | None = None,
+                    threads: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per query: (keys, exact float32 inner products), best first, at most ``k``; a large batch is re-scored on
+        ``threads`` threads (0: every core), as the scan itself runs on faiss's."""
         queries = np.ascontiguousarray(queries, np.float32)
         r = max(k, r or 0, self.rescore_n)
-        return self.rerank(queries, self.candidates(queries, r), k)
+        return self.rerank(queries, self.candidates(queries, r), k, threads)
 
-    def search(self, queries: np.ndarray, k: int, r: int | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def search(self, queries: np.ndarray, k: int, r: int | None = None,
+               threads: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Per query: (face ids (k', 16) uint8, exact float32 inner products (k',)), best first."""
-        keys, scores = self.search_keys(queries, k, r)
+        keys, scores = self.search_keys(queries, k, r, threads)
         return [self.ids.a[kk] for kk in keys], scores

@@ -12,7 +12,10 @@ ranking by the float32 inner product, ties broken by key (row), as
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -20,19 +23,56 @@ MARGIN = 8  # extra fp16 winners scored again in fp32, so a near-tie at the k-th
 
 Rows = Callable[[np.ndarray], np.ndarray]  # keys -> (len(keys), d) vectors
 
+GATHER_ROWS = 4096  # candidate rows re-scored together (a few queries' worth): 4 MB of fp16 at 512-d
+PARALLEL_FROM = 32  # queries from which a batch is split over the cores (numpy's gathers and products release the GIL)
 
-def rerank(queries: np.ndarray, cands: np.ndarray, rows16: Rows, rows32: Rows, k: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per query: (keys (k',) int64, float32 inner products (k',)), best first; ``cands`` (m, r) with -1 = none."""
+
+@functools.cache
+def _executor(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rescore")
+
+
+def rerank(queries: np.ndarray, cands: np.ndarray, rows16: Rows, rows32: Rows, k: int,
+           threads: int = 1) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per query: (keys (k',) int64, float32 inner products (k',)), best first; ``cands`` (m, r) with -1 = none.
+
+    ``threads`` > 1 (0: every core) spreads a batch of at least ``PARALLEL_FROM`` queries over that many threads,
+    as the Indexed Matcher answers many waiting requests at once; each query's answer is the same either way."""
+    m = queries.shape[0]
+    step = max(1, GATHER_ROWS // max(1, cands.shape[1]))
+    threads = threads or os.cpu_count() or 1
+    parts: Iterable[tuple[list[np.ndarray], list[np.ndarray]]]
+    run = lambda s: _chunk(queries[s : s + step], cands[s : s + step], rows16, rows32, k)  # noqa: E731
+    if threads > 1 and m >= PARALLEL_FROM:
+        parts = _executor(threads).map(run, range(0, m, step))
+    else:
+        parts = map(run, range(0, m, step))
+    keys: list[np.ndarray] = []
+    scores: list[np.ndarray] = []
+    for kk, ss in parts:
+        keys += kk
+        scores += ss
+    return keys, scores
+
+
+def _chunk(queries: np.ndarray, cands: np.ndarray, rows16: Rows, rows32: Rows, k: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Re-score a few queries at once: one fp16 gather and product for all their candidates, then fp32 for the best."""
+    queries = np.ascontiguousarray(queries, np.float32)
+    c, r = cands.shape
+    valid = cands >= 0
+    if r > k + MARGIN:
+        safe = np.where(valid, cands, 0)
+        approx = np.matmul(rows16(safe.ravel()).reshape(c, r, -1).astype(np.float32), queries[:, :, None])[:, :, 0]
+        approx[~valid] = -np.inf
+        best = np.argpartition(-approx, k + MARGIN - 1, axis=1)[:, : k + MARGIN]
+        cands = np.take_along_axis(cands, best, 1)
+        valid = cands >= 0
     keys_out: list[np.ndarray] = []
     scores_out: list[np.ndarray] = []
-    for q in range(queries.shape[0]):
-        row = cands[q][cands[q] >= 0]
-        query = queries[q].astype(np.float32, copy=False)
-        if len(row) > k + MARGIN:
-            approx = rows16(row).astype(np.float32) @ query
-            row = row[np.argpartition(-approx, k + MARGIN - 1)[: k + MARGIN]]
-        exact = rows32(row) @ query
+    for q in range(c):
+        row = cands[q][valid[q]]
+        exact = rows32(row) @ queries[q]  # the final scores: one product per query, as brute force computes them
         order = np.lexsort((row, -exact))[:k]
         keys_out.append(row[order])
-        scores_out.append(exact[order].astype(np.float32))
+        scores_out.append(exact[order])
     return keys_out, scores_out
