@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
+import numkong
 import numpy as np
 
 MARGIN = 8  # extra fp16 winners scored again in fp32, so a near-tie at the k-th place cannot drop a face
@@ -55,6 +56,19 @@ def rerank(queries: np.ndarray, cands: np.ndarray, rows16: Rows, rows32: Rows, k
     return keys, scores
 
 
+def _dots(rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """(c, r) inner products of each query with its own r rows. fp16 rows go to numkong's SIMD fp16 kernels
+    (numpy's fp16 -> fp32 conversion alone cost 0.43 ms for 512 x 512-d rows, numkong's whole product 0.02 ms);
+    these scores only rank the candidates, the answer's are fp32."""
+    if rows.dtype != np.float16:
+        return np.matmul(rows.astype(np.float32, copy=False), queries[:, :, None])[:, :, 0]
+    q16 = queries.astype(np.float16)
+    out = np.empty(rows.shape[:2], np.float32)
+    for i in range(rows.shape[0]):
+        out[i] = np.asarray(numkong.cdist(rows[i], q16[i : i + 1], metric="dot"), np.float32)[:, 0]
+    return out
+
+
 def _chunk(queries: np.ndarray, cands: np.ndarray, rows16: Rows, rows32: Rows, k: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Re-score a few queries at once: one fp16 gather and product for all their candidates, then fp32 for the best."""
     queries = np.ascontiguousarray(queries, np.float32)
@@ -62,7 +76,7 @@ def _chunk(queries: np.ndarray, cands: np.ndarray, rows16: Rows, rows32: Rows, k
     valid = cands >= 0
     if r > k + MARGIN:
         safe = np.where(valid, cands, 0)
-        approx = np.matmul(rows16(safe.ravel()).reshape(c, r, -1).astype(np.float32), queries[:, :, None])[:, :, 0]
+        approx = _dots(rows16(safe.ravel()).reshape(c, r, -1), queries)
         approx[~valid] = -np.inf
         best = np.argpartition(-approx, k + MARGIN - 1, axis=1)[:, : k + MARGIN]
         cands = np.take_along_axis(cands, best, 1)
