@@ -27,10 +27,11 @@ re-score, fp32 final scores) and is scored on:
   for mate recall: a planted probe's mates are exactly such answers, and on a
   1M list the hard ones sit at 0.3-0.4 among the highest impostors.
 
-The estimated cost of a query is the bytes its scan touches plus ``r``
-re-scores of fp16 vectors (:meth:`Scan.scan_cost`, ``RESCORE_BYTES``). The
-cheapest configuration reaching both targets wins; if none does, the most
-accurate (then cheapest) is used and the choice carries a ``warning``.
+Among the configurations reaching both targets the fastest wins, timed on
+this machine (:func:`time_points`: one query at a time, scan and re-score,
+medians of interleaved rounds); if none does, the most accurate (then the
+cheapest by the bytes a query touches, :meth:`Scan.scan_cost`) is used and the
+choice carries a ``warning``.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class Point:
     top1: float
     recall10: float
     cost: float  # estimated bytes touched per query
+    latency_us: float | None = None  # measured: median single-query scan + re-score (points that reached the targets)
 
     def reached(self, top1: float, recall: float) -> bool:
         return self.top1 >= top1 and self.recall10 >= recall
@@ -95,6 +97,39 @@ class Choice:
         ]
         out.update(top1=round(self.top1, 4), recall10=round(self.recall10, 4), cost=round(self.cost), seconds=round(self.seconds, 3))
         return out
+
+
+TIMED_QUERIES = 16
+TIMING_ROUNDS = 3
+
+
+def time_points(points: list[tuple[Point, Scan]], probes: np.ndarray, rows16: rescore.Rows, rows32: rescore.Rows) -> None:
+    """Set each point's ``latency_us``: the median time of one query (its scan on one thread, then its re-score), in
+    rounds that go over every point in turn, so a machine whose speed drifts slows them alike.
+
+    Why measure: the bytes a query touches rank configurations badly across kinds (a PQ fast-scan byte costs
+    more than a Hamming byte, a re-scored row far more than its bytes), so the choice is made on this machine's
+    clock among the configurations accurate enough; the byte estimate only breaks ties."""
+    if not points:
+        return
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # one query, one core: what a lone request costs
+    times: list[list[float]] = [[] for _ in points]
+    try:
+        for _ in range(TIMING_ROUNDS):
+            for j, (point, scan) in enumerate(points):
+                for q in range(min(TIMED_QUERIES, len(probes))):
+                    query = probes[q : q + 1]
+                    started = time.perf_counter()
+                    cands = scan.search(query, point.rescore, **point.knobs)
+                    rescore.rerank(query, cands, rows16, rows32, TOP)
+                    times[j].append(time.perf_counter() - started)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    for (point, _), spent in zip(points, times):
+        point.latency_us = round(float(np.median(spent)) * 1e6, 1)
 
 
 def probes_near(vectors: np.ndarray, cosines: np.ndarray | float, rng: np.random.Generator,
@@ -153,6 +188,7 @@ def calibrate(
 
     curve: list[Point] = []
     scans: dict[int, Scan] = {}
+    timed: list[tuple[Point, Scan]] = []  # the points that reached the targets: the choice is among them
     for c, (name, params) in enumerate(configs):
         scan = kind_class(name).build(vectors, params)
         scans[c] = scan
@@ -165,12 +201,14 @@ def calibrate(
                 cost = scan.scan_cost(n, r, **knobs) + r * rescore_bytes(dim)
                 curve.append(point := Point(name, scan.params, knobs, r, top1, recall, cost))
                 if point.reached(target_top1, target_recall):
+                    timed.append((point, scan))
                     break  # a larger r only costs more
         if progress:
             progress((c + 1) / len(configs))
     reached = [p for p in curve if p.reached(target_top1, target_recall)]
     if reached:
-        best = min(reached, key=lambda p: p.cost)
+        time_points(timed, probes, rows16, rows32)
+        best = min(reached, key=lambda p: (p.latency_us if p.latency_us is not None else float("inf"), p.cost))
         warning = None
     else:
         best = min(curve, key=lambda p: (-p.top1, -p.recall10, p.cost))
