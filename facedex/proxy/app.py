@@ -148,7 +148,7 @@ def build_app(settings: Settings) -> FastAPI:
         "/1/match_sets", tags=["matching"], summary="Match references against several candidate sets (msgpack)",
         openapi_extra=msgpack_body(wire.MatchSetsRequest, wire.MatchSetsResponse),
         responses=errors(Errors.DESCRIPTOR_VERSION_UNKNOWN, Errors.DESCRIPTOR_LENGTH, Errors.LIST_NOT_FOUND, Errors.MATCHER_UNAVAILABLE,
-                         Errors.TOO_MANY_CANDIDATE_SETS, Errors.CANDIDATE_SET_INVALID),
+                         Errors.TOO_MANY_CANDIDATE_SETS, Errors.CANDIDATE_SET_INVALID, Errors.IDENTITY_UNVERIFIED),
     )
     async def match_sets_route(request: Request) -> Response:
         req = wire.decode(await request.body(), wire.MatchSetsRequest)
