@@ -234,6 +234,7 @@ def test_bad_sets_are_refused_with_codes_and_change_nothing(gallery: Gallery, se
         ([{"filters": {"list_ids": []}}], 422, 14011),
         ([], 422, 14011),
         ([{"filters": {"list_id": l1}, "limit": 0}], 422, 14001),
+        ([{"filters": {"list_id": l1}, "limit": 600}, {"filters": {"list_id": l2}, "limit": 401}], 422, 14001),  # > 1000 in all
         ([ok, {"filters": {"list_id": l1}, "threshold": 1.5}], 422, 14002),
         ([{**ok, "descriptor_version": 1}, {**ok, "descriptor_version": 2}], 400, 14005),
         ([ok, {"filters": {"list_id": str(uuid.uuid4())}}], 404, 12001),  # one missing list fails the request

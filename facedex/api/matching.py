@@ -221,6 +221,9 @@ def check_sets(sets: list[CandidateSet], settings: MatchingSettings) -> list[lis
         face_ids += len(f.face_ids or ())
         external_ids += len(f.external_ids or ())
         lists.append(own)
+    if sum(s.limit for s in sets) > settings.max_limit:  # the results a request can ask for: as many as one set's
+        raise FacedexError(Errors.LIMIT_OUT_OF_RANGE, f"the sets' limits add up to {sum(s.limit for s in sets)}; "
+                           f"at most {settings.max_limit} in all")
     if face_ids > settings.max_filter_face_ids:
         raise FacedexError(Errors.TOO_MANY_FACES, f"{face_ids} face_ids in the filters; at most {settings.max_filter_face_ids} per request")
     if external_ids > settings.max_filter_values:

@@ -264,7 +264,7 @@ class CandidateSet(Strict):
     """One candidate set of the array form of ``candidates``: its filters, limit, threshold and result fields."""
 
     filters: CandidateFilters
-    limit: int = Field(10, description="Most results per reference (1 .. matching.max_limit).", json_schema_extra={"minimum": 1})
+    limit: int = Field(10, description="Most results per reference (1 .. matching.max_limit; the sets of a request together at most that).", json_schema_extra={"minimum": 1})
     threshold: float | None = Field(
         None, description="Only results with similarity >= threshold (0 .. 1).", json_schema_extra={"minimum": 0, "maximum": 1}
     )

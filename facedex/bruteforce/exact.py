@@ -52,6 +52,6 @@ def _gathered(queries: np.ndarray, matrix: np.ndarray, rows: np.ndarray) -> np.n
     buf = np.empty((min(_GATHER_ROWS, len(rows)), matrix.shape[1]), matrix.dtype)
     for start in range(0, len(rows), _GATHER_ROWS):
         part = rows[start : start + _GATHER_ROWS]
-        block = np.take(matrix, part, axis=0, out=buf[: len(part)])
+        block = np.take(matrix, part, axis=0, out=buf[: len(part)], mode="clip")  # rows are valid; clip is unbuffered
         np.matmul(queries, block.T, out=out[:, start : start + len(part)])
     return out
