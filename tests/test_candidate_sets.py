@@ -326,3 +326,64 @@ def test_each_set_is_routed_on_its_own_and_falls_back_alone(gallery: Gallery, in
         sims = [r["similarity"] for r in merged]
         assert sims == sorted(sims, reverse=True) and len(merged) == 5
     assert agree >= 3
+
+
+async def test_cached_filter_columns_stay_exact_under_churn(store, account: uuid.UUID, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Attach, detach, descriptor and metadata changes in random order: after every step the brute-force cache's
+    filter masks select exactly the faces PostgreSQL says pass (dictionaries compacted on the way)."""
+    import random
+
+    from facedex import wire
+    from facedex.bruteforce.cache import ListCache
+    from facedex.bruteforce.columns import MetaColumns
+    from facedex.faces.store import NewFace
+
+    monkeypatch.setattr(MetaColumns, "compact_slack", 0)  # compact as soon as dead values outnumber live rows
+    rng = np.random.default_rng(7)
+    prng = random.Random(7)
+    vecs = rng.standard_normal((200, 512)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    ids = await store.create_faces(account, [NewFace(external_id=f"e{i}" if i % 3 else None, user_data=f"u/{i % 7}",
+                                                     descriptors={1: v}) for i, v in enumerate(vecs)])
+    lst = await store.create_list(account)
+    await store.attach(account, lst.list_id, ids[:100])
+    cache = ListCache(store, max_bytes=1 << 30)
+    matrix = await cache.fresh(lst.list_id, 1)
+    assert matrix is not None
+    compacted = 0
+    for step in range(45):
+        action = prng.choice(["attach", "detach", "descriptor", "none"])
+        sample = prng.sample(ids, 15)
+        if action == "attach":
+            await store.attach(account, lst.list_id, sample)
+        elif action == "detach":
+            await store.detach(account, lst.list_id, sample)
+        elif action == "descriptor":
+            await store.put_descriptor(account, sample[0], 1, vecs[prng.randrange(200)])
+        for j, fid in enumerate(prng.sample(ids, 30)):  # new values every step: the dictionaries grow, then compact
+            await store.update_face(account, fid, external_id=f"s{step}-{j}" if j % 2 else None, user_data=f"s{step}/{j}")
+        before = len(matrix.meta.user_vocab)
+        matrix = await cache.fresh(lst.list_id, 1)
+        assert matrix is not None
+        compacted += len(matrix.meta.user_vocab) < before
+        rows = await store.pool.fetch(
+            "SELECT f.face_id, f.external_id, f.user_data FROM list_faces l JOIN faces f USING (face_id) WHERE l.list_id=$1",
+            lst.list_id)
+        assert matrix.n == len(rows), step
+        members = list(rows)
+        some = prng.sample(members, min(5, len(members)))
+        checks = [
+            (wire.MatchFilters(user_data_prefix=f"s{step}/"), lambda r, p=f"s{step}/": r["user_data"].startswith(p)),
+            (wire.MatchFilters(user_data_prefix="u/"), lambda r: r["user_data"].startswith("u/")),
+            (wire.MatchFilters(user_data=some[0]["user_data"] if some else "x"),
+             lambda r, v=some[0]["user_data"] if some else None: r["user_data"] == v),
+            (wire.MatchFilters(external_ids=[s["external_id"] for s in some if s["external_id"]] + ["missing"]),
+             lambda r, e=frozenset(s["external_id"] for s in some if s["external_id"]): r["external_id"] in e),
+        ]
+        for flt, passes in checks:
+            picked = matrix.select(None, flt)
+            assert picked is not None
+            got = {matrix.ids[i].tobytes() for i in picked}
+            assert got == {r["face_id"].bytes for r in members if passes(r)}, (step, flt)
+    # 1,350 user-data values were written: the dictionary was compacted on the way and holds about what the list uses
+    assert compacted > 0 and len(matrix.meta.user_vocab) <= 2 * matrix.n + 30 + 1

@@ -85,6 +85,8 @@ class Vocab:
 class MetaColumns:
     """Per-row filter columns of a list matrix, with the matrix's row capacity; rows [0, n) are live."""
 
+    compact_slack = 1024  # dictionary entries beyond twice the live rows before a compaction
+
     def __init__(self) -> None:
         self.create_us = np.zeros(0, np.int64)
         self.external = np.zeros(0, np.int32)
@@ -123,7 +125,7 @@ class MetaColumns:
     def compact(self, n: int) -> None:
         """Recode the dictionaries when they hold more than twice the live rows (values of detached faces)."""
         for codes, vocab in ((self.external, self.external_vocab), (self.user_data, self.user_vocab)):
-            if len(vocab) > 2 * n + 1024:
+            if len(vocab) > 2 * n + self.compact_slack:
                 codes[:n] = vocab.compact(codes[:n])
 
     def mask(self, rows: np.ndarray | None, n: int, f: wire.MatchFilters) -> np.ndarray:
