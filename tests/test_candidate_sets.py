@@ -387,3 +387,26 @@ async def test_cached_filter_columns_stay_exact_under_churn(store, account: uuid
             assert got == {r["face_id"].bytes for r in members if passes(r)}, (step, flt)
     # 1,350 user-data values were written: the dictionary was compacted on the way and holds about what the list uses
     assert compacted > 0 and len(matrix.meta.user_vocab) <= 2 * matrix.n + 30 + 1
+
+
+def test_proxy_sets_route_verifies_every_sub_request(gallery: Gallery, services: Services) -> None:
+    """One sub-request whose signature is for another list fails the whole call (10011); signed ones are answered."""
+    import msgspec
+
+    from facedex import internal_auth, wire
+
+    g = gallery
+    account = uuid.UUID(g.client.get("/1/account").json()["account_id"]).bytes
+    l1, l2 = (uuid.UUID(x).bytes for x in g.lists[:2])
+    sig, expires = internal_auth.sign(services.internal_token, account, l1, 60)
+    good = wire.MatchRequest(account, l1, 1, g.vectors[[5]].astype("<f4").tobytes(), limit=3, auth=sig, auth_expires_ms=expires)
+    forged = msgspec.structs.replace(good, list_id=l2)  # l1's signature on l2
+    headers = {**services.internal, "Content-Type": wire.CONTENT_TYPE}
+    url = services.url("proxy") + "/1/match_sets"
+    resp = httpx.post(url, content=wire.encode(wire.MatchSetsRequest(sets=[[good], [forged]])), headers=headers, timeout=30)
+    assert resp.status_code == 403 and resp.json()["error_code"] == 10011, resp.text
+    resp = httpx.post(url, content=wire.encode(wire.MatchSetsRequest(sets=[[good]])), headers=headers, timeout=30)
+    assert resp.status_code == 200, resp.text
+    answer = wire.decode(resp.content, wire.MatchSetsResponse)
+    assert answer.sets[0].results[0].face_ids[:16] == uuid.UUID(g.ids[5]).bytes
+    assert answer.sets[0].parts[0].route == "bruteforce" and answer.sets[0].parts[0].list_id == l1
