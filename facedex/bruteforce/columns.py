@@ -20,6 +20,7 @@ import numpy as np
 from facedex import wire
 from facedex.faces.store import FaceMeta
 
+_ENTRY_BYTES = 130  # a short str object, its list slot and its dict entry, roughly
 _TOP = "\U0010ffff"  # the largest code point: prefix + _TOP sorts after almost every string that starts with prefix
 
 
@@ -29,6 +30,7 @@ class Vocab:
     def __init__(self) -> None:
         self.values: list[str | None] = [None]
         self.index: dict[str, int] = {}
+        self.nbytes = 0  # estimated memory of the values and their index entries (counted in the cache's budget)
         self._order: list[int] = []  # codes 1.. sorted by value, for prefix lookups (rebuilt lazily)
         self._lock = threading.Lock()  # searches share a read lock; sorting the order is theirs to serialise
 
@@ -45,6 +47,7 @@ class Vocab:
             if code is None:
                 code = self.index[v] = len(self.values)
                 self.values.append(v)
+                self.nbytes += len(v) + _ENTRY_BYTES
             out[i] = code
         return out
 
@@ -77,6 +80,7 @@ class Vocab:
         remap[used] = np.arange(len(used), dtype=np.int32)
         self.values = [self.values[c] for c in used]
         self.index = {v: i for i, v in enumerate(self.values) if v is not None}
+        self.nbytes = sum(len(v) + _ENTRY_BYTES for v in self.index)
         with self._lock:
             self._order = []
         return remap[live]
@@ -96,7 +100,8 @@ class MetaColumns:
 
     @property
     def nbytes(self) -> int:
-        return self.create_us.nbytes + self.external.nbytes + self.user_data.nbytes
+        return (self.create_us.nbytes + self.external.nbytes + self.user_data.nbytes
+                + self.external_vocab.nbytes + self.user_vocab.nbytes)
 
     def grow(self, cap: int, n: int) -> None:
         for name in ("create_us", "external", "user_data"):
