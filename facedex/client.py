@@ -37,6 +37,7 @@ from facedex.api.models import (
     ListFacesChanged,
     ListOut,
     MatchResponseOut,
+    MatchSetsResponseOut,
 )
 from facedex.manager.models import MasterOut, QueueOut, TaskOut, TaskStatus
 from facedex.storage.base import IndexMetaOut
@@ -220,6 +221,17 @@ class _Calls:
         if only_face_ids is not None:
             cand["face_ids"] = [str(f) for f in only_face_ids]
         return _Call("POST", "/1/matcher/faces", _model(MatchResponseOut), {"json": {"references": refs, "candidates": cand}})
+
+    def match_sets(
+        self, sets: Sequence[dict[str, Any]], *, descriptors: Sequence[Vector] = (), face_ids: Sequence[Id] = (),
+        version: int | None = None,
+    ) -> _Call[MatchSetsResponseOut]:
+        """References against several candidate sets at once; each set is the API's JSON object, e.g.
+        ``{"filters": {"list_ids": [a, b], "user_data__prefix": "staff/"}, "limit": 5, "targets": ["face_id",
+        "similarity", "external_id"]}``. Results per reference, per set; only the asked targets are set."""
+        refs = [{"descriptor": b64_descriptor(d, version)} for d in descriptors] + [{"face_id": str(f)} for f in face_ids]
+        return _Call("POST", "/1/matcher/faces", _model(MatchSetsResponseOut),
+                     {"json": {"references": refs, "candidates": list(sets)}})
 
     def match_image(
         self, list_id: Id, image: Image, *, limit: int = 10, threshold: float | None = None, all_faces: bool = False,

@@ -33,7 +33,12 @@ class MatchingSettings(BaseModel):
     max_limit: int = Field(1000, description="Largest `limit` a matching request may ask for.")
     default_limit: int = 10
     max_references: int = Field(64, description="Most references in one matching request.")
-    max_filter_face_ids: int = Field(100_000, description="Most face ids in a candidate filter.")
+    max_filter_face_ids: int = Field(100_000, description="Most face ids in a request's candidate filters (all sets together).")
+    max_candidate_sets: int = Field(8, description="Most candidate sets in one matching request (the array form of `candidates`).")
+    max_lists_per_set: int = Field(8, description="Most lists in one candidate set (`filters.list_ids`).")
+    max_filter_values: int = Field(
+        10_000, description="Most external ids in a request's candidate filters (all sets together)."
+    )
     proxy_timeout_s: float = Field(30.0, description="API -> proxy and proxy -> matcher request timeout.")
     proxy_urls: list[str] = Field(
         default_factory=list, description="Matcher Proxy origins the API uses, tried in turn (failover); empty: proxy.url."

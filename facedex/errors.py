@@ -54,6 +54,11 @@ class Errors:
     VERSION_MISMATCH = ErrorCode(14005, 400, "References have different descriptor versions")
     MATCH_BODY_TOO_LARGE = ErrorCode(14006, 413, "Matching request body too large")
     FACES_DB_UNAVAILABLE = ErrorCode(14007, 503, "Faces DB unreachable and stale answers are refused")
+    # matching: candidate sets and filters (issue 16)
+    TOO_MANY_CANDIDATE_SETS = ErrorCode(14008, 422, "Too many candidate sets in one request")
+    TOO_MANY_FILTER_VALUES = ErrorCode(14009, 422, "Too many values in candidate filters")
+    TIME_RANGE_EMPTY = ErrorCode(14010, 422, "create_time__gte is not before create_time__lt")
+    CANDIDATE_SET_INVALID = ErrorCode(14011, 422, "A candidate set names no list, or the same list twice")
     # images
     IMAGE_DECODE = ErrorCode(16001, 400, "Image could not be decoded")
     IMAGE_PIXELS = ErrorCode(16002, 400, "Image has too many pixels")

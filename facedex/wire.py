@@ -16,6 +16,19 @@ T = TypeVar("T")
 CONTENT_TYPE = "application/msgpack"
 
 
+class MatchFilters(msgspec.Struct, frozen=True):
+    """Candidate filters beyond the list and ``face_ids``: a face is a candidate only if it passes every one given.
+
+    The brute-force Matcher evaluates them as a boolean mask over its cached rows (no query per face).
+    """
+
+    external_ids: list[str] | None = None  # exact external ids
+    user_data: str | None = None  # exact user_data
+    user_data_prefix: str | None = None  # user_data starts with this
+    create_time_gte_us: int | None = None  # unix microseconds, inclusive
+    create_time_lt_us: int | None = None  # unix microseconds, exclusive
+
+
 class MatchRequest(msgspec.Struct, frozen=True):
     account_id: bytes  # 16-byte UUID
     list_id: bytes  # 16-byte UUID
@@ -29,6 +42,7 @@ class MatchRequest(msgspec.Struct, frozen=True):
     # the API's HMAC over (account_id, list_id, auth_expires_ms) with a key from internal_token (facedex.internal_auth)
     auth: bytes = b""
     auth_expires_ms: int = 0  # unix ms after which the signature is refused
+    filters: MatchFilters | None = None  # more candidate filters; a filtered request is always brute force
 
     def reference_matrix(self, dim: int) -> np.ndarray:
         return np.frombuffer(self.references, dtype="<f4").reshape(-1, dim)
@@ -45,6 +59,35 @@ class MatchResponse(msgspec.Struct, frozen=True):
     list_size: int = 0  # faces searched (after the filter)
     fallback_reason: str | None = None  # why the proxy did not use a preferred route
     consistency: str = "fresh"  # "stale": the Faces DB was unreachable; answered from what the matcher held
+
+
+class MatchSetsRequest(msgspec.Struct, frozen=True):
+    """API -> proxy: several candidate sets in one call; each set is one signed ``MatchRequest`` per list.
+
+    Every sub-request carries the same references; those of one set share its limit, threshold and filters.
+    """
+
+    sets: list[list[MatchRequest]]
+    request_id: str = ""
+
+
+class ListPart(msgspec.Struct, frozen=True):
+    """How one list of a candidate set was answered."""
+
+    list_id: bytes  # 16-byte UUID
+    route: str
+    list_size: int = 0
+    fallback_reason: str | None = None
+    consistency: str = "fresh"
+
+
+class SetMatches(msgspec.Struct, frozen=True):
+    results: list[ReferenceMatches]  # one per reference: the exact top-k over the set's lists (a face counts once)
+    parts: list[ListPart]  # one per list, in the set's order
+
+
+class MatchSetsResponse(msgspec.Struct, frozen=True):
+    sets: list[SetMatches]
 
 
 class IndexedRequest(msgspec.Struct, frozen=True):

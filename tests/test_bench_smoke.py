@@ -224,3 +224,15 @@ def test_milvus_arm_without_milvus_lite_fails_naming_the_cause(tmp_path: Path) -
     assert out.returncode != 0
     assert MILVUS_MISSING in out.stderr and "pymilvus blocked by the test" in out.stderr
     assert not (tmp_path / "b.md").exists()  # nothing half-published
+
+
+def test_bench_filters_smoke(tmp_path: Path) -> None:
+    """`bench filters` at a tiny size: every arm runs, answers numpy's top 10, and the section is written."""
+    doc = tmp_path / "bench.md"
+    out = facedex("bench", "filters", "--size", "20000", "--repeat", "3", "--doc", str(doc), cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = doc.read_text().split("<!-- bench:filters -->")[1]
+    assert "## Filtered brute-force matching: 20,000 × 512" in text and "| create_time range, 10% | 2,000 |" in text
+    assert "| NO |" not in text and "merged top-10 = numpy: yes" in text
+    record = json.loads(next((tmp_path / "bench-results").glob("filters-*.json")).read_text())
+    assert [r["kept"] for r in record["rows"]][:6] == [200, 2000, 10000, 200, 2000, 10000] and all(r["exact"] for r in record["rows"])

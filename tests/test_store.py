@@ -144,7 +144,8 @@ async def test_cache_evicts_least_recently_used_over_budget(store: FacesStore, a
     lists = [await store.create_list(account) for _ in range(3)]
     for lst in lists:
         await make_faces(store, account, unit(rng, 100), [lst.list_id])
-    cache = ListCache(store, max_bytes=2 * 1024 * (512 * 4 + 16))  # room for two lists' 1024-row blocks
+    # room for two lists' 1024-row blocks: descriptor, face id and filter columns (8 + 4 + 4 bytes), plus their dictionaries
+    cache = ListCache(store, max_bytes=2 * 1024 * (512 * 4 + 16 + 16) + 4096)
     for lst in lists:
         await cache.fresh(lst.list_id, 1)
     assert [m.list_id for m in cache.entries()] == [lists[1].list_id, lists[2].list_id]

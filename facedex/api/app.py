@@ -71,14 +71,29 @@ def _settings_bounds(schema: dict[str, Any], settings: Settings) -> dict[str, An
     components = schema["components"]["schemas"]
     # the matching body is inlined into its route (it is read with bounded work: facedex.api.match_body)
     body = schema["paths"]["/1/matcher/faces"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    def resolve(node: dict[str, Any]) -> dict[str, Any]:
+        return components[node["$ref"].rsplit("/", 1)[1]] if "$ref" in node else node
+
+    def max_items(prop: dict[str, Any], bound: int) -> None:
+        for branch in prop.get("anyOf", [prop]):
+            if branch.get("type") == "array":
+                branch["maxItems"] = bound
+
     for request in filter(None, (body, components.get("MatchRequestIn"))):
         request["properties"]["references"]["maxItems"] = m.max_references
-        candidates = request["properties"]["candidates"]
-        candidates = components["MatchCandidates"] if "$ref" in candidates else candidates
-        candidates["properties"]["limit"]["maximum"] = m.max_limit
-        for branch in candidates["properties"]["face_ids"].get("anyOf", []):
-            if branch.get("type") == "array":
-                branch["maxItems"] = m.max_filter_face_ids
+        for form_ in resolve(request["properties"]["candidates"]).get("anyOf", []):
+            if form_.get("type") == "array":  # the array form: candidate sets
+                form_["maxItems"] = m.max_candidate_sets
+                candidate_set = resolve(form_["items"])
+                candidate_set["properties"]["limit"]["maximum"] = m.max_limit
+                filters = resolve(candidate_set["properties"]["filters"])
+                max_items(filters["properties"]["list_ids"], m.max_lists_per_set)
+                max_items(filters["properties"]["face_ids"], m.max_filter_face_ids)
+                max_items(filters["properties"]["external_ids"], m.max_filter_values)
+            else:  # the object form: one list
+                candidates = resolve(form_)
+                candidates["properties"]["limit"]["maximum"] = m.max_limit
+                max_items(candidates["properties"]["face_ids"], m.max_filter_face_ids)
     form = schema["paths"]["/1/matcher/image"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     form["properties"]["limit"]["maximum"] = m.max_limit
     return schema

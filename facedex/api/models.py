@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -26,6 +26,10 @@ IMAGE_ERRORS = (
 MATCH_ERRORS = (
     Errors.LIST_NOT_FOUND, Errors.FACE_NOT_FOUND, Errors.FACE_NO_DESCRIPTOR, Errors.TOO_MANY_FACES, Errors.LIMIT_OUT_OF_RANGE,
     Errors.THRESHOLD_OUT_OF_RANGE, Errors.TOO_MANY_REFERENCES, Errors.MATCHER_UNAVAILABLE, Errors.VERSION_MISMATCH,
+)
+SET_ERRORS = (
+    Errors.TOO_MANY_CANDIDATE_SETS, Errors.TOO_MANY_FILTER_VALUES, Errors.TIME_RANGE_EMPTY, Errors.CANDIDATE_SET_INVALID,
+    Errors.TEXT_NOT_STORABLE,
 )
 
 
@@ -233,9 +237,53 @@ class MatchCandidates(Strict):
     )
 
 
+Target = Literal["face_id", "similarity", "external_id", "user_data", "create_time", "list_ids"]
+DEFAULT_TARGETS: list[Target] = ["face_id", "similarity"]
+
+
+class CandidateFilters(Strict):
+    """Which faces a candidate set holds: those of its list(s) that pass every other filter given."""
+
+    list_id: uuid.UUID | None = Field(None, description="The list to match against (give this or list_ids).")
+    list_ids: list[uuid.UUID] | None = Field(
+        None, description="Several lists as one candidate set (1 .. matching.max_lists_per_set; a face in several counts once)."
+    )
+    face_ids: list[uuid.UUID] | None = Field(None, description="Only these faces (all sets together: matching.max_filter_face_ids).")
+    external_ids: list[Annotated[StoredText, Field(max_length=MAX_EXTERNAL_ID)]] | None = Field(
+        None, description="Only faces with one of these external ids (all sets together: matching.max_filter_values)."
+    )
+    user_data: StoredText | None = Field(None, max_length=MAX_USER_DATA, description="Only faces whose user_data is exactly this.")
+    user_data__prefix: StoredText | None = Field(
+        None, max_length=MAX_USER_DATA, description="Only faces whose user_data starts with this."
+    )
+    create_time__gte: datetime | None = Field(None, description="Only faces created at or after this time (no zone: UTC).")
+    create_time__lt: datetime | None = Field(None, description="Only faces created before this time (no zone: UTC).")
+
+
+class CandidateSet(Strict):
+    """One candidate set of the array form of ``candidates``: its filters, limit, threshold and result fields."""
+
+    filters: CandidateFilters
+    limit: int = Field(10, description="Most results per reference (1 .. matching.max_limit; the sets of a request together at most that).", json_schema_extra={"minimum": 1})
+    threshold: float | None = Field(
+        None, description="Only results with similarity >= threshold (0 .. 1).", json_schema_extra={"minimum": 0, "maximum": 1}
+    )
+    targets: list[Target] = Field(
+        default_factory=lambda: list(DEFAULT_TARGETS), min_length=1, max_length=6,
+        description="Fields of each matched face to return (duplicates count once).",
+    )
+    exact: bool = Field(False, description="Always match by brute force, even where a list has an index.")
+    descriptor_version: int | None = Field(
+        None, description="Descriptor version to match in (every set that names one must name the same)."
+    )
+
+
 class MatchRequestIn(Strict):
     references: list[MatchReference] = Field(..., min_length=1)
-    candidates: MatchCandidates
+    candidates: MatchCandidates | list[CandidateSet] = Field(
+        ..., description="One list (an object: the response is MatchResponseOut), or an array of candidate sets "
+        "(1 .. matching.max_candidate_sets; the response is MatchSetsResponseOut)."
+    )
 
 
 class MatchResult(BaseModel):
@@ -260,6 +308,50 @@ class MatchResponseOut(BaseModel):
     consistency: Literal["fresh", "stale"] = Field(
         "fresh", description='"stale": the Faces DB was unreachable; answered from what the matchers already held.'
     )
+
+
+class TargetResult(BaseModel):
+    """One matched face: only the fields its candidate set's ``targets`` asked for are present."""
+
+    face_id: uuid.UUID | None = None
+    similarity: float | None = None
+    external_id: str | None = None
+    user_data: str | None = None
+    create_time: datetime | None = None
+    list_ids: list[uuid.UUID] | None = Field(None, description="Every list of the account that holds the face now.")
+
+
+class SetResults(BaseModel):
+    results: list[TargetResult]
+
+
+class ReferenceSetMatches(BaseModel):
+    reference: ReferenceOut
+    sets: list[SetResults] = Field(..., description="One per candidate set, in the request's order.")
+
+
+class ListRoute(BaseModel):
+    list_id: uuid.UUID
+    route: str = Field(..., description="Which matcher answered for this list: bruteforce, indexed, or a plugin's name.")
+    list_size: int = Field(..., description="Faces of this list that passed the set's filters.")
+    fallback_reason: str | None = None
+    consistency: Literal["fresh", "stale"] = "fresh"
+
+
+class CandidateSetInfo(BaseModel):
+    route: str = Field(..., description="The lists' route if they share one, else mixed.", examples=["indexed", "bruteforce", "mixed"])
+    list_size: int = Field(..., description="Faces searched over the set's lists (after its filters).")
+    fallback_reason: str | None = Field(None, description="Why a preferred route was skipped for a list (the first such list).")
+    lists: list[ListRoute]
+
+
+class MatchSetsResponseOut(BaseModel):
+    """The answer to the array form of ``candidates``: per reference, per candidate set, its results."""
+
+    matches: list[ReferenceSetMatches]
+    candidate_sets: list[CandidateSetInfo] = Field(..., description="How each candidate set was answered, in the request's order.")
+    descriptor_version: int
+    consistency: Literal["fresh", "stale"] = Field("fresh", description='"stale": some list was answered from what a matcher held.')
 
 
 class DescriptorVersionOut(BaseModel):

@@ -224,6 +224,23 @@ def scale(
     _publish("scale", record, bs.markdown(record, _command()), doc)
 
 
+@app.command()
+def filters(
+    size: Annotated[int, typer.Option(help="Faces in the cached list (and in each list of the multi-list request).")] = 1_000_000,
+    dim: Annotated[int, typer.Option(help="Descriptor dimension (a known version's: 512 or 128).")] = 512,
+    repeat: Annotated[int, typer.Option(help="Interleaved passes (one request per arm each; medians reported).")] = 30,
+    lists: Annotated[int, typer.Option(help="Lists in the multi-list candidate set.")] = 3,
+    seed: int = 0,
+    doc: Doc = None,
+) -> None:
+    """Filtered brute-force matching (1 %, 10 %, 50 % kept) against an unfiltered scan, and a request over several lists."""
+    from facedex.bench import filters as bf
+
+    record = bf.main(size, dim, repeat, lists, seed, log=console.print)
+    record["command"] = _command()
+    _publish("filters", record, bf.markdown(record, _command()), doc)
+
+
 INDEX_PARAM_ARMS = "facedex:f16:32:128,facedex:f16:32:64,facedex:i8:32:64,facedex:i8:24:96,facedex:i8:16:128"
 # issue 11's library baselines: flat code scans re-scored from fp16 (R swept), and milvus-lite as a server would be
 R_SWEEP = "16/64/256"
@@ -270,6 +287,7 @@ def all_(
 
     sections: list[tuple[str, Callable[[], None]]] = [
         ("bruteforce", lambda: bruteforce(sizes="100000,1000000", dim=512, repeat=50, batch=64, seed=0, doc=doc)),
+        ("filters", lambda: filters(size=1_000_000, dim=512, repeat=30, lists=3, seed=0, doc=doc)),
         ("index-params", index_section("index-params", INDEX_PARAM_ARMS)),
         ("index", index_section("index", peers)),
         ("index-128", index_section("index-128", peers_128, dim=128)),

@@ -9,7 +9,7 @@ the list is idle, and the batch grows exactly as fast as the load does.
 
 Each request has checked the list's change head before it joins (``ListCache.fresh``),
 and the batch searches after every member did, so answers stay read-your-writes
-fresh. Requests with a face-id filter search a subset of their own and run alone.
+fresh. Requests with a face-id filter or other candidate filters search a subset of their own and run alone.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from facedex.rwlock import finish_in_thread
 def run_search(matrix: ListMatrix, reqs: list[wire.MatchRequest]) -> list[wire.MatchResponse]:
     """One exact search for several requests on one matrix (worker thread, under its read lock)."""
     queries = [r.reference_matrix(matrix.dim) for r in reqs]
-    face_ids = reqs[0].face_ids if len(reqs) == 1 else None
-    scores, ids, size = matrix.search(np.vstack(queries), max(r.limit for r in reqs), face_ids)
+    face_ids, filters = (reqs[0].face_ids, reqs[0].filters) if len(reqs) == 1 else (None, None)
+    scores, ids, size = matrix.search(np.vstack(queries), max(r.limit for r in reqs), face_ids, filters)
     out = []
     row = 0
     for req, q in zip(reqs, queries):
@@ -57,7 +57,7 @@ class Batcher:
         self._queues: dict[int, _Queue] = {}  # by id() of the ListMatrix
 
     async def search(self, matrix: ListMatrix, req: wire.MatchRequest) -> wire.MatchResponse:
-        if req.face_ids is not None:
+        if req.face_ids is not None or req.filters is not None:
             return (await self._run(matrix, [req]))[0]
         queue = self._queues.setdefault(id(matrix), _Queue())
         future: asyncio.Future[wire.MatchResponse] = asyncio.get_running_loop().create_future()

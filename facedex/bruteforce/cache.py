@@ -7,6 +7,10 @@ always seen as such: the brute-force path is read-your-writes consistent.
 
 Searches run in worker threads (numpy releases the GIL) under a shared lock;
 applying changes takes the lock exclusively, because detaches move rows.
+
+Each row also keeps what candidate filters need (creation time, external id, user
+data: :mod:`facedex.bruteforce.columns`), loaded with the snapshot and kept fresh by
+the same log (a face's metadata change logs an update in each of its lists).
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from collections import OrderedDict
 
 import numpy as np
 
-from facedex import descriptors
+from facedex import descriptors, wire
+from facedex.bruteforce.columns import MetaColumns
 from facedex.errors import Errors, FacedexError
-from facedex.faces.store import UNREACHABLE, FacesStore, ListDelta, bounded
+from facedex.faces.store import UNREACHABLE, FaceMeta, FacesStore, ListDelta, bounded
 from facedex.rwlock import RWLock
 
 log = logging.getLogger(__name__)
@@ -37,6 +42,7 @@ class ListMatrix:
         self.dim = descriptors.get_version(version).dim
         self.vectors = np.empty((0, self.dim), np.float32)
         self.ids = np.empty((0, 16), np.uint8)
+        self.meta = MetaColumns()
         self.pos: dict[bytes, int] = {}
         self.n = 0
         self.head = 0
@@ -45,7 +51,7 @@ class ListMatrix:
 
     @property
     def nbytes(self) -> int:
-        return self.vectors.nbytes + self.ids.nbytes
+        return self.vectors.nbytes + self.ids.nbytes + self.meta.nbytes
 
     def reserve(self, extra: int) -> None:
         need = self.n + extra
@@ -56,15 +62,19 @@ class ListMatrix:
         vectors[: self.n] = self.vectors[: self.n]
         ids = np.empty((cap, 16), np.uint8)
         ids[: self.n] = self.ids[: self.n]
+        self.meta.grow(cap, self.n)
         self.vectors, self.ids = vectors, ids
 
-    def append(self, face_ids: np.ndarray, vecs: np.ndarray) -> None:
-        """Add rows; ``face_ids`` is (n, 16) uint8, ``vecs`` is (n, dim)."""
+    def append(self, face_ids: np.ndarray, vecs: np.ndarray, meta: FaceMeta | None = None,
+               picked: list[int] | None = None) -> None:
+        """Add rows; ``face_ids`` is (n, 16) uint8, ``vecs`` is (n, dim); ``meta`` their filter fields (its
+        entries ``picked``, else all)."""
         n = face_ids.shape[0]
         self.reserve(n)
         start = self.n
         self.vectors[start : start + n] = vecs
         self.ids[start : start + n] = face_ids
+        self.meta.put(slice(start, start + n), meta, picked)
         raw = face_ids.tobytes()
         self.pos.update(zip([raw[i : i + 16] for i in range(0, 16 * n, 16)], range(start, start + n)))
         self.n += n
@@ -77,6 +87,7 @@ class ListMatrix:
         if row != last:
             self.vectors[row] = self.vectors[last]
             self.ids[row] = self.ids[last]
+            self.meta.move(last, row)
             self.pos[self.ids[row].tobytes()] = row
         self.n = last
 
@@ -92,22 +103,34 @@ class ListMatrix:
                 new_rows.append(i)
             else:
                 self.vectors[row] = delta.upserted[i]
+                self.meta.put(np.array([row]), delta.meta, [i])  # a metadata change (or a new descriptor)
         if new_ids:
             block = np.frombuffer(b"".join(new_ids), np.uint8).reshape(-1, 16)
-            self.append(block, delta.upserted[new_rows])
+            self.append(block, delta.upserted[new_rows], delta.meta, new_rows)
+        self.meta.compact(self.n)
         self.head = delta.head
 
+    def select(self, face_ids: list[bytes] | None, filters: wire.MatchFilters | None) -> np.ndarray | None:
+        """Rows that pass the candidate filters, ascending; None when there is no filter (every row)."""
+        rows = None
+        if face_ids is not None:
+            rows = np.unique(np.fromiter((self.pos[f] for f in face_ids if f in self.pos), dtype=np.int64))
+        if filters is None:
+            return rows
+        keep = self.meta.mask(rows, self.n, filters)
+        return np.flatnonzero(keep) if rows is None else rows[keep]
+
     def search(
-        self, queries: np.ndarray, k: int, face_ids: list[bytes] | None = None
+        self, queries: np.ndarray, k: int, face_ids: list[bytes] | None = None, filters: wire.MatchFilters | None = None
     ) -> tuple[np.ndarray, np.ndarray, int]:
         """Exact top-k; returns (scores, face ids as (m, k, 16) uint8, faces searched). Run it under the read lock."""
         from facedex.bruteforce.exact import topk
 
-        if face_ids is None:
+        subset = self.select(face_ids, filters)
+        if subset is None:
             scores, rows = topk(queries, self.vectors[: self.n], k)
             return scores, self.ids[rows], self.n
-        subset = np.fromiter((self.pos[f] for f in face_ids if f in self.pos), dtype=np.int64)
-        scores, sub_rows = topk(queries, self.vectors[subset], k)
+        scores, sub_rows = topk(queries, self.vectors, k, rows=subset)  # the kept rows only, gathered in cache-sized blocks
         return scores, self.ids[subset[sub_rows]], len(subset)
 
 
@@ -188,11 +211,11 @@ class ListCache:
         matrix.reserve(size_hint)  # one allocation, not a regrowth per page
         loop = asyncio.get_running_loop()
         copying: asyncio.Future[None] | None = None
-        async for head, ids, vecs in self.store.snapshot(list_id, version):
+        async for head, ids, vecs, meta in self.store.snapshot_with_meta(list_id, version):
             if copying is not None:
                 await copying
             # copy this page in a thread while the next page's COPY runs
-            copying = loop.run_in_executor(None, matrix.append, ids, vecs)
+            copying = loop.run_in_executor(None, matrix.append, ids, vecs, meta)
             matrix.head = head
         if copying is not None:
             await copying

@@ -90,6 +90,23 @@ class Change:
 
 
 @dataclass(slots=True)
+class FaceMeta:
+    """What candidate filters need of each face (brute-force Matcher), aligned with a page's or a delta's rows."""
+
+    create_us: np.ndarray  # (n,) int64, unix microseconds
+    external_ids: list[str | None]
+    user_data: list[str]
+
+    @classmethod
+    def of(cls, rows: Sequence[asyncpg.Record]) -> FaceMeta:
+        return cls(
+            np.fromiter((r["create_us"] for r in rows), np.int64, len(rows)),
+            [r["external_id"] for r in rows],
+            [r["user_data"] for r in rows],
+        )
+
+
+@dataclass(slots=True)
 class ListDelta:
     """What changed in a list between two sequence numbers, collapsed to the final state per face."""
 
@@ -97,8 +114,11 @@ class ListDelta:
     removed: list[bytes]  # face ids (16 bytes) no longer in the list (or without a descriptor)
     upserted_ids: list[bytes]
     upserted: np.ndarray  # (len(upserted_ids), dim) float32
+    meta: FaceMeta | None = None  # the upserted faces' metadata
 
 
+# a face's filterable metadata; create_time as integer unix microseconds (exact: extract() is numeric)
+_META_COLS = "(extract(epoch FROM f.create_time) * 1000000)::int8 AS create_us, f.external_id, f.user_data"
 _LIST_COLS = "list_id, account_id, user_data, create_time, last_update_time, face_count, change_seq"
 _TOKEN_COLS = "token_id, account_id, name, create_time, expire_time"
 _FACE_COLS = "face_id, account_id, external_id, user_data, create_time, last_update_time"
@@ -379,16 +399,26 @@ class FacesStore:
     async def update_face(
         self, account_id: uuid.UUID, face_id: uuid.UUID, external_id: str | None, user_data: str | None
     ) -> FaceRow:
-        status = await self.pool.execute(
-            "UPDATE faces SET external_id=COALESCE($3, external_id), user_data=COALESCE($4, user_data),"
-            " last_update_time=now() WHERE face_id=$1 AND account_id=$2",
-            face_id,
-            account_id,
-            external_id,
-            user_data,
-        )
-        if status == "UPDATE 0":
-            raise FacedexError(Errors.FACE_NOT_FOUND, f"face {face_id} not found")
+        """Change a face's external id and/or user data. Lists holding the face log an update, so the matchers'
+        caches (which filter on these fields) re-read the face before their next search."""
+
+        async def tx(conn: asyncpg.Connection) -> None:
+            # face row first, then its lists (as delete_faces does; against attach's order, _write retries a deadlock)
+            status = await conn.execute(
+                "UPDATE faces SET external_id=COALESCE($3, external_id), user_data=COALESCE($4, user_data),"
+                " last_update_time=now() WHERE face_id=$1 AND account_id=$2",
+                face_id,
+                account_id,
+                external_id,
+                user_data,
+            )
+            if status == "UPDATE 0":
+                raise FacedexError(Errors.FACE_NOT_FOUND, f"face {face_id} not found")
+            if external_id is not None or user_data is not None:
+                for row in await conn.fetch("SELECT list_id FROM list_faces WHERE face_id=$1 ORDER BY list_id", face_id):
+                    await self._log_changes(conn, row["list_id"], UPDATE, [face_id], 0)
+
+        await self._write(tx)
         return await self.get_face(account_id, face_id)
 
     async def delete_faces(self, account_id: uuid.UUID, face_ids: Sequence[uuid.UUID]) -> None:
@@ -588,6 +618,20 @@ class FacesStore:
         REPEATABLE READ transaction). Pages are binary COPY parsed by numpy, keyed
         on the membership primary key, so loading 1M faces is bound by PostgreSQL.
         """
+        async for head, ids, vecs, _ in self._pages(list_id, version, page, meta=False):
+            yield head, ids, vecs
+
+    async def snapshot_with_meta(
+        self, list_id: uuid.UUID, version: int, page: int = 100_000
+    ) -> AsyncIterator[tuple[int, np.ndarray, np.ndarray, FaceMeta]]:
+        """:meth:`snapshot` plus what candidate filters need of each row (the brute-force Matcher's cache)."""
+        async for head, ids, vecs, meta in self._pages(list_id, version, page, meta=True):
+            assert meta is not None
+            yield head, ids, vecs, meta
+
+    async def _pages(
+        self, list_id: uuid.UUID, version: int, page: int, meta: bool
+    ) -> AsyncIterator[tuple[int, np.ndarray, np.ndarray, FaceMeta | None]]:
         spec = descriptors.get_version(version)
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             head = await conn.fetchval("SELECT change_seq FROM lists WHERE list_id=$1", list_id)
@@ -609,13 +653,27 @@ class FacesStore:
                 )
                 ids, raw = parse_binary(buf.getvalue(), [16, spec.nbytes])
                 n = ids.shape[0]
-                yield head, ids, raw.view(spec.dtype)  # views: the consumer copies once, into its own buffer
+                page_meta = None
+                if meta:  # the same rows in the same order, in the same snapshot: one more query per page, none per face
+                    rows = await conn.fetch(
+                        f"SELECT {_META_COLS} FROM list_faces l"
+                        " JOIN descriptors d ON d.face_id=l.face_id AND d.version=$2"
+                        " JOIN faces f ON f.face_id=l.face_id"
+                        " WHERE l.list_id=$1 AND l.face_id > $3 ORDER BY l.face_id LIMIT $4",
+                        list_id,
+                        version,
+                        after,
+                        page,
+                    )
+                    page_meta = FaceMeta.of(rows)
+                    assert len(page_meta.user_data) == n, "metadata rows do not match the page"
+                yield head, ids, raw.view(spec.dtype), page_meta  # views: the consumer copies once, into its own buffer
                 if n < page:
                     return
                 after = uuid.UUID(bytes=ids[-1].tobytes())
 
     async def delta(self, list_id: uuid.UUID, version: int, since: int) -> ListDelta | None:
-        """Changes after sequence ``since``, collapsed to each touched face's final state."""
+        """Changes after sequence ``since``, collapsed to each touched face's final state (metadata included)."""
         spec = descriptors.get_version(version)
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             head = await conn.fetchval("SELECT change_seq FROM lists WHERE list_id=$1", list_id)
@@ -623,9 +681,10 @@ class FacesStore:
                 return None
             rows = await conn.fetch(
                 "WITH touched AS (SELECT DISTINCT face_id FROM list_changes WHERE list_id=$1 AND seq > $2)"
-                " SELECT uuid_send(t.face_id) AS fid, d.descriptor FROM touched t"
+                f" SELECT uuid_send(t.face_id) AS fid, d.descriptor, {_META_COLS} FROM touched t"
                 " LEFT JOIN list_faces l ON l.list_id=$1 AND l.face_id=t.face_id"
-                " LEFT JOIN descriptors d ON l.face_id IS NOT NULL AND d.face_id=t.face_id AND d.version=$3",
+                " LEFT JOIN descriptors d ON l.face_id IS NOT NULL AND d.face_id=t.face_id AND d.version=$3"
+                " LEFT JOIN faces f ON d.face_id IS NOT NULL AND f.face_id=t.face_id",
                 list_id,
                 since,
                 version,
@@ -633,7 +692,21 @@ class FacesStore:
         removed = [r["fid"] for r in rows if r["descriptor"] is None]
         kept = [r for r in rows if r["descriptor"] is not None]
         vecs = np.frombuffer(b"".join(r["descriptor"] for r in kept), dtype=spec.dtype).reshape(-1, spec.dim)
-        return ListDelta(head, removed, [r["fid"] for r in kept], vecs.astype(np.float32, copy=False))
+        return ListDelta(head, removed, [r["fid"] for r in kept], vecs.astype(np.float32, copy=False), FaceMeta.of(kept))
+
+    async def face_targets(
+        self, account_id: uuid.UUID, face_ids: Sequence[uuid.UUID], with_lists: bool
+    ) -> dict[uuid.UUID, asyncpg.Record]:
+        """external_id, user_data, create_time (and list_ids) of the caller's faces: one query for every hit of a
+        matching request. A face deleted since it matched is absent."""
+        detail = ", ARRAY(SELECT list_id FROM list_faces l WHERE l.face_id=f.face_id ORDER BY list_id) AS list_ids" if with_lists else ""
+        rows = await self.pool.fetch(
+            f"SELECT face_id, external_id, user_data, create_time{detail} FROM faces f"
+            " WHERE face_id = ANY($1::uuid[]) AND account_id=$2",
+            list(face_ids),
+            account_id,
+        )
+        return {r["face_id"]: r for r in rows}
 
     # ------------------------------------------------------------ dashboard reads (every account: admin only)
     async def all_lists_page(

@@ -1,7 +1,14 @@
-"""Matcher Proxy service: ``POST /1/match`` tries each plugin that accepts the request, then brute force."""
+"""Matcher Proxy service: ``POST /1/match`` tries each plugin that accepts the request, then brute force.
+
+``POST /1/match_sets`` takes several candidate sets in one call, each one sub-request per list: every
+sub-request is routed on its own (a plain list with a live label: indexed; a filtered one: brute force;
+a failed indexed answer falls back alone), all run concurrently, and each set's lists are merged into one
+exact top-k (:mod:`facedex.proxy.merge`).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +23,7 @@ from facedex.errors import Errors, FacedexError
 from facedex.http import create_app, errors, msgpack_body
 from facedex.internal_auth import verify as verify_identity
 from facedex.metrics import MATCH_ROUTE
+from facedex.proxy.merge import merge
 from facedex.proxy.plugins import BruteForceRoute, MatchingPlugin, load_plugins
 
 log = logging.getLogger(__name__)
@@ -48,6 +56,53 @@ class Router:
         resp = await self.fallback.match(req)
         MATCH_ROUTE.labels(resp.route, reason.split(":", 1)[0] if reason else "").inc()
         return msgspec.structs.replace(resp, fallback_reason=reason) if reason else resp
+
+    async def match_sets(self, req: wire.MatchSetsRequest) -> wire.MatchSetsResponse:
+        """Every (set, list) sub-request routed on its own and run concurrently; each set merged exactly."""
+        try:
+            async with asyncio.TaskGroup() as group:  # one failure (e.g. a list not found) cancels the rest
+                tasks = [[group.create_task(self.match(sub)) for sub in subs] for subs in req.sets]
+        except BaseExceptionGroup as failed:
+            raise _first_error(failed) from None
+        out = []
+        for subs, done in zip(req.sets, tasks, strict=True):
+            answers = [t.result() for t in done]
+            out.append(wire.SetMatches(
+                results=merge(answers, subs[0].limit),
+                parts=[wire.ListPart(sub.list_id, a.route, a.list_size, a.fallback_reason, a.consistency)
+                       for sub, a in zip(subs, answers, strict=True)],
+            ))
+        return wire.MatchSetsResponse(sets=out)
+
+
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    """The error to answer with: a coded one (FacedexError) if any sub-request raised one."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    return next((e for e in leaves if isinstance(e, FacedexError)), leaves[0])
+
+
+def check_sets(req: wire.MatchSetsRequest, settings: Settings) -> None:
+    """Bounds and shape of a sets request, before any sub-request runs (the API checks the same; this guards the proxy)."""
+    m = settings.matching
+    if len(req.sets) > m.max_candidate_sets:
+        raise FacedexError(Errors.TOO_MANY_CANDIDATE_SETS, f"at most {m.max_candidate_sets} candidate sets per request")
+    for subs in req.sets:
+        if not subs or len(subs) > m.max_lists_per_set:
+            raise FacedexError(Errors.CANDIDATE_SET_INVALID, f"a candidate set has 1 .. {m.max_lists_per_set} lists")
+        first = subs[0]
+        if any(s.limit != first.limit or s.references != first.references or s.version != first.version for s in subs):
+            raise FacedexError(Errors.CANDIDATE_SET_INVALID, "the lists of one set share references, version and limit")
+        if len({s.list_id for s in subs}) != len(subs):
+            raise FacedexError(Errors.CANDIDATE_SET_INVALID, "a candidate set names the same list twice")
 
 
 def build_app(settings: Settings) -> FastAPI:
@@ -88,6 +143,20 @@ def build_app(settings: Settings) -> FastAPI:
         req = wire.decode(await request.body(), wire.MatchRequest)
         verify_identity(settings.internal_token, req)  # before any route sees it: no plugin serves a forged account
         return Response(wire.encode(await router.match(req)), media_type=wire.CONTENT_TYPE)
+
+    @app.post(
+        "/1/match_sets", tags=["matching"], summary="Match references against several candidate sets (msgpack)",
+        openapi_extra=msgpack_body(wire.MatchSetsRequest, wire.MatchSetsResponse),
+        responses=errors(Errors.DESCRIPTOR_VERSION_UNKNOWN, Errors.DESCRIPTOR_LENGTH, Errors.LIST_NOT_FOUND, Errors.MATCHER_UNAVAILABLE,
+                         Errors.TOO_MANY_CANDIDATE_SETS, Errors.CANDIDATE_SET_INVALID, Errors.IDENTITY_UNVERIFIED),
+    )
+    async def match_sets_route(request: Request) -> Response:
+        req = wire.decode(await request.body(), wire.MatchSetsRequest)
+        check_sets(req, settings)
+        for subs in req.sets:
+            for sub in subs:
+                verify_identity(settings.internal_token, sub)  # each (account, list) as the API signed it
+        return Response(wire.encode(await router.match_sets(req)), media_type=wire.CONTENT_TYPE)
 
     @app.get("/1/plugins", tags=["service"], summary="Active matching plugins, in order")
     async def plugins() -> PluginsOut:

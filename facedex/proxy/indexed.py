@@ -3,7 +3,7 @@
 ``accepts`` is a set lookup: the labels present in Redis are synced every
 ``label_sync_s`` (one ZRANGEBYSCORE of the labels set), not per request. A label is (list, descriptor
 version): a request goes to the index of its own version; one the index cannot
-serve as asked (a face-id filter) is left to brute force. ``match`` checks the license (cached), appends the request to the list's
+serve as asked (a face-id or any other candidate filter) is left to brute force. ``match`` checks the license (cached), appends the request to the list's
 stream, and waits for the answer on this proxy's reply channel for at most
 ``indexed.request_timeout_s``; a timeout, an error answer or a refused license
 raises, and the proxy answers by brute force instead.
@@ -117,6 +117,7 @@ class IndexedPlugin:
         return (
             not req.exact
             and req.face_ids is None
+            and req.filters is None
             and self.keys.matching_label(str(uuid.UUID(bytes=req.list_id)), req.version) in self.labels
         )
 
