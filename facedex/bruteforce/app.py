@@ -18,7 +18,7 @@ from facedex.config import MatchingSettings, Settings
 from facedex.errors import Errors, FacedexError
 from facedex.faces.store import FacesStore, bounded, create_pool
 from facedex.http import create_app, errors, msgpack_body
-from facedex.internal_auth import verify as verify_identity
+from facedex.internal_auth import verify_request
 from facedex.metrics import CACHED_LIST_BYTES
 
 
@@ -89,7 +89,7 @@ def build_app(settings: Settings) -> FastAPI:
     )
     async def match_route(request: Request) -> Response:
         req = wire.decode(await request.body(), wire.MatchRequest)
-        verify_identity(settings.internal_token, req)
+        verify_request(settings.internal_token, req)
         resp = await match(state["cache"], state["batcher"], req, settings.matching)  # type: ignore[arg-type]
         return Response(wire.encode(resp), media_type=wire.CONTENT_TYPE)
 

@@ -14,7 +14,7 @@ from facedex import wire
 from facedex.config import Settings
 from facedex.errors import Errors, FacedexError
 from facedex.http import create_app, errors, msgpack_body
-from facedex.internal_auth import verify as verify_identity
+from facedex.internal_auth import verify_request
 from facedex.metrics import MATCH_ROUTE
 from facedex.proxy.plugins import BruteForceRoute, MatchingPlugin, load_plugins
 
@@ -86,7 +86,7 @@ def build_app(settings: Settings) -> FastAPI:
     )
     async def match_route(request: Request) -> Response:
         req = wire.decode(await request.body(), wire.MatchRequest)
-        verify_identity(settings.internal_token, req)  # before any route sees it: no plugin serves a forged account
+        verify_request(settings.internal_token, req)  # before any route sees it: no plugin serves a forged or altered request
         return Response(wire.encode(await router.match(req)), media_type=wire.CONTENT_TYPE)
 
     @app.get("/1/plugins", tags=["service"], summary="Active matching plugins, in order")
