@@ -23,6 +23,7 @@ import pytest
 import redis
 
 from facedex import internal_auth, wire
+from facedex.errors import Errors, FacedexError
 from facedex.faces.store import FacesStore
 from facedex.redis.keys import Keys
 from tests.conftest import Services, new_client
@@ -197,6 +198,40 @@ def _forgeries(token: str, victim: Victim) -> dict[str, wire.MatchRequest]:
         "face filter dropped": replace(filtered, face_ids=None),
         "exact flag changed": replace(genuine, exact=True),
     }
+
+
+def test_the_signature_covers_every_field_of_a_match_request() -> None:
+    """Each field, including any added to wire.MatchRequest later, changed after signing: refused (10011)."""
+    token = "t" * 32
+    signed = internal_auth.sign_request(token, wire.MatchRequest(
+        uuid.uuid4().bytes, uuid.uuid4().bytes, 1, b"\1" * 2048, 5, 0.5, [uuid.uuid4().bytes], "rid", False), 60)
+    internal_auth.verify_request(token, signed)  # as signed: accepted
+
+    def changed(value: object) -> object:
+        if isinstance(value, bytes):
+            return value[:-1] + bytes([value[-1] ^ 1])  # same length: not refused as malformed, only as unsigned
+        if isinstance(value, bool):
+            return not value
+        if isinstance(value, (int, float)):
+            return value + 1
+        if isinstance(value, str):
+            return value + "x"
+        if isinstance(value, list):
+            return [*value, uuid.uuid4().bytes]
+        return None
+
+    fields = [f for f in msgspec.structs.fields(wire.MatchRequest) if f.name != "auth"]
+    assert {"references", "limit", "threshold", "face_ids", "auth_expires_ms"} <= {f.name for f in fields}
+    for f in fields:
+        value = getattr(signed, f.name)
+        other = changed(value)
+        assert other != value, f"no way to change {f.name} ({type(value).__name__}): extend changed()"
+        with pytest.raises(FacedexError) as err:
+            internal_auth.verify_request(token, msgspec.structs.replace(signed, **{f.name: other}))
+        assert err.value.error is Errors.IDENTITY_UNVERIFIED, f.name
+    for token_used in (None, "another token"):
+        with pytest.raises(FacedexError):
+            internal_auth.verify_request(token_used, signed)
 
 
 def test_forged_or_altered_requests_over_http_are_refused(services: Services, victim: Victim, unchanged) -> None:
