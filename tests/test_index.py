@@ -115,21 +115,25 @@ def test_calibration_chooses_the_cheapest_config_that_holds_on_planted_probes(da
     configs = candidates(512, 20_000, ["sign", "pq_fastscan", "rabitq"], HNSW, 100_000)
     v16 = d.gallery.astype(np.float16)
     choice, scan = calibrate(d.gallery, v16, configs, samples=400)
-    assert choice.reached and choice.warning is None and choice.top1 >= 0.997 and choice.recall10 >= 0.99
+    assert choice.reached and choice.warning is None and choice.best.top1 >= 0.997 and choice.best.recall10 >= 0.99
     reached = [p for p in choice.curve if p.top1 >= 0.997 and p.recall10 >= 0.99]
-    assert choice.cost == min(p.cost for p in reached)
+    assert choice.best.cost == min(p.cost for p in reached)
     assert {p.kind for p in choice.curve} == {"sign", "pq_fastscan", "rabitq"}
-    assert scan.kind == choice.kind and scan.params == choice.params
+    assert scan.kind == choice.best.kind and scan.params == choice.best.params
     # the choice holds on the dataset's own planted probes (other faces than the ones sampled)
-    index = FaceIndex(scan, ids, d.gallery, v16, choice.knobs, choice.rescore)
+    index = FaceIndex(scan, ids, d.gallery, v16, choice.best.knobs, choice.best.rescore)
     assert top1_agreement(index, d.probes, d.gallery, ids) >= 0.99
     as_json = json.loads(json.dumps(choice.as_dict()))
-    assert as_json["kind"] == choice.kind and len(as_json["curve"]) == len(choice.curve)
+    assert as_json["kind"] == choice.best.kind and len(as_json["curve"]) == len(choice.curve)
+    # meta.json's shape (read by the matcher, GET /1/indexes and the dashboard): the chosen point's fields, flat
+    point = ["kind", "params", "knobs", "rescore", "top1", "recall10", "cost"]
+    assert list(as_json) == [*point, "reached", "warning", "samples", "seconds", "curve"]
+    assert all(list(p) == point for p in as_json["curve"]) and as_json["rescore"] == choice.best.rescore
 
     # a target nothing reaches: the most accurate configuration, and it says so
     best_effort, _ = calibrate(d.gallery, v16, [("sign", {"bits": 512})], target_top1=1.01, samples=200, max_rescore=32)
     assert not best_effort.reached and best_effort.warning and "no index configuration" in best_effort.warning
-    assert best_effort.top1 == max(p.top1 for p in best_effort.curve)
+    assert best_effort.best.top1 == max(p.top1 for p in best_effort.curve)
 
 
 def meta(index_id: str, list_id: str, seq: int, t: str) -> IndexMeta:

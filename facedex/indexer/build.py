@@ -104,7 +104,7 @@ def build(settings: Settings, job: BuildJob, progress: Synchronized, wanted: Cal
                              progress=on_progress)
     if choice.warning:
         log.warning("%s: list %s (task %s)", choice.warning, job.list_id, job.task_id)
-    index = FaceIndex(scan, ids, vecs, vecs16, choice.knobs, choice.rescore)
+    index = FaceIndex(scan, ids, vecs, vecs16, choice.best.knobs, choice.best.rescore)
     work = settings.data_dir / "builds" / job.index_id
     shutil.rmtree(work, ignore_errors=True)
     try:
@@ -119,7 +119,7 @@ def build(settings: Settings, job: BuildJob, progress: Synchronized, wanted: Cal
             params=index.describe(),
             build_seconds=round(time.perf_counter() - started, 3),
             calibration=choice.as_dict(),
-            kind=choice.kind,
+            kind=choice.best.kind,
             warning=choice.warning,
             task_id=job.task_id,
         )
