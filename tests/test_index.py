@@ -13,7 +13,9 @@ from facedex.ids import uuid7_block
 from facedex.index import FaceIndex
 from facedex.bruteforce.exact import topk
 from facedex.index.calibrate import calibrate, probes_near
+from facedex.index.binary import SignBits
 from facedex.index.registry import candidates
+from facedex.index.registry import kind as kind_class
 from facedex.storage.base import CorruptIndex, IndexMeta, newest_per_list
 from facedex.storage.local import LocalStorage
 
@@ -89,6 +91,21 @@ def test_each_kind_refreshes_and_reloads_without_reviving_removed_faces(built, d
     assert len(again) == len(index)
     found, _ = again.search(d.probes[:40], 10)
     assert not gone & {f.tobytes() for row in found for f in row}
+
+
+@pytest.mark.parametrize("kind, params", [("sign", {"bits": 512}), ("pq_fastscan", {"m": 64}), ("rabitq", {})])
+def test_a_scan_answers_at_most_its_size_in_int64_keys(kind: str, params: dict) -> None:
+    """Asked for more candidates than it holds (faiss refuses k = 0 and pads with -1): every key once, no padding."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((700, 512)).astype(np.float32)  # enough to train 16 centroids per sub-space
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    scan = kind_class(kind).build(x, params)
+    keys = scan.search(x[:3], 1000)
+    assert keys.dtype == np.int64 and keys.shape == (3, 700)
+    assert (np.sort(keys, axis=1) == np.arange(700)).all() and (keys[:, 0] == np.arange(3)).all()
+    assert scan.search(x[:2], 0).shape == (2, 0)
+    empty = SignBits(512, {"bits": 512})
+    assert empty.search(x[:2], 10).shape == (2, 0)
 
 
 def test_projected_sign_bits_for_128_d() -> None:
