@@ -224,3 +224,25 @@ def test_milvus_arm_without_milvus_lite_fails_naming_the_cause(tmp_path: Path) -
     assert out.returncode != 0
     assert MILVUS_MISSING in out.stderr and "pymilvus blocked by the test" in out.stderr
     assert not (tmp_path / "b.md").exists()  # nothing half-published
+
+
+def test_interrupt_stops_a_child_as_ctrl_c_would_and_kills_one_that_ignores_it() -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from facedex.bench.common import interrupt
+
+    def child(on_sigint: str) -> subprocess.Popen[bytes]:
+        code = f"import signal, time; signal.signal(signal.SIGINT, {on_sigint}); print('ready', flush=True); time.sleep(60)"
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"  # its handler is in place
+        return proc
+
+    polite, stubborn = child("signal.default_int_handler"), child("signal.SIG_IGN")
+    started = time.monotonic()
+    interrupt(polite, 10)
+    assert polite.returncode == -signal.SIGINT and time.monotonic() - started < 5  # KeyboardInterrupt: it unwound itself
+    interrupt(stubborn, 0.5)
+    assert stubborn.returncode == -signal.SIGKILL  # killed after the timeout, and reaped
