@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facedex import __version__
+from facedex.config import Settings
 from facedex.errors import ErrorCode, Errors, FacedexError
 from facedex.logs import REQUEST_ID_HEADER, accepted_request_id, access_log, reset_request_id, set_request_id
 from facedex.internal_auth import token_matches
@@ -279,18 +280,18 @@ def _validation_detail(exc: RequestValidationError) -> tuple[ErrorCode, str]:
 
 def create_app(
     service: str,
+    settings: Settings,
     *,
     title: str,
     description: str,
-    max_body_bytes: int,
-    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[Any]] | None = None,
-    health: dict[str, HealthCheck] | None = None,
-    internal_token: str | None = None,
     internal: bool = False,
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[Any]] | None = None,
     **kwargs: Any,
 ) -> FastAPI:
-    """``internal=True``: every route but OPEN_PATHS requires ``internal_token`` (401, 10010 without it).
+    """A facedex service's app: ``settings.max_body_bytes`` for every body, ``app.state.settings``, the shared
+    error shape, ``/healthcheck``, ``/metrics`` and ``/version``.
 
+    ``internal=True``: every route but OPEN_PATHS requires ``settings.internal_token`` (401, 10010 without it).
     ``openapi_url=None`` (the dashboard, a web UI) publishes no schema and no docs pages.
     """
     # FastAPIOffline: /docs and /redoc with their assets served from a pip package, not a CDN
@@ -303,13 +304,14 @@ def create_app(
         **kwargs,
     )
     app.state.service = service
-    app.state.health = dict(health or {})
+    app.state.settings = settings
+    app.state.health = {}  # name -> HealthCheck, filled by the service (e.g. facedex.lifespan)
     app.state.scrape_hooks = []  # async callables refreshing gauges before a /metrics scrape
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if internal:
-        if not internal_token:
+        if not settings.internal_token:
             log.warning("%s: internal_token is not set; every internal route will answer 401", service)
-        app.add_middleware(InternalAuthMiddleware, token=internal_token)
+        app.add_middleware(InternalAuthMiddleware, token=settings.internal_token)
     app.add_middleware(MetricsMiddleware, service=service)
     app.add_middleware(RequestIdMiddleware)  # added last: outermost
 

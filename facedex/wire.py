@@ -39,7 +39,7 @@ class MatchRequest(msgspec.Struct, frozen=True):
     face_ids: list[bytes] | None = None  # optional candidate filter (16-byte UUIDs)
     request_id: str = ""
     exact: bool = False  # the caller wants brute force
-    # the API's HMAC over (account_id, list_id, auth_expires_ms) with a key from internal_token (facedex.internal_auth)
+    # the API's HMAC over this whole message (auth empty) with a key from internal_token (facedex.internal_auth)
     auth: bytes = b""
     auth_expires_ms: int = 0  # unix ms after which the signature is refused
     filters: MatchFilters | None = None  # more candidate filters; a filtered request is always brute force

@@ -236,3 +236,23 @@ def test_bench_filters_smoke(tmp_path: Path) -> None:
     assert "| NO |" not in text and "merged top-10 = numpy: yes" in text
     record = json.loads(next((tmp_path / "bench-results").glob("filters-*.json")).read_text())
     assert [r["kept"] for r in record["rows"]][:6] == [200, 2000, 10000, 200, 2000, 10000] and all(r["exact"] for r in record["rows"])
+def test_interrupt_stops_a_child_as_ctrl_c_would_and_kills_one_that_ignores_it() -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from facedex.bench.common import interrupt
+
+    def child(on_sigint: str) -> subprocess.Popen[bytes]:
+        code = f"import signal, time; signal.signal(signal.SIGINT, {on_sigint}); print('ready', flush=True); time.sleep(60)"
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"  # its handler is in place
+        return proc
+
+    polite, stubborn = child("signal.default_int_handler"), child("signal.SIG_IGN")
+    started = time.monotonic()
+    interrupt(polite, 10)
+    assert polite.returncode == -signal.SIGINT and time.monotonic() - started < 5  # KeyboardInterrupt: it unwound itself
+    interrupt(stubborn, 0.5)
+    assert stubborn.returncode == -signal.SIGKILL  # killed after the timeout, and reaped

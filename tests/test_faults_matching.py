@@ -535,9 +535,8 @@ def test_refuse_when_stale_if_the_operator_says_so(cluster, private) -> None:
     _, pg = private
     svc.start("bruteforce-refuse", "bruteforce", FACEDEX_MATCHING__WHEN_STALE="refuse")
     account = httpx.get(load.api + "/1/account", headers={"Authorization": f"Bearer {load.token}"}).json()["account_id"]
-    auth, expires = internal_auth.sign(svc.internal_token, uuid_bytes(account), uuid_bytes(load.list_id), 600)
-    req = wire.MatchRequest(uuid_bytes(account), uuid_bytes(load.list_id), 1, load.probes[0].astype("<f4").tobytes(), 5,
-                            auth=auth, auth_expires_ms=expires)  # as the API signs it
+    req = internal_auth.sign_request(svc.internal_token, wire.MatchRequest(  # as the API signs it
+        uuid_bytes(account), uuid_bytes(load.list_id), 1, load.probes[0].astype("<f4").tobytes(), 5), 600)
 
     async def call() -> tuple[float, object]:
         client = ServiceClient(svc.url("bruteforce-refuse"), 30)

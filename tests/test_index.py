@@ -14,7 +14,9 @@ from facedex.bruteforce.exact import topk
 from facedex.ids import uuid7_block
 from facedex.index import FaceIndex
 from facedex.index.calibrate import calibrate, probes_near
+from facedex.index.binary import SignBits
 from facedex.index.registry import candidates
+from facedex.index.registry import kind as kind_class
 from facedex.storage.base import CorruptIndex, IndexMeta, newest_per_list
 from facedex.storage.local import LocalStorage
 
@@ -103,6 +105,21 @@ def test_each_kind_refreshes_and_reloads_without_reviving_removed_faces(built, d
     assert not gone & {f.tobytes() for row in found for f in row}
 
 
+@pytest.mark.parametrize("kind, params", [("sign", {"bits": 512}), ("pq_fastscan", {"m": 64}), ("rabitq", {})])
+def test_a_scan_answers_at_most_its_size_in_int64_keys(kind: str, params: dict) -> None:
+    """Asked for more candidates than it holds (faiss refuses k = 0 and pads with -1): every key once, no padding."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((700, 512)).astype(np.float32)  # enough to train 16 centroids per sub-space
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    scan = kind_class(kind).build(x, params)
+    keys = scan.search(x[:3], 1000)
+    assert keys.dtype == np.int64 and keys.shape == (3, 700)
+    assert (np.sort(keys, axis=1) == np.arange(700)).all() and (keys[:, 0] == np.arange(3)).all()
+    assert scan.search(x[:2], 0).shape == (2, 0)
+    empty = SignBits(512, {"bits": 512})
+    assert empty.search(x[:2], 10).shape == (2, 0)
+
+
 def test_projected_sign_bits_for_128_d() -> None:
     """128 sign bits are too coarse for SFace-sized descriptors; 512 bits of a random projection are not."""
     d = face_like(20_000, dim=128, n_probes=400, seed=4)
@@ -127,25 +144,29 @@ def test_calibration_chooses_the_cheapest_config_that_holds_on_planted_probes(da
     configs = candidates(512, 20_000, ["sign", "pq_fastscan", "rabitq"], HNSW, 100_000)
     v16 = d.gallery.astype(np.float16)
     choice, scan = calibrate(d.gallery, v16, configs, samples=400)
-    assert choice.reached and choice.warning is None and choice.top1 >= 0.997 and choice.recall10 >= 0.99
+    assert choice.reached and choice.warning is None and choice.best.top1 >= 0.997 and choice.best.recall10 >= 0.99
     reached = [p for p in choice.curve if p.top1 >= 0.997 and p.recall10 >= 0.99]
     # the choice is the fastest of the accurate configurations, timed on this machine (the others are not timed)
     assert all(p.latency_us and p.latency_us > 0 for p in reached)
     assert all(p.latency_us is None for p in choice.curve if p not in reached)
     best = min(reached, key=lambda p: p.latency_us)
-    assert (choice.kind, choice.params, choice.rescore) == (best.kind, best.params, best.rescore)
+    assert choice.best is best
     assert {p.kind for p in choice.curve} == {"sign", "pq_fastscan", "rabitq"}
-    assert scan.kind == choice.kind and scan.params == choice.params
+    assert scan.kind == choice.best.kind and scan.params == choice.best.params
     # the choice holds on the dataset's own planted probes (other faces than the ones sampled)
-    index = FaceIndex(scan, ids, d.gallery, v16, choice.knobs, choice.rescore)
+    index = FaceIndex(scan, ids, d.gallery, v16, choice.best.knobs, choice.best.rescore)
     assert top1_agreement(index, d.probes, d.gallery, ids) >= 0.99
     as_json = json.loads(json.dumps(choice.as_dict()))
-    assert as_json["kind"] == choice.kind and len(as_json["curve"]) == len(choice.curve)
+    assert as_json["kind"] == choice.best.kind and len(as_json["curve"]) == len(choice.curve)
+    # meta.json's shape (read by the matcher, GET /1/indexes and the dashboard): the chosen point's fields, flat
+    point = ["kind", "params", "knobs", "rescore", "top1", "recall10", "cost", "latency_us"]
+    assert list(as_json) == [*point, "reached", "warning", "samples", "seconds", "curve"]
+    assert all(list(p) == point for p in as_json["curve"]) and as_json["rescore"] == choice.best.rescore
 
     # a target nothing reaches: the most accurate configuration, and it says so
     best_effort, _ = calibrate(d.gallery, v16, [("sign", {"bits": 512})], target_top1=1.01, samples=200, max_rescore=32)
     assert not best_effort.reached and best_effort.warning and "no index configuration" in best_effort.warning
-    assert best_effort.top1 == max(p.top1 for p in best_effort.curve)
+    assert best_effort.best.top1 == max(p.top1 for p in best_effort.curve)
 
 
 @pytest.mark.parametrize("generator", [manifold, subspace])
@@ -158,7 +179,7 @@ def test_calibration_holds_mate_recall_on_correlated_identities(generator) -> No
     v16 = d.gallery.astype(np.float16)
     choice, scan = calibrate(d.gallery, v16, candidates(512, 20_000, ["sign", "pq_fastscan", "rabitq"], HNSW, 0), samples=500)
     assert choice.reached
-    index = FaceIndex(scan, ids, d.gallery, v16, choice.knobs, choice.rescore)
+    index = FaceIndex(scan, ids, d.gallery, v16, choice.best.knobs, choice.best.rescore)
     exact_s, exact_i = topk(d.probes, d.gallery, 10)
     keys, _ = index.search_keys(d.probes, 10)
     mates = [(q, j) for q in range(len(d.probes)) for j, s in zip(exact_i[q], exact_s[q])

@@ -77,8 +77,7 @@ async def test_failover_skips_a_dead_instance_and_a_4xx_is_final(services: Servi
     client = FailoverClient([dead, services.url("bruteforce")], timeout_s=10, cooldown_s=30)
     client.headers = services.internal
     account, list_id = uuid.uuid4().bytes, uuid.uuid4().bytes
-    auth, expires = internal_auth.sign(services.internal_token, account, list_id, 600)  # as the API signs it
-    req = wire.MatchRequest(account, list_id, 1, b"\0" * 2048, 5, auth=auth, auth_expires_ms=expires)
+    req = internal_auth.sign_request(services.internal_token, wire.MatchRequest(account, list_id, 1, b"\0" * 2048, 5), 600)  # as the API
     try:
         for _ in range(3):  # whichever instance a call starts at, it ends at the live one, whose 404 is final
             with pytest.raises(FacedexError) as err:

@@ -44,9 +44,8 @@ class FakeIndexed:
 
 
 def signed(token: str, account_id: bytes, list_id: bytes, references: bytes, **kw: object) -> wire.MatchRequest:
-    """A match request as the API sends it: the account id signed for the list."""
-    auth, expires = internal_auth.sign(token, account_id, list_id, 60)
-    return wire.MatchRequest(account_id, list_id, 1, references, auth=auth, auth_expires_ms=expires, **kw)  # type: ignore[arg-type]
+    """A match request as the API sends it: signed whole."""
+    return internal_auth.sign_request(token, wire.MatchRequest(account_id, list_id, 1, references, **kw), 60)  # type: ignore[arg-type]
 
 
 @pytest.fixture

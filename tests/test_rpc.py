@@ -14,6 +14,7 @@ import uvicorn
 from fastapi import Request, Response
 
 from facedex import wire
+from facedex.config import Settings
 from facedex.errors import Errors, FacedexError
 from facedex.http import create_app
 from facedex.logs import reset_request_id, set_request_id
@@ -27,7 +28,7 @@ class Echo(msgspec.Struct):
 
 @pytest.fixture(scope="module")
 def echo_url() -> Iterator[str]:
-    app = create_app("echo", title="echo", description="", max_body_bytes=1 << 20)
+    app = create_app("echo", Settings(max_body_bytes=1 << 20), title="echo", description="")
 
     @app.post("/1/echo")
     async def echo(request: Request) -> Response:

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import msgspec
 import numpy as np
 import pytest
 import redis
 
 from facedex import internal_auth, wire
+from facedex.errors import Errors, FacedexError
 from facedex.faces.store import FacesStore
 from facedex.redis.keys import Keys
 from tests.conftest import Services, new_client
@@ -175,38 +177,84 @@ def _forged(victim: Victim, **kw: object) -> wire.MatchRequest:
     return wire.MatchRequest(victim.account_id.bytes, uuid.UUID(victim.list_id).bytes, 1, victim.vectors[:1].tobytes(), limit=3, **kw)  # type: ignore[arg-type]
 
 
-def test_forged_account_ids_over_http_are_refused(services: Services, victim: Victim, unchanged) -> None:
-    """Even a caller holding the internal token cannot name an account the API did not sign for."""
-    token = services.internal_token
-    list_b = uuid.UUID(victim.list_id).bytes
-    _, exp = internal_auth.sign(token, victim.account_id.bytes, list_b, 60)
-    other_list_sig, other_exp = internal_auth.sign(token, victim.account_id.bytes, uuid.uuid4().bytes, 60)
-    wrong_key_sig, wrong_exp = internal_auth.sign("not-the-token", victim.account_id.bytes, list_b, 60)
-    old_sig, old_exp = internal_auth.sign(token, victim.account_id.bytes, list_b, -5)
-    forgeries = {
-        "unsigned": _forged(victim),
-        "signed for another list": _forged(victim, auth=other_list_sig, auth_expires_ms=other_exp),
-        "signed with another key": _forged(victim, auth=wrong_key_sig, auth_expires_ms=wrong_exp),
-        "expired signature": _forged(victim, auth=old_sig, auth_expires_ms=old_exp),
-        "expiry moved": _forged(victim, auth=old_sig, auth_expires_ms=exp),
+def _forgeries(token: str, victim: Victim) -> dict[str, wire.MatchRequest]:
+    """Requests an attacker can make from what they see (a signed request, e.g. read from a stream) without the key."""
+    replace = msgspec.structs.replace
+    base = _forged(victim)
+    genuine = internal_auth.sign_request(token, base, 60)
+    filtered = internal_auth.sign_request(token, _forged(victim, face_ids=[uuid.UUID(victim.face_ids[-1]).bytes]), 60)
+    expired = internal_auth.sign_request(token, base, -5)
+    return {
+        "unsigned": base,
+        "signed for another list": replace(internal_auth.sign_request(token, replace(base, list_id=uuid.uuid4().bytes), 60),
+                                           list_id=base.list_id),
+        "signed with another key": internal_auth.sign_request("not-the-token", base, 60),
+        "expired signature": expired,
+        "expiry moved": replace(expired, auth_expires_ms=genuine.auth_expires_ms),
+        # a signed request replayed with other content, its signature kept
+        "references changed": replace(genuine, references=victim.vectors[1:2].tobytes()),
+        "limit changed": replace(genuine, limit=300),
+        "threshold changed": replace(genuine, threshold=0.0),
+        "face filter dropped": replace(filtered, face_ids=None),
+        "exact flag changed": replace(genuine, exact=True),
     }
+
+
+def test_the_signature_covers_every_field_of_a_match_request() -> None:
+    """Each field, including any added to wire.MatchRequest later, changed after signing: refused (10011)."""
+    token = "t" * 32
+    signed = internal_auth.sign_request(token, wire.MatchRequest(
+        uuid.uuid4().bytes, uuid.uuid4().bytes, 1, b"\1" * 2048, 5, 0.5, [uuid.uuid4().bytes], "rid", False), 60)
+    internal_auth.verify_request(token, signed)  # as signed: accepted
+
+    def changed(value: object) -> object:
+        if isinstance(value, bytes):
+            return value[:-1] + bytes([value[-1] ^ 1])  # same length: not refused as malformed, only as unsigned
+        if isinstance(value, bool):
+            return not value
+        if isinstance(value, (int, float)):
+            return value + 1
+        if isinstance(value, str):
+            return value + "x"
+        if isinstance(value, list):
+            return [*value, uuid.uuid4().bytes]
+        return None
+
+    fields = [f for f in msgspec.structs.fields(wire.MatchRequest) if f.name != "auth"]
+    assert {"references", "limit", "threshold", "face_ids", "auth_expires_ms"} <= {f.name for f in fields}
+    for f in fields:
+        value = getattr(signed, f.name)
+        other = changed(value)
+        assert other != value, f"no way to change {f.name} ({type(value).__name__}): extend changed()"
+        with pytest.raises(FacedexError) as err:
+            internal_auth.verify_request(token, msgspec.structs.replace(signed, **{f.name: other}))
+        assert err.value.error is Errors.IDENTITY_UNVERIFIED, f.name
+    for token_used in (None, "another token"):
+        with pytest.raises(FacedexError):
+            internal_auth.verify_request(token_used, signed)
+
+
+def test_forged_or_altered_requests_over_http_are_refused(services: Services, victim: Victim, unchanged) -> None:
+    """Even a caller holding the internal token cannot name an account, or change a request, the API did not sign."""
+    token = services.internal_token
     headers = {**services.internal, "Content-Type": wire.CONTENT_TYPE}
     for name in ("proxy", "bruteforce"):
-        for label, req in forgeries.items():
+        for label, req in _forgeries(token, victim).items():
             resp = httpx.post(services.url(name) + "/1/match", content=wire.encode(req), headers=headers, timeout=30)
             _assert_refused(resp, 403, 10011, f"{name}: {label}")
     # the same request, signed as the API signs it, is answered with the victim's faces (the refusals are about the signature)
-    sig, exp = internal_auth.sign(token, victim.account_id.bytes, list_b, 60)
     for name in ("proxy", "bruteforce"):
-        resp = httpx.post(services.url(name) + "/1/match", content=wire.encode(_forged(victim, auth=sig, auth_expires_ms=exp)),
+        resp = httpx.post(services.url(name) + "/1/match", content=wire.encode(internal_auth.sign_request(token, _forged(victim), 60)),
                           headers=headers, timeout=30)
         assert resp.status_code == 200, resp.text
         answer = wire.decode(resp.content, wire.MatchResponse)
         assert answer.results[0].face_ids[:16] == uuid.UUID(victim.face_ids[0]).bytes
 
 
-def test_forged_stream_entry_is_not_answered_with_faces(services: Services, victim: Victim, redis_url: str, unchanged) -> None:
-    """A request XADDed straight into the list's stream (anyone with Redis access can) gets 10011, not the faces."""
+def test_forged_or_tampered_stream_entries_are_not_answered_with_faces(services: Services, victim: Victim, redis_url: str,
+                                                                      unchanged) -> None:
+    """A request XADDed straight into the list's stream (anyone with Redis access can), or a signed one replayed there
+    with other references, limit, threshold or filter, gets 10011, not faces."""
     keys = Keys(services.env["FACEDEX_REDIS_PREFIX"])
     r = redis.Redis.from_url(redis_url)
     channel = keys.replies(f"attacker-{uuid.uuid4().hex}")
@@ -214,15 +262,8 @@ def test_forged_stream_entry_is_not_answered_with_faces(services: Services, vict
     pubsub.subscribe(channel)
     assert pubsub.get_message(timeout=5)["type"] == "subscribe"
     deadline = int((time.time() + 30) * 1000)
-    list_b = uuid.UUID(victim.list_id).bytes
-    sig, exp = internal_auth.sign(services.internal_token, victim.account_id.bytes, list_b, 60)
-    other_sig, other_exp = internal_auth.sign(services.internal_token, victim.account_id.bytes, uuid.uuid4().bytes, 60)
-    entries = {
-        "forged": _forged(victim),
-        "wrong key": _forged(victim, auth=internal_auth.sign("guess", victim.account_id.bytes, list_b, 60)[0], auth_expires_ms=exp),
-        "another list's signature": _forged(victim, auth=other_sig, auth_expires_ms=other_exp),
-        "genuine": _forged(victim, auth=sig, auth_expires_ms=exp),  # the control: answered
-    }
+    forged = _forgeries(services.internal_token, victim)
+    entries = {**forged, "genuine": internal_auth.sign_request(services.internal_token, _forged(victim), 60)}  # the control
     for rid, req in entries.items():
         entry = wire.IndexedRequest(rid, channel, deadline, req)
         r.xadd(keys.stream(keys.matching_label(victim.list_id, 1)), {b"m": wire.encode(entry)})
@@ -235,7 +276,7 @@ def test_forged_stream_entry_is_not_answered_with_faces(services: Services, vict
             replies[reply.rid] = reply
     pubsub.close()
     assert set(replies) == set(entries), f"unanswered: {set(entries) - set(replies)}"
-    for rid in ("forged", "wrong key", "another list's signature"):
+    for rid in forged:
         assert replies[rid].error_code == 10011 and replies[rid].response is None, (rid, replies[rid])
     genuine = replies["genuine"]
     assert genuine.error_code == 0 and genuine.response is not None and genuine.response.route == "indexed"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 
 import numpy as np
@@ -11,7 +12,15 @@ import pytest
 
 from facedex.bruteforce.cache import ListCache
 from facedex.errors import FacedexError
-from facedex.faces.store import ATTACH, DETACH, UPDATE, FacesStore, NewFace
+from facedex.faces.store import (
+    ATTACH,
+    DETACH,
+    UPDATE,
+    FacesStore,
+    NewFace,
+    create_pool,
+    delta_timeout,
+)
 
 
 def unit(rng: np.random.Generator, n: int, d: int = 512) -> np.ndarray:
@@ -84,6 +93,27 @@ async def test_delta_collapses_to_final_state(store: FacesStore, account: uuid.U
     assert set(delta.removed) == {ids[0].bytes, new[0].bytes}
     assert delta.upserted_ids == [ids[1].bytes]
     assert delta.head == (await store.get_list(account, lst.list_id)).change_seq
+
+
+async def test_delta_timeout_bounds_the_wait_for_a_connection_too(database_url: str, store: FacesStore, account: uuid.UUID) -> None:
+    """A matcher's delta read gives up within its timeout even when no pooled connection frees up (a stalled Faces
+    DB looks like this from the pool's side), and answers when one is there."""
+    rng = np.random.default_rng(5)
+    lst = await store.create_list(account)
+    await make_faces(store, account, unit(rng, 3), [lst.list_id])
+    pool = await create_pool(database_url, min_size=1, max_size=1)
+    small = FacesStore(pool)
+    try:
+        async with pool.acquire():  # the only connection is busy
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await small.delta(lst.list_id, 1, 0, timeout=0.3)
+            assert time.monotonic() - started < 2.0
+        delta = await small.delta(lst.list_id, 1, 0, timeout=5.0)
+        assert delta is not None and len(delta.upserted_ids) == 3
+        assert delta_timeout(0.5) == 5.0 and delta_timeout(2.0) == 20.0  # the matchers' bound: 10 head reads, >= 5 s
+    finally:
+        await asyncio.wait_for(pool.close(), 10)
 
 
 async def test_cache_stays_exact_under_random_churn(store: FacesStore, account: uuid.UUID) -> None:

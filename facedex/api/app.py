@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack
 from typing import Any
 
 from fastapi import FastAPI
@@ -13,20 +13,19 @@ from facedex.api.auth import TokenCache
 from facedex.config import Settings
 from facedex.errors import Errors
 from facedex.extractor.extract import make_extractor
-from facedex.faces.store import FacesStore, bounded, create_pool
 from facedex.http import create_app
 from facedex.failover import FailoverClient
 from facedex.internal_auth import bearer
+from facedex.lifespan import faces_db, service_lifespan
 
 
 def build_app(settings: Settings) -> FastAPI:
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        assert settings.database_url, "database_url must be resolved before a service starts"
-        pool = await create_pool(settings.database_url, max_size=20)
-        app.state.store = FacesStore(pool)
+    @service_lifespan
+    async def lifespan(app: FastAPI, stack: AsyncExitStack) -> AsyncIterator[None]:
+        app.state.store = await faces_db(app, stack, max_size=20)
         app.state.tokens = TokenCache(app.state.store, settings.database_url)
         await app.state.tokens.start()
+        stack.push_async_callback(app.state.tokens.stop)
         m = settings.matching
         # several proxies: a dead one is skipped within the request (facedex.failover)
         # the proxy's own budget (an indexed try, a license check, then brute force within proxy_timeout_s) must fit
@@ -35,25 +34,20 @@ def build_app(settings: Settings) -> FastAPI:
         app.state.proxy = FailoverClient(m.proxy_urls or [settings.proxy.url], budget, Errors.MATCHER_UNAVAILABLE,
                                          cooldown_s=m.instance_cooldown_s)
         app.state.proxy.headers = bearer(settings.internal_token)
-        app.state.health["faces_db"] = lambda: bounded(pool.fetchval("SELECT 1"), 2.0)  # a stalled DB: red, not hung
+        stack.push_async_callback(app.state.proxy.close)
         app.state.extractor = make_extractor(settings.extraction, settings.internal_token)
+        stack.push_async_callback(app.state.extractor.close)
         yield
-        await app.state.extractor.close()
-        await app.state.proxy.close()
-        await app.state.tokens.stop()
-        await pool.close()
 
     app = create_app(
-        "api",
+        "api", settings,
         title="facedex API",
         description=(
             "Lists of faces with descriptors, and 1:N matching against them. "
             "Authenticate with `Authorization: Bearer <token>`; every request sees only its account's data."
         ),
-        max_body_bytes=settings.max_body_bytes,
         lifespan=lifespan,
     )
-    app.state.settings = settings
     for module in (accounts, lists, faces, images, matching):
         app.include_router(module.router)
     base_openapi = app.openapi

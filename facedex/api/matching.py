@@ -131,10 +131,6 @@ async def match(request: Request, body: MatchRequestIn, account: uuid.UUID, stor
     version, refs, answered = await _references(request, body, cand.descriptor_version, account, store)
     if refs.shape[0] > settings.max_references:
         raise FacedexError(Errors.TOO_MANY_REFERENCES, f"{refs.shape[0]} references (faces found) is over {settings.max_references}")
-    # the account id travels signed: the proxy and the matchers trust no account id the API did not vouch for
-    auth, auth_expires_ms = internal_auth.sign(
-        request.app.state.settings.internal_token, account.bytes, cand.list_id.bytes, settings.proxy_timeout_s + 60
-    )
     req = wire.MatchRequest(
         account_id=account.bytes,
         list_id=cand.list_id.bytes,
@@ -145,9 +141,9 @@ async def match(request: Request, body: MatchRequestIn, account: uuid.UUID, stor
         face_ids=[f.bytes for f in dict.fromkeys(cand.face_ids)] if cand.face_ids is not None else None,  # duplicates collapse
         request_id=current_request_id(),
         exact=cand.exact,
-        auth=auth,
-        auth_expires_ms=auth_expires_ms,
     )
+    # signed whole: the proxy and the matchers serve no account id, and no references, limit or filter, the API did not vouch for
+    req = internal_auth.sign_request(request.app.state.settings.internal_token, req, settings.proxy_timeout_s + 60)
     resp: wire.MatchResponse = await request.app.state.proxy.call("/1/match", req, wire.MatchResponse)
     if _result_count(resp) > OFF_LOOP_RESULTS:  # up to max_references x max_limit objects: not on the event loop
         return await asyncio.to_thread(_response, answered, resp, version)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import platform
 import re
+import signal
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -33,6 +35,16 @@ def machine() -> dict[str, object]:
         "numpy": np.__version__,
         "os": f"{platform.system()} {platform.release()}",
     }
+
+
+def interrupt(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Stop a child as Ctrl-C would (SIGINT: it cleans up), killing it if it has not exited within ``timeout_s``."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def machine_line(m: dict[str, object]) -> str:

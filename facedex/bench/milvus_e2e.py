@@ -13,7 +13,6 @@ import asyncio
 import os
 import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facedex.bench.common import interrupt
 from facedex.bench.peers import MilvusUnavailable
 
 COLLECTION = "faces"
@@ -71,12 +71,7 @@ def server(log=print) -> Iterator[tuple[str, int]]:  # type: ignore[no-untyped-d
         log(f"milvus-lite server pid {proc.pid} on port {port}")
         yield f"http://127.0.0.1:{port}", proc.pid
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        interrupt(proc, 30)
         shutil.rmtree(work, ignore_errors=True)
 
 

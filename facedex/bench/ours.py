@@ -141,8 +141,8 @@ def _chosen(x: np.ndarray, params: dict[str, str]) -> OursArm:
         raise ValueError("ours:chosen takes no parameters: it runs the Indexer's calibration at the index settings")
     index, choice = choose_index(get_settings().index, _row_ids(len(x)), x)
     described = index.describe()
-    arm = FaceIndexArm(f"chosen:{choice.kind}", params, index,
-                       lambda path: FaceIndex.load(path, x.shape[1], choice.kind, described, writable=False))
+    kind = choice.best.kind
+    arm = FaceIndexArm(f"chosen:{kind}", params, index, lambda path: FaceIndex.load(path, x.shape[1], kind, described, writable=False))
     arm.chosen = choice.as_dict()
     return arm
 

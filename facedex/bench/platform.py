@@ -13,7 +13,6 @@ import asyncio
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import httpx
 
+from facedex.bench.common import interrupt
 from facedex.services import SERVICES, facedex_command
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432"
@@ -101,11 +101,7 @@ def own_platform(log=print) -> Iterator[Platform]:  # type: ignore[no-untyped-de
             time.sleep(0.5)
         yield Platform(api, f"http://127.0.0.1:{ports['manager']}", env["FACEDEX_ADMIN_TOKEN"])
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        interrupt(proc, 60)
         if local_pg:
             asyncio.run(_drop_database(LOCAL_POSTGRES, database))
         if local_redis:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack
 
 import msgspec
 from fastapi import FastAPI, Request, Response
@@ -16,9 +16,9 @@ from facedex.bruteforce.batching import Batcher
 from facedex.bruteforce.cache import ListCache
 from facedex.config import MatchingSettings, Settings
 from facedex.errors import Errors, FacedexError
-from facedex.faces.store import FacesStore, bounded, create_pool
 from facedex.http import create_app, errors, msgpack_body
-from facedex.internal_auth import verify as verify_identity
+from facedex.internal_auth import verify_request
+from facedex.lifespan import faces_db, service_lifespan
 from facedex.metrics import CACHED_LIST_BYTES
 
 
@@ -54,31 +54,24 @@ async def match(cache: ListCache, batcher: Batcher, req: wire.MatchRequest, sett
 def build_app(settings: Settings) -> FastAPI:
     state: dict[str, object] = {}
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        assert settings.database_url, "database_url must be resolved before a service starts"
-        pool = await create_pool(settings.database_url, max_size=20)
-        store = FacesStore(pool)
-        state["cache"] = ListCache(store, settings.bruteforce_engine.cache_max_bytes)
-        state["executor"] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="exact")  # BLAS threads use the cores
-        state["batcher"] = Batcher(state["executor"], settings.matching.max_references)  # type: ignore[arg-type]
-        app.state.health["faces_db"] = lambda: bounded(pool.fetchval("SELECT 1"), 2.0)  # a stalled DB: red, not hung
+    @service_lifespan
+    async def lifespan(app: FastAPI, stack: AsyncExitStack) -> AsyncIterator[None]:
+        state["cache"] = ListCache(await faces_db(app, stack, max_size=20), settings.bruteforce_engine.cache_max_bytes)
+        executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="exact")  # BLAS threads use the cores
+        stack.callback(executor.shutdown, wait=False)
+        state["batcher"] = Batcher(executor, settings.matching.max_references)
 
         async def scrape() -> None:
             CACHED_LIST_BYTES.set(state["cache"].nbytes)  # type: ignore[attr-defined]
 
         app.state.scrape_hooks.append(scrape)
         yield
-        state["executor"].shutdown(wait=False)  # type: ignore[attr-defined]
-        await pool.close()
 
     app = create_app(
-        "bruteforce",
+        "bruteforce", settings,
         title="facedex Matcher (brute force)",
         description="Exact matching over list matrices cached in memory and kept fresh from the Faces DB change log.",
-        max_body_bytes=settings.max_body_bytes,
         internal=True,
-        internal_token=settings.internal_token,
         lifespan=lifespan,
     )
 
@@ -89,7 +82,7 @@ def build_app(settings: Settings) -> FastAPI:
     )
     async def match_route(request: Request) -> Response:
         req = wire.decode(await request.body(), wire.MatchRequest)
-        verify_identity(settings.internal_token, req)
+        verify_request(settings.internal_token, req)
         resp = await match(state["cache"], state["batcher"], req, settings.matching)  # type: ignore[arg-type]
         return Response(wire.encode(resp), media_type=wire.CONTENT_TYPE)
 

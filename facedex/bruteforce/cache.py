@@ -26,7 +26,7 @@ import numpy as np
 from facedex import descriptors, wire
 from facedex.bruteforce.columns import MetaColumns
 from facedex.errors import Errors, FacedexError
-from facedex.faces.store import UNREACHABLE, FaceMeta, FacesStore, ListDelta, bounded
+from facedex.faces.store import UNREACHABLE, FaceMeta, FacesStore, ListDelta, bounded, delta_timeout
 from facedex.rwlock import RWLock
 
 log = logging.getLogger(__name__)
@@ -194,8 +194,8 @@ class ListCache:
                 self._entries[key] = matrix
                 self._evict(keep=key)
             elif matrix.head < seq:
-                delta = await (self.store.delta(list_id, version, matrix.head) if head_timeout_s is None
-                               else bounded(self.store.delta(list_id, version, matrix.head), max(10 * head_timeout_s, 5.0)))
+                delta = await self.store.delta(list_id, version, matrix.head,
+                                               timeout=None if head_timeout_s is None else delta_timeout(head_timeout_s))
                 if delta is None:
                     self._entries.pop(key, None)
                     return None

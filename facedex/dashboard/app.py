@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode, urlparse
@@ -26,9 +26,8 @@ from facedex.dashboard import html, session
 from facedex.dashboard.data import TASK_STATUSES, Dashboard
 from facedex.dashboard.upstream import Upstream
 from facedex.errors import Errors, FacedexError
-from facedex.faces.store import FacesStore, create_pool
 from facedex.http import create_app, error_response
-from facedex.redis.connection import connect
+from facedex.lifespan import faces_db, redis_client, service_lifespan
 
 STATIC = Path(__file__).parent / "static"
 SECURITY_HEADERS = {
@@ -82,26 +81,20 @@ def build_app(settings: Settings) -> FastAPI:
     admin_token = settings.admin_token or ""
     page_size_default = settings.dashboard_ui.page_size
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        assert settings.database_url and settings.redis_url, "database_url and redis_url must be resolved first"
-        pool = await create_pool(settings.database_url, max_size=4)
-        redis = connect(settings.redis_url)
+    @service_lifespan
+    async def lifespan(app: FastAPI, stack: AsyncExitStack) -> AsyncIterator[None]:
+        store = await faces_db(app, stack, max_size=4)
+        redis = redis_client(app, stack)
         upstream = Upstream(settings)
         await upstream.start()
-        state["d"] = Dashboard(settings, FacesStore(pool), redis, upstream)
-        app.state.health["faces_db"] = lambda: pool.fetchval("SELECT 1")
-        app.state.health["redis"] = redis.ping
+        stack.push_async_callback(upstream.close)
+        state["d"] = Dashboard(settings, store, redis, upstream)
         yield
-        await upstream.close()
-        await redis.aclose()
-        await pool.close()
 
     app = create_app(
-        "dashboard",
+        "dashboard", settings,
         title="facedex Dashboard",
         description="The operator's web UI.",
-        max_body_bytes=settings.max_body_bytes,
         lifespan=lifespan,
         docs_url=None, redoc_url=None, openapi_url=None,
     )

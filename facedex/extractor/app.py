@@ -8,7 +8,7 @@ state, so any number of them can stand behind a load balancer.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack
 
 from fastapi import FastAPI, Request, Response
 
@@ -17,22 +17,21 @@ from facedex.config import Settings
 from facedex.extractor.extract import LocalExtractor
 from facedex.errors import Errors
 from facedex.http import create_app, errors, msgpack_body
+from facedex.lifespan import service_lifespan
 
 
 def build_app(settings: Settings) -> FastAPI:
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    @service_lifespan
+    async def lifespan(app: FastAPI, stack: AsyncExitStack) -> AsyncIterator[None]:
         app.state.extractor = LocalExtractor(settings.extraction.model_copy(update={"url": None}))
+        stack.push_async_callback(app.state.extractor.close)
         yield
-        await app.state.extractor.close()
 
     app = create_app(
-        "extractor",
+        "extractor", settings,
         title="facedex extractor",
         description="Faces in an image -> boxes, landmarks and SFace descriptors (YuNet + SFace on the CPU).",
-        max_body_bytes=settings.max_body_bytes,
         internal=True,
-        internal_token=settings.internal_token,
         lifespan=lifespan,
     )
 

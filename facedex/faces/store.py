@@ -156,6 +156,12 @@ async def bounded(aw: Awaitable[T], timeout: float) -> T:
         raise
 
 
+def delta_timeout(head_timeout_s: float) -> float:
+    """The bound on a change-log delta read by a matcher whose head read is bounded by ``head_timeout_s``: a delta
+    can carry thousands of descriptors, so ten times as long, at least 5 s."""
+    return max(10 * head_timeout_s, 5.0)
+
+
 async def create_pool(url: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size)
     assert pool is not None
@@ -672,8 +678,16 @@ class FacesStore:
                     return
                 after = uuid.UUID(bytes=ids[-1].tobytes())
 
-    async def delta(self, list_id: uuid.UUID, version: int, since: int) -> ListDelta | None:
-        """Changes after sequence ``since``, collapsed to each touched face's final state (metadata included)."""
+    async def delta(self, list_id: uuid.UUID, version: int, since: int, timeout: float | None = None) -> ListDelta | None:
+        """Changes after sequence ``since``, collapsed to each touched face's final state (metadata included).
+
+        ``timeout`` bounds the whole call, waiting for a pooled connection too (:func:`bounded`): matchers read a
+        delta while a request waits, and a stalled Faces DB must make them answer stale, not hang.
+        """
+        read = self._delta(list_id, version, since)
+        return await (read if timeout is None else bounded(read, timeout))
+
+    async def _delta(self, list_id: uuid.UUID, version: int, since: int) -> ListDelta | None:
         spec = descriptors.get_version(version)
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             head = await conn.fetchval("SELECT change_seq FROM lists WHERE list_id=$1", list_id)

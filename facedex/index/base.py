@@ -52,6 +52,10 @@ class Scan(Protocol):
         """Search-time settings calibration should try, cheapest first ([{}] when there are none)."""
 
 
-def pad(keys: np.ndarray) -> np.ndarray:
-    """faiss pads short results with -1 already; make sure the dtype is int64 for indexing."""
-    return np.asarray(keys, dtype=np.int64)
+def faiss_keys(index: Any, codes: np.ndarray, r: int) -> np.ndarray:
+    """:meth:`Scan.search` over a faiss index (float or binary) given the queries as it takes them: at most its size
+    (faiss refuses k = 0 and pads short results with -1), as int64 keys."""
+    r = min(r, index.ntotal)
+    if r == 0:
+        return np.full((codes.shape[0], 0), -1, np.int64)
+    return np.asarray(index.search(codes, r)[1], np.int64)

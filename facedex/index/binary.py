@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 import faiss
 import numpy as np
 
+from facedex.index.base import faiss_keys
+
 FILE = "codes.faissbin"
 
 
@@ -62,10 +64,7 @@ class SignBits:
         return False
 
     def search(self, queries: np.ndarray, r: int, **knobs: Any) -> np.ndarray:
-        r = min(r, self.index.ntotal)
-        if r == 0:
-            return np.full((queries.shape[0], 0), -1, np.int64)
-        return np.asarray(self.index.search(self.encode(queries), r)[1], np.int64)
+        return faiss_keys(self.index, self.encode(queries), r)
 
     def save(self, folder: Path) -> list[Path]:
         faiss.write_index_binary(self.index, str(folder / FILE))

@@ -62,6 +62,8 @@ def rescore_bytes(dim: int) -> float:
 
 @dataclass
 class Point:
+    """One configuration measured: what it is, how accurate, how costly."""
+
     kind: str
     params: dict[str, Any]
     knobs: dict[str, Any]
@@ -74,16 +76,15 @@ class Point:
     def reached(self, top1: float, recall: float) -> bool:
         return self.top1 >= top1 and self.recall10 >= recall
 
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "top1": round(self.top1, 4), "recall10": round(self.recall10, 4), "cost": round(self.cost)}
+
 
 @dataclass
 class Choice:
-    kind: str
-    params: dict[str, Any]
-    knobs: dict[str, Any]
-    rescore: int
-    top1: float
-    recall10: float
-    cost: float
+    """The point served (``best``), whether it reached the targets, and the curve it was chosen from."""
+
+    best: Point
     reached: bool
     warning: str | None
     samples: int
@@ -91,12 +92,9 @@ class Choice:
     curve: list[Point] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
-        out = asdict(self)
-        out["curve"] = [
-            {**asdict(p), "top1": round(p.top1, 4), "recall10": round(p.recall10, 4), "cost": round(p.cost)} for p in self.curve
-        ]
-        out.update(top1=round(self.top1, 4), recall10=round(self.recall10, 4), cost=round(self.cost), seconds=round(self.seconds, 3))
-        return out
+        """meta.json's ``calibration``: the best point's fields at the top level, then how it was chosen."""
+        return {**self.best.as_dict(), "reached": self.reached, "warning": self.warning, "samples": self.samples,
+                "seconds": round(self.seconds, 3), "curve": [p.as_dict() for p in self.curve]}
 
 
 TIMED_QUERIES = 16
@@ -216,6 +214,5 @@ def calibrate(
                    f"serving the most accurate: {best.kind} {best.params} r={best.rescore} "
                    f"(top-1 {best.top1:.4f}, recall@10 {best.recall10:.4f})")
     chosen = next(scans[c] for c, (name, _) in enumerate(configs) if name == best.kind and scans[c].params == best.params)
-    choice = Choice(best.kind, best.params, best.knobs, best.rescore, best.top1, best.recall10, best.cost, not warning,
-                    warning, len(rows), time.perf_counter() - started, curve)
+    choice = Choice(best, not warning, warning, len(rows), time.perf_counter() - started, curve)
     return choice, chosen

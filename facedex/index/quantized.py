@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 import faiss
 import numpy as np
 
+from facedex.index.base import faiss_keys
+
 FILE = "codes.faiss"
 TRAIN_SAMPLE = 16_384  # codebooks of 16 centroids per sub-space: more rows only cost time
 TRAIN_ITERATIONS = 10
@@ -75,10 +77,7 @@ class _FaissScan:
         return False
 
     def search(self, queries: np.ndarray, r: int, **knobs: Any) -> np.ndarray:
-        r = min(r, self.index.ntotal)
-        if r == 0:
-            return np.full((queries.shape[0], 0), -1, np.int64)
-        return np.asarray(self.index.search(np.ascontiguousarray(queries, np.float32), r)[1], np.int64)
+        return faiss_keys(self.index, np.ascontiguousarray(queries, np.float32), r)
 
     def save(self, folder: Path) -> list[Path]:
         faiss.write_index(self.index, str(folder / FILE))

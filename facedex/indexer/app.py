@@ -21,7 +21,7 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 
@@ -34,6 +34,7 @@ from facedex.config import Settings
 from facedex.errors import Errors, FacedexError, by_code
 from facedex.http import ErrorBody, create_app, errors
 from facedex.indexer.build import BuildJob, child_main
+from facedex.lifespan import service_lifespan
 from facedex.storage.base import IndexMetaOut
 
 log = logging.getLogger(__name__)
@@ -184,18 +185,16 @@ def _error(code: int, detail: str) -> dict[str, object]:
 def build_app(settings: Settings) -> FastAPI:
     builder = Builder(settings)
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    @service_lifespan
+    async def lifespan(app: FastAPI, stack: AsyncExitStack) -> AsyncIterator[None]:
+        stack.push_async_callback(builder.stop)  # a build still running dies with the service
         yield
-        await builder.stop()
 
     app = create_app(
-        "indexer",
+        "indexer", settings,
         title="facedex Indexer",
         description="Builds the index of one list at a time in a child process and stores it.",
-        max_body_bytes=settings.max_body_bytes,
         internal=True,
-        internal_token=settings.internal_token,
         lifespan=lifespan,
     )
 

@@ -97,7 +97,7 @@ def choose_index(s: IndexSettings, ids: np.ndarray, vecs: np.ndarray,
     configs = candidates(vecs.shape[1], len(vecs), list(s.kinds), hnsw, s.hnsw_max_faces)
     choice, scan = calibrate(vecs, vecs16, configs, s.target_top1, s.target_recall, s.calibration_samples, s.max_rescore,
                              progress=progress)
-    return FaceIndex(scan, ids, vecs, vecs16, choice.knobs, choice.rescore), choice
+    return FaceIndex(scan, ids, vecs, vecs16, choice.best.knobs, choice.best.rescore), choice
 
 
 def build(settings: Settings, job: BuildJob, progress: Synchronized, wanted: Callable[[], bool] = lambda: True) -> IndexMeta:
@@ -126,7 +126,7 @@ def build(settings: Settings, job: BuildJob, progress: Synchronized, wanted: Cal
             params=index.describe(),
             build_seconds=round(time.perf_counter() - started, 3),
             calibration=choice.as_dict(),
-            kind=choice.kind,
+            kind=choice.best.kind,
             warning=choice.warning,
             task_id=job.task_id,
         )

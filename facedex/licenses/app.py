@@ -55,12 +55,10 @@ def feature_status(settings: Settings, feature: str) -> dict[str, object]:
 
 def build_app(settings: Settings) -> FastAPI:
     app = create_app(
-        "licenses",
+        "licenses", settings,
         title="facedex Licenses",
         description="Verifies the signed license file and tells services which features it enables.",
-        max_body_bytes=settings.max_body_bytes,
         internal=True,
-        internal_token=settings.internal_token,
     )
 
     @app.get("/1/license", tags=["licenses"], summary="The license in force, or why there is none")

@@ -7,7 +7,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack
 from dataclasses import asdict
 from typing import Annotated
 
@@ -21,15 +21,15 @@ from facedex import descriptors
 from facedex.auth import Caller, TokenCache, bearer, resolve_caller
 from facedex.config import Settings
 from facedex.errors import Errors, FacedexError
-from facedex.faces.store import FacesStore, create_pool
+from facedex.faces.store import FacesStore
 from facedex.http import create_app, error_response, errors
 from facedex.internal_auth import bearer as bearer_header
+from facedex.lifespan import faces_db, redis_client, service_lifespan
 from facedex.manager.lock import holder_of
 from facedex.manager.master import Master
 from facedex.manager.models import MasterOut, QueueOut, TaskCreate, TaskOut, TaskStatus
 from facedex.manager.tasks import FINAL, INDEXING, PENDING, Task, TaskRepo
 from facedex.metrics import TASK_QUEUE_DEPTH
-from facedex.redis.connection import connect
 from facedex.redis.keys import Keys
 from facedex.storage.base import IndexMeta, IndexMetaOut, newest_per_list, open_storage
 
@@ -60,21 +60,18 @@ def build_app(settings: Settings) -> FastAPI:
     instance_id = settings.indexing.instance_id or f"{socket.gethostname()}:{address.port}:{os.getpid()}"
     state: dict[str, object] = {}
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        assert settings.database_url and settings.redis_url, "database_url and redis_url must be resolved first"
-        pool = await create_pool(settings.database_url, max_size=5)
-        redis = connect(settings.redis_url)
-        store = FacesStore(pool)
+    @service_lifespan
+    async def lifespan(app: FastAPI, stack: AsyncExitStack) -> AsyncIterator[None]:
+        store = await faces_db(app, stack, max_size=5)
+        redis = redis_client(app, stack)
         repo = TaskRepo(redis, keys, settings.indexing.task_ttl_s)
         master = Master(settings, redis, repo, store, storage, instance_id)
-        tokens = TokenCache(store, settings.database_url)
+        app.state.tokens = tokens = TokenCache(store, settings.database_url)
         await tokens.start()
-        app.state.tokens = tokens
+        stack.push_async_callback(tokens.stop)
         http = httpx.AsyncClient(timeout=settings.indexing.indexer_timeout_s, headers=bearer_header(settings.internal_token))
+        stack.push_async_callback(http.aclose)
         state.update(repo=repo, store=store, master=master, redis=redis, http=http)
-        app.state.health["faces_db"] = lambda: pool.fetchval("SELECT 1")
-        app.state.health["redis"] = redis.ping
         app.state.health["master"] = master.supervisor.check
 
         async def scrape() -> None:
@@ -82,21 +79,15 @@ def build_app(settings: Settings) -> FastAPI:
 
         app.state.scrape_hooks.append(scrape)
         await master.start()
+        stack.push_async_callback(master.stop)
         yield
-        await master.stop()
-        await http.aclose()
-        await tokens.stop()
-        await redis.aclose()
-        await pool.close()
 
     app = create_app(
-        "manager",
+        "manager", settings,
         title="facedex Index Manager",
         description="Index-build tasks (one-time and background), the queue, and the indexes in storage.",
-        max_body_bytes=settings.max_body_bytes,
         lifespan=lifespan,
     )
-    app.state.settings = settings
 
     @app.exception_handler(RedisError)
     async def _redis_down(request: Request, exc: RedisError) -> JSONResponse:

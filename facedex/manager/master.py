@@ -206,16 +206,16 @@ class Master:
                 accepted = (await self.http.post(origin.rstrip("/") + "/1/index_list", json=body)).status_code == 202
             except httpx.HTTPError:
                 accepted = False  # unknown: if it started anyway, _check_wanted stops it on the next round
-            if accepted:
-                try:
+            try:
+                if accepted:
                     await self.repo.dispatched(self.lock, task, origin, index_id)
-                except StaleTask:  # cancelled while being handed over
-                    await self.repo.drop_dispatching(self.lock, task_id)
+                    log.info("task %s (list %s) sent to %s (attempt %d)", task_id, task.list_id, origin, task.attempts + 1)
+                else:
+                    await self.repo.put_back(self.lock, task)
+            except StaleTask:  # cancelled while being handed over: the cancel wins
+                await self.repo.drop_dispatching(self.lock, task_id)
+                if accepted:
                     await self._cancel_on(origin, task_id)
-                    return
-                log.info("task %s (list %s) sent to %s (attempt %d)", task_id, task.list_id, origin, task.attempts + 1)
-            else:
-                await self.repo.put_back(self.lock, task_id)
             return
 
     # --------------------------------------------------------------- planning

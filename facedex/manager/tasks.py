@@ -26,13 +26,16 @@ PENDING, INDEXING, SUCCESS, FAILED, CANCELLED = "pending", "indexing", "success"
 FINAL = {SUCCESS, FAILED, CANCELLED}
 
 
-_CANCEL_RUNNING = """
-if redis.call('hget', KEYS[1], 'status') ~= 'indexing' then return 0 end
-redis.call('hset', KEYS[1], unpack(ARGV, 3))
-redis.call('srem', KEYS[2], ARGV[1])
-redis.call('lrem', KEYS[4], 0, ARGV[1])
+# A cancel through the API, atomic with the status it expects (ARGV[3]): the task is recorded cancelled and forgotten
+# wherever a master could still find it (queue, dispatching list, indexing set), so it is never dispatched afterwards.
+_CANCEL = """
+if redis.call('hget', KEYS[1], 'status') ~= ARGV[3] then return 0 end
+redis.call('hset', KEYS[1], unpack(ARGV, 4))
+redis.call('lrem', KEYS[2], 0, ARGV[1])
+redis.call('lrem', KEYS[3], 0, ARGV[1])
+redis.call('srem', KEYS[4], ARGV[1])
 redis.call('expire', KEYS[1], ARGV[2])
-if redis.call('get', KEYS[3]) == ARGV[1] then redis.call('del', KEYS[3]) end
+if redis.call('get', KEYS[5]) == ARGV[1] then redis.call('del', KEYS[5]) end
 return 1
 """
 
@@ -151,38 +154,24 @@ class TaskRepo:
     async def queue(self) -> list[str]:
         return await self.r.lrange(self.k.queue, 0, -1)
 
-    async def finish(self, task: Task, status: str, **changes: object) -> None:
-        """Final state, outside the master (the API cancelling): record it, release the list's marker."""
-        changes.update(status=status, end_time=time.time())
-        async with self.r.pipeline(transaction=True) as p:
-            p.hset(self.k.task(task.task_id), mapping={k: str(v) for k, v in changes.items()})
-            p.srem(self.k.indexing, task.task_id)
-            p.lrem(self.k.queue, 0, task.task_id)
-            p.expire(self.k.task(task.task_id), self.ttl_s)
-            await p.execute()
-        # release the marker only if it is still this task's
-        await self.r.eval(
-            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
-            1,
-            self.k.active(task.list_id),
-            task.task_id,
-        )
-
     async def cancel_pending(self, task: Task) -> bool:
-        """Cancel a task still in the queue; False if a master took it meanwhile."""
-        removed = await self.r.lrem(self.k.queue, 0, task.task_id)
-        if not removed:
-            return False
-        await self.finish(task, CANCELLED, error_code=Errors.BUILD_CANCELLED.code, error_detail="cancelled before it started")
-        return True
+        """Cancel a task not yet handed to an Indexer, queued or being dispatched; False if it is no longer pending.
+
+        A master that popped it meanwhile finds it cancelled: before the hand-over it drops it; after an Indexer
+        accepted it, its guarded ``dispatched`` write is refused and it stops that build.
+        """
+        return await self._cancel(task, PENDING, "cancelled before it started")
 
     async def cancel_running(self, task: Task, detail: str) -> bool:
         """Cancel an indexing task here, only if it is still indexing (a master may have just recorded its end)."""
+        return await self._cancel(task, INDEXING, detail)
+
+    async def _cancel(self, task: Task, expected: str, detail: str) -> bool:
         fields = {"status": CANCELLED, "end_time": str(time.time()), "error_code": str(Errors.BUILD_CANCELLED.code),
                   "error_detail": detail}
         done = await self.r.eval(
-            _CANCEL_RUNNING, 4, self.k.task(task.task_id), self.k.indexing, self.k.active(task.list_id), self.k.queue,
-            task.task_id, self.ttl_s, *[x for kv in fields.items() for x in kv],
+            _CANCEL, 5, self.k.task(task.task_id), self.k.queue, self.k.dispatching, self.k.indexing,
+            self.k.active(task.list_id), task.task_id, self.ttl_s, expected, *[x for kv in fields.items() for x in kv],
         )
         return bool(done)
 
@@ -244,9 +233,9 @@ class TaskRepo:
             ["LREM", self.k.dispatching, 0, task.task_id],
         )
 
-    async def put_back(self, lock: MasterLock, task_id: str) -> None:
-        """An indexer refused the task: back to the head of the queue."""
-        await lock.write(["LREM", self.k.dispatching, 0, task_id], ["LPUSH", self.k.queue, task_id])
+    async def put_back(self, lock: MasterLock, task: Task) -> None:
+        """An indexer refused the task: back to the head of the queue (StaleTask if it was cancelled meanwhile)."""
+        await lock.write(self._require(task), ["LREM", self.k.dispatching, 0, task.task_id], ["LPUSH", self.k.queue, task.task_id])
 
     async def drop_dispatching(self, lock: MasterLock, task_id: str) -> None:
         await lock.write(["LREM", self.k.dispatching, 0, task_id])

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack
 
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 from facedex.config import Settings
-from facedex.faces.store import FacesStore, bounded, create_pool
 from facedex.http import create_app
+from facedex.lifespan import faces_db, redis_client, service_lifespan
 from facedex.matcher.service import MatcherService
 from facedex.metrics import INDEX_FACES
-from facedex.redis.connection import connect
 from facedex.storage.base import open_storage
 
 
@@ -42,15 +41,12 @@ def build_app(settings: Settings) -> FastAPI:
     matcher_id = settings.indexed.matcher_id or f"{socket.gethostname()}:{settings.matcher.port}"
     state: dict[str, MatcherService] = {}
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        assert settings.database_url and settings.redis_url, "database_url and redis_url must be resolved first"
-        pool = await create_pool(settings.database_url, max_size=5)
-        redis = connect(settings.redis_url, decode=False, socket_timeout=2.0)
-        service = MatcherService(settings, redis, FacesStore(pool), open_storage(settings), matcher_id)
+    @service_lifespan
+    async def lifespan(app: FastAPI, stack: AsyncExitStack) -> AsyncIterator[None]:
+        store = await faces_db(app, stack, max_size=5)
+        redis = redis_client(app, stack, decode=False, socket_timeout=2.0)  # msgpack entries; a stalled Redis fails fast
+        service = MatcherService(settings, redis, store, open_storage(settings), matcher_id)
         state["service"] = service
-        app.state.health["faces_db"] = lambda: bounded(pool.fetchval("SELECT 1"), 2.0)  # a stalled DB: red, not hung
-        app.state.health["redis"] = redis.ping
         app.state.health["loops"] = service.supervisor.check
 
         async def scrape() -> None:
@@ -60,18 +56,14 @@ def build_app(settings: Settings) -> FastAPI:
 
         app.state.scrape_hooks.append(scrape)
         await service.start()
+        stack.push_async_callback(service.stop)
         yield
-        await service.stop()
-        await redis.aclose()
-        await pool.close()
 
     app = create_app(
-        "matcher",
+        "matcher", settings,
         title="facedex Indexed Matcher",
         description="Serves list indexes from memory; matching requests arrive on Redis streams, not HTTP.",
-        max_body_bytes=settings.max_body_bytes,
         internal=True,
-        internal_token=settings.internal_token,
         lifespan=lifespan,
     )
 

@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Literal
 
-from facedex.faces.store import UNREACHABLE, FacesStore, bounded
+from facedex.faces.store import UNREACHABLE, FacesStore, delta_timeout
 from facedex.matcher.loaded import LoadedIndex
 from facedex.metrics import INDEX_REFRESH_LAG
 from facedex.rwlock import finish_in_thread
@@ -38,7 +38,7 @@ async def catch_up(store: FacesStore, idx: LoadedIndex, timeout_s: float) -> Fre
         INDEX_REFRESH_LAG.labels(idx.list_id).set(head[1] - idx.head)
         if head[1] <= idx.head:
             return "fresh"
-        delta = await bounded(store.delta(list_id, idx.meta.descriptor_version, idx.head), max(10 * timeout_s, 5.0))  # can be large
+        delta = await store.delta(list_id, idx.meta.descriptor_version, idx.head, timeout=delta_timeout(timeout_s))
     except UNREACHABLE as exc:
         now = time.monotonic()
         if now - _warned.get(idx.list_id, 0.0) > WARN_EVERY_S:  # once in a while, not per batch

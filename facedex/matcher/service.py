@@ -26,7 +26,7 @@ from facedex import wire
 from facedex.config import Settings
 from facedex.errors import Errors, FacedexError
 from facedex.faces.store import FacesStore
-from facedex.internal_auth import verify as verify_identity
+from facedex.internal_auth import verify_request
 from facedex.matcher.answer import answer_batch
 from facedex.matcher.consuming import Consumer
 from facedex.matcher.labels import Labels
@@ -107,12 +107,12 @@ class MatcherService:
         if idx is None:
             return [error(r, Errors.INDEX_FOR_LABEL_NOT_FOUND.code, f"no index for label {label} here") for r in reqs]
         list_id = idx.list_id
-        # Anyone who can write to Redis can append to this stream: answer only requests whose account id the API
-        # signed for this very list (answer_batch then checks that this account owns the index).
+        # Anyone who can write to Redis can append to this stream: answer only requests the API signed as they stand,
+        # for this very list (answer_batch then checks that their account owns the index).
         refused: dict[int, wire.IndexedReply] = {}
         for i, r in enumerate(reqs):
             try:
-                verify_identity(self.settings.internal_token, r.request)
+                verify_request(self.settings.internal_token, r.request)
                 if r.request.list_id != uuid.UUID(list_id).bytes:
                     raise FacedexError(Errors.IDENTITY_UNVERIFIED, "the request names another list than its stream")
             except FacedexError as exc:

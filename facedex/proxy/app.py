@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack
 
 import msgspec
 from fastapi import FastAPI, Request, Response
@@ -21,7 +21,8 @@ from facedex import wire
 from facedex.config import Settings
 from facedex.errors import Errors, FacedexError
 from facedex.http import create_app, errors, msgpack_body
-from facedex.internal_auth import verify as verify_identity
+from facedex.internal_auth import verify_request
+from facedex.lifespan import service_lifespan
 from facedex.metrics import MATCH_ROUTE
 from facedex.proxy.merge import merge
 from facedex.proxy.plugins import BruteForceRoute, MatchingPlugin, load_plugins
@@ -109,22 +110,19 @@ def build_app(settings: Settings) -> FastAPI:
     fallback = BruteForceRoute(settings)
     router = Router(load_plugins(settings), fallback)
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    @service_lifespan
+    async def lifespan(app: FastAPI, stack: AsyncExitStack) -> AsyncIterator[None]:
+        stack.push_async_callback(fallback.stop)
         for plugin in router.plugins:
             await plugin.start()
+            stack.push_async_callback(plugin.stop)
         yield
-        for plugin in router.plugins:
-            await plugin.stop()
-        await fallback.stop()
 
     app = create_app(
-        "proxy",
+        "proxy", settings,
         title="facedex Matcher Proxy",
         description="Routes each matching request to a preferred matcher (plugins) or to the brute-force Matcher.",
-        max_body_bytes=settings.max_body_bytes,
         internal=True,
-        internal_token=settings.internal_token,
         lifespan=lifespan,
     )
 
@@ -141,7 +139,7 @@ def build_app(settings: Settings) -> FastAPI:
     )
     async def match_route(request: Request) -> Response:
         req = wire.decode(await request.body(), wire.MatchRequest)
-        verify_identity(settings.internal_token, req)  # before any route sees it: no plugin serves a forged account
+        verify_request(settings.internal_token, req)  # before any route sees it: no plugin serves a forged or altered request
         return Response(wire.encode(await router.match(req)), media_type=wire.CONTENT_TYPE)
 
     @app.post(

@@ -1,0 +1,58 @@
+"""What a service holds for its lifetime, opened at start and closed at stop, each with its health check.
+
+A service's lifespan (:func:`service_lifespan`) gets an :class:`~contextlib.AsyncExitStack`; whatever it opens
+registers its close there (the openers below do it themselves), so everything opened is closed in reverse
+order when the service stops, and also when its start fails half-way: a Redis that does not answer at start
+leaves no Faces DB pool behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+
+import redis.asyncio as aredis
+from fastapi import FastAPI
+
+from facedex.config import Settings
+from facedex.faces.store import FacesStore, bounded, create_pool
+from facedex.redis.connection import connect
+
+Body = Callable[[FastAPI, AsyncExitStack], AsyncIterator[None]]
+
+
+def service_lifespan(body: Body) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """A FastAPI lifespan from a generator that opens what the service needs on ``stack`` and yields while it serves."""
+    scoped = asynccontextmanager(body)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack, scoped(app, stack):
+            yield
+
+    return lifespan
+
+
+def _settings(app: FastAPI) -> Settings:
+    return app.state.settings  # type: ignore[no-any-return]  # set by facedex.http.create_app
+
+
+async def faces_db(app: FastAPI, stack: AsyncExitStack, max_size: int) -> FacesStore:
+    """A pool of at most ``max_size`` connections to the Faces DB; ``faces_db`` in ``/healthcheck``, bounded so a
+    stalled database shows red instead of hanging the check."""
+    url = _settings(app).database_url
+    assert url, "database_url must be resolved before a service starts"
+    pool = await create_pool(url, max_size=max_size)
+    stack.push_async_callback(pool.close)
+    app.state.health["faces_db"] = lambda: bounded(pool.fetchval("SELECT 1"), 2.0)
+    return FacesStore(pool)
+
+
+def redis_client(app: FastAPI, stack: AsyncExitStack, decode: bool = True, socket_timeout: float | None = None) -> aredis.Redis:
+    """The service's Redis client (:func:`facedex.redis.connection.connect`); ``redis`` in ``/healthcheck``."""
+    url = _settings(app).redis_url
+    assert url, "redis_url must be resolved before a service starts"
+    client = connect(url, decode=decode, socket_timeout=socket_timeout)
+    stack.push_async_callback(client.aclose)
+    app.state.health["redis"] = client.ping
+    return client

@@ -1,0 +1,128 @@
+"""Index Manager tasks: a cancel through the API wins against a master that is dispatching the task.
+
+The master runs its real lookup round against real Redis; the Indexer is an in-process HTTP double, so the cancel
+can be made at the exact moment of the race (while the master hands the task over), not by timing.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+import redis.asyncio as aredis
+
+from facedex.config import ManagerSettings, Settings
+from facedex.errors import Errors
+from facedex.manager.master import Master
+from facedex.manager.tasks import CANCELLED, PENDING, TaskRepo
+from facedex.redis.keys import Keys
+
+INDEXER = "http://indexer.test"
+
+
+@dataclass
+class FakeIndexer:
+    """Answers the master's calls as an idle Indexer; ``on_post`` runs while the master waits for the hand-over."""
+
+    accept: bool = True
+    on_post: Callable[[], Awaitable[None]] | None = None
+    posted: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and request.url.path == "/1/state":
+            return httpx.Response(200, json={"state": "idle", "progress": 0.0})
+        if request.method == "POST" and request.url.path == "/1/index_list":
+            self.posted.append(json.loads(request.content)["task_id"])
+            if self.on_post is not None:
+                await self.on_post()
+            return httpx.Response(202 if self.accept else 503, json={})
+        if request.method == "DELETE":
+            self.cancelled.append(request.url.path.rsplit("/", 1)[1])
+            return httpx.Response(200, json={})
+        return httpx.Response(404)
+
+
+@dataclass
+class Rig:
+    redis: aredis.Redis
+    keys: Keys
+    repo: TaskRepo
+    master: Master
+    indexer: FakeIndexer
+
+    async def forgotten(self, task_id: str) -> bool:
+        """No list a master dispatches from, nor the indexing set, holds the task."""
+        k = self.keys
+        lists = [await self.redis.lrange(key, 0, -1) for key in (k.queue, k.dispatching)]
+        return all(task_id not in ids for ids in lists) and not await self.redis.sismember(k.indexing, task_id)
+
+
+@pytest.fixture
+async def rig(redis_url: str, redis_prefix: str) -> AsyncIterator[Rig]:
+    prefix = f"{redis_prefix}:tasks-{uuid.uuid4().hex[:8]}"
+    settings = Settings(redis_prefix=prefix, internal_token="t", indexing=ManagerSettings(indexers=[INDEXER]))
+    r = aredis.Redis.from_url(redis_url, decode_responses=True)
+    keys = Keys(prefix)
+    repo = TaskRepo(r, keys)
+    master = Master(settings, r, repo, None, None, "master-under-test")  # type: ignore[arg-type]  # no DB, no storage
+    indexer = FakeIndexer()
+    master.http = httpx.AsyncClient(transport=httpx.MockTransport(indexer))
+    assert await master.lock.hold()
+    try:
+        yield Rig(r, keys, repo, master, indexer)
+    finally:
+        await master.lock.release()
+        await master.http.aclose()
+        await r.aclose()
+
+
+@pytest.mark.parametrize("indexer_accepts", [True, False])
+async def test_a_cancel_while_the_master_hands_the_task_over_wins(rig: Rig, indexer_accepts: bool) -> None:
+    """The task is in the dispatching list, already read as pending by the master, when the cancel comes."""
+    task = await rig.repo.create(str(uuid.uuid4()), 1, "one_time")
+    cancels: list[bool] = []
+
+    async def cancel_now() -> None:  # what DELETE /1/tasks/{id} does for a pending task
+        cancels.append(await rig.repo.cancel_pending(await rig.repo.get(task.task_id)))
+
+    rig.indexer.accept, rig.indexer.on_post = indexer_accepts, cancel_now
+    await rig.master.lookup()
+    assert rig.indexer.posted == [task.task_id] and cancels == [True], "the cancel was not taken"
+    done = await rig.repo.get(task.task_id)
+    assert done.status == CANCELLED and done.error_code == Errors.BUILD_CANCELLED.code and done.attempts == 0
+    assert await rig.forgotten(task.task_id)
+    assert await rig.redis.get(rig.keys.active(task.list_id)) is None  # the list may get a new task
+    # an Indexer that took the build is told to stop it; one that refused has nothing to stop
+    assert rig.indexer.cancelled == ([task.task_id] if indexer_accepts else [])
+    rig.indexer.on_post = None
+    await rig.master.lookup()  # a later round dispatches nothing
+    assert rig.indexer.posted == [task.task_id] and (await rig.repo.get(task.task_id)).status == CANCELLED
+
+
+async def test_a_cancel_of_a_task_left_in_dispatching_wins(rig: Rig) -> None:
+    """A round popped the task and was cut short before the hand-over; the cancel comes before the next round."""
+    task = await rig.repo.create(str(uuid.uuid4()), 1, "one_time")
+    assert await rig.repo.take_next(rig.master.lock) == task.task_id  # the round cut short: in dispatching, pending
+    assert (await rig.repo.get(task.task_id)).status == PENDING and await rig.repo.queue() == []
+    assert await rig.repo.cancel_pending(await rig.repo.get(task.task_id))
+    await rig.master.lookup()  # requeues what a cut-short round left, then dispatches
+    assert rig.indexer.posted == [], "a cancelled task was sent to an Indexer"
+    assert (await rig.repo.get(task.task_id)).status == CANCELLED and await rig.forgotten(task.task_id)
+
+
+async def test_a_pending_task_queued_behind_a_cancelled_one_is_dispatched(rig: Rig) -> None:
+    """The cancel removes only its own task: the next one in the queue goes to the Indexer in the same round."""
+    first = await rig.repo.create(str(uuid.uuid4()), 1, "one_time")
+    second = await rig.repo.create(str(uuid.uuid4()), 1, "one_time")
+    assert await rig.repo.take_next(rig.master.lock) == first.task_id
+    assert await rig.repo.cancel_pending(first)
+    await rig.master.lookup()
+    assert rig.indexer.posted == [second.task_id]
+    assert (await rig.repo.get(second.task_id)).status == "indexing"
+    assert not await rig.repo.cancel_pending(await rig.repo.get(second.task_id))  # no longer pending: not cancelled here
+    assert (await rig.repo.get(second.task_id)).status == "indexing"
