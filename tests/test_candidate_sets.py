@@ -390,7 +390,8 @@ async def test_cached_filter_columns_stay_exact_under_churn(store, account: uuid
 
 
 def test_proxy_sets_route_verifies_every_sub_request(gallery: Gallery, services: Services) -> None:
-    """One sub-request whose signature is for another list fails the whole call (10011); signed ones are answered."""
+    """One sub-request whose signature is for another request (another list) fails the whole call (10011); signed ones
+    are answered."""
     import msgspec
 
     from facedex import internal_auth, wire
@@ -398,8 +399,8 @@ def test_proxy_sets_route_verifies_every_sub_request(gallery: Gallery, services:
     g = gallery
     account = uuid.UUID(g.client.get("/1/account").json()["account_id"]).bytes
     l1, l2 = (uuid.UUID(x).bytes for x in g.lists[:2])
-    sig, expires = internal_auth.sign(services.internal_token, account, l1, 60)
-    good = wire.MatchRequest(account, l1, 1, g.vectors[[5]].astype("<f4").tobytes(), limit=3, auth=sig, auth_expires_ms=expires)
+    good = internal_auth.sign_request(
+        services.internal_token, wire.MatchRequest(account, l1, 1, g.vectors[[5]].astype("<f4").tobytes(), limit=3), 60)
     forged = msgspec.structs.replace(good, list_id=l2)  # l1's signature on l2
     headers = {**services.internal, "Content-Type": wire.CONTENT_TYPE}
     url = services.url("proxy") + "/1/match_sets"

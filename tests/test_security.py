@@ -204,7 +204,8 @@ def test_the_signature_covers_every_field_of_a_match_request() -> None:
     """Each field, including any added to wire.MatchRequest later, changed after signing: refused (10011)."""
     token = "t" * 32
     signed = internal_auth.sign_request(token, wire.MatchRequest(
-        uuid.uuid4().bytes, uuid.uuid4().bytes, 1, b"\1" * 2048, 5, 0.5, [uuid.uuid4().bytes], "rid", False), 60)
+        uuid.uuid4().bytes, uuid.uuid4().bytes, 1, b"\1" * 2048, 5, 0.5, [uuid.uuid4().bytes], "rid", False,
+        filters=wire.MatchFilters(user_data_prefix="staff/")), 60)
     internal_auth.verify_request(token, signed)  # as signed: accepted
 
     def changed(value: object) -> object:
@@ -218,6 +219,8 @@ def test_the_signature_covers_every_field_of_a_match_request() -> None:
             return value + "x"
         if isinstance(value, list):
             return [*value, uuid.uuid4().bytes]
+        if isinstance(value, msgspec.Struct):  # a nested struct (the filters): change each of its fields in turn below
+            return msgspec.structs.replace(value, user_data_prefix=(getattr(value, "user_data_prefix", None) or "") + "x")
         return None
 
     fields = [f for f in msgspec.structs.fields(wire.MatchRequest) if f.name != "auth"]

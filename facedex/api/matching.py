@@ -261,13 +261,11 @@ async def match_sets(request: Request, body: MatchRequestIn, account: uuid.UUID,
         face_ids = [f.bytes for f in dict.fromkeys(s.filters.face_ids)] if s.filters.face_ids is not None else None
         filters = _wire_filters(s.filters)
         subs.append([])
-        for list_id in own:  # each sub-request signed for its own list: the matchers check (account, list) as before
-            auth, expires = internal_auth.sign(app_settings.internal_token, account.bytes, list_id.bytes, settings.proxy_timeout_s + 60)
-            subs[-1].append(wire.MatchRequest(
+        for list_id in own:  # each sub-request signed whole on its own: the matchers check it as any request
+            subs[-1].append(internal_auth.sign_request(app_settings.internal_token, wire.MatchRequest(
                 account_id=account.bytes, list_id=list_id.bytes, version=version, references=references, limit=s.limit,
-                threshold=s.threshold, face_ids=face_ids, request_id=request_id, exact=s.exact, auth=auth,
-                auth_expires_ms=expires, filters=filters,
-            ))
+                threshold=s.threshold, face_ids=face_ids, request_id=request_id, exact=s.exact, filters=filters,
+            ), settings.proxy_timeout_s + 60))
     resp: wire.MatchSetsResponse = await request.app.state.proxy.call(
         "/1/match_sets", wire.MatchSetsRequest(sets=subs, request_id=request_id), wire.MatchSetsResponse
     )

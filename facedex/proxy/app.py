@@ -153,7 +153,7 @@ def build_app(settings: Settings) -> FastAPI:
         check_sets(req, settings)
         for subs in req.sets:
             for sub in subs:
-                verify_identity(settings.internal_token, sub)  # each (account, list) as the API signed it
+                verify_request(settings.internal_token, sub)  # each sub-request as the API signed it
         return Response(wire.encode(await router.match_sets(req)), media_type=wire.CONTENT_TYPE)
 
     @app.get("/1/plugins", tags=["service"], summary="Active matching plugins, in order")
