@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +12,7 @@ import msgspec
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel, Field
 
-from facedex import descriptors, wire
+from facedex import descriptors, timing, wire
 from facedex.bruteforce.batching import Batcher
 from facedex.bruteforce.cache import ListCache
 from facedex.config import MatchingSettings, Settings
@@ -42,12 +43,15 @@ async def match(cache: ListCache, batcher: Batcher, req: wire.MatchRequest, sett
     if len(req.references) == 0 or len(req.references) % (spec.dim * 4):
         raise FacedexError(Errors.DESCRIPTOR_LENGTH, f"references are not whole {spec.dim}-d float32 vectors")
     list_id = uuid.UUID(bytes=req.list_id)
+    started = time.perf_counter()
     matrix, stale = await cache.current(list_id, req.version, settings.head_timeout_s if settings else None)
+    fresh_ms = timing.since(started)
     if matrix is None or matrix.account_id.bytes != req.account_id:
         raise FacedexError(Errors.LIST_NOT_FOUND, f"list {list_id} not found")
     if stale and settings is not None and settings.when_stale == "refuse":
         raise FacedexError(Errors.FACES_DB_UNAVAILABLE, f"list {list_id}: the Faces DB did not answer")
     resp = await batcher.search(matrix, req)
+    resp = msgspec.structs.replace(resp, timings={**(resp.timings or {}), timing.FRESH: fresh_ms})
     return msgspec.structs.replace(resp, consistency="stale") if stale else resp
 
 

@@ -15,15 +15,20 @@ fresh. Requests with a face-id filter search a subset of their own and run alone
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import msgspec
 import numpy as np
 
-from facedex import descriptors, wire
+from facedex import descriptors, timing, wire
 from facedex.bruteforce.cache import ListMatrix
 from facedex.metrics import BATCH_REQUESTS
 from facedex.rwlock import finish_in_thread
+
+Timed = tuple[list[wire.MatchResponse], float, float]  # responses, perf_counter when the search began and ended
+Timed1 = tuple[wire.MatchResponse, float, float]  # one waiter's answer, and when its search began and ended
 
 
 def run_search(matrix: ListMatrix, reqs: list[wire.MatchRequest]) -> list[wire.MatchResponse]:
@@ -44,9 +49,21 @@ def run_search(matrix: ListMatrix, reqs: list[wire.MatchRequest]) -> list[wire.M
     return out
 
 
+def _timed_search(matrix: ListMatrix, reqs: list[wire.MatchRequest]) -> Timed:
+    started = time.perf_counter()
+    out = run_search(matrix, reqs)
+    return out, started, time.perf_counter()
+
+
+def _with_timings(resp: wire.MatchResponse, enqueued: float, started: float, ended: float) -> wire.MatchResponse:
+    """The answer with its ``queue`` (waiting for the list's running search and a worker thread) and ``search``."""
+    hops = {timing.QUEUE: timing.ms(max(started - enqueued, 0.0)), timing.SEARCH: timing.ms(ended - started)}
+    return msgspec.structs.replace(resp, timings={**(resp.timings or {}), **hops})
+
+
 @dataclass
 class _Queue:
-    waiting: list[tuple[wire.MatchRequest, asyncio.Future[wire.MatchResponse]]] = field(default_factory=list)
+    waiting: list[tuple[wire.MatchRequest, asyncio.Future[Timed1]]] = field(default_factory=list)
     running: bool = False
 
 
@@ -57,15 +74,18 @@ class Batcher:
         self._queues: dict[int, _Queue] = {}  # by id() of the ListMatrix
 
     async def search(self, matrix: ListMatrix, req: wire.MatchRequest) -> wire.MatchResponse:
+        enqueued = time.perf_counter()
         if req.face_ids is not None:
-            return (await self._run(matrix, [req]))[0]
+            out, started, ended = await self._run(matrix, [req])
+            return _with_timings(out[0], enqueued, started, ended)
         queue = self._queues.setdefault(id(matrix), _Queue())
-        future: asyncio.Future[wire.MatchResponse] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Timed1] = asyncio.get_running_loop().create_future()
         queue.waiting.append((req, future))
         if not queue.running:
             queue.running = True
             asyncio.create_task(self._drain(matrix, queue))
-        return await future
+        resp, started, ended = await future
+        return _with_timings(resp, enqueued, started, ended)
 
     async def _drain(self, matrix: ListMatrix, queue: _Queue) -> None:
         try:
@@ -77,7 +97,7 @@ class Batcher:
                     refs += _count(item[0], matrix.dim)
                 BATCH_REQUESTS.observe(len(batch))
                 try:
-                    responses = await self._run(matrix, [req for req, _ in batch])
+                    responses, started, ended = await self._run(matrix, [req for req, _ in batch])
                 except Exception as exc:  # every waiter gets the error, none hangs
                     for _, future in batch:
                         if not future.done():
@@ -85,14 +105,14 @@ class Batcher:
                     continue
                 for (_, future), response in zip(batch, responses):
                     if not future.done():
-                        future.set_result(response)
+                        future.set_result((response, started, ended))
         finally:
             queue.running = False
             self._queues.pop(id(matrix), None)
 
-    async def _run(self, matrix: ListMatrix, reqs: list[wire.MatchRequest]) -> list[wire.MatchResponse]:
+    async def _run(self, matrix: ListMatrix, reqs: list[wire.MatchRequest]) -> Timed:
         async with matrix.lock.read():
-            return await finish_in_thread(run_search, matrix, reqs, executor=self.executor)
+            return await finish_in_thread(_timed_search, matrix, reqs, executor=self.executor)
 
 
 def _count(req: wire.MatchRequest, dim: int) -> int:

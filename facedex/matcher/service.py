@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 
 import msgspec
 import redis.asyncio as aredis
 
-from facedex import wire
+from facedex import timing, wire
 from facedex.config import Settings
 from facedex.errors import Errors, FacedexError
 from facedex.faces.store import FacesStore
@@ -119,8 +120,11 @@ class MatcherService:
                 refused[i] = error(r, exc.error.code, exc.detail)
         ok = [r for i, r in enumerate(reqs) if i not in refused]
         state = "fresh"
+        fresh_ms = 0.0
         if ok and self.cfg.refresh:
+            started = time.perf_counter()
             state = await catch_up(self.store, idx, self.settings.matching.head_timeout_s)
+            fresh_ms = timing.since(started)
             if state == "gone":
                 return [refused.get(i) or error(r, Errors.LIST_NOT_FOUND.code, f"list {list_id} not found") for i, r in enumerate(reqs)]
             if state == "stale" and self.settings.matching.when_stale == "refuse":
@@ -129,8 +133,16 @@ class MatcherService:
         if ok:
             async with idx.lock.read():
                 answered = await finish_in_thread(answer_batch, idx, ok, self.cfg.rescore_candidates)
-        if state == "stale":
-            answered = [msgspec.structs.replace(r, response=msgspec.structs.replace(r.response, consistency="stale"))
-                        if r.response is not None else r for r in answered]
+        answered = [_answered(r, fresh_ms, state) for r in answered]
         it = iter(answered)
         return [refused[i] if i in refused else next(it) for i in range(len(reqs))]
+
+
+def _answered(reply: wire.IndexedReply, fresh_ms: float, state: str) -> wire.IndexedReply:
+    """A served reply with the batch's change-head check (``fresh``) in its hops, marked stale if it was."""
+    if reply.response is None:
+        return reply
+    resp = reply.response
+    resp = msgspec.structs.replace(resp, timings={**(resp.timings or {}), timing.FRESH: fresh_ms},
+                                   consistency="stale" if state == "stale" else resp.consistency)
+    return msgspec.structs.replace(reply, response=resp)
