@@ -12,7 +12,8 @@ The hops are disjoint, so they add up to about ``total``:
   route that failed before the fallback)
 - ``queue``: indexed: time in the list's Redis stream before the Indexed Matcher read it (wall clocks of
   proxy and matcher; exact on one machine); brute force: time waiting for the list's running search
-- ``fresh``: the matcher's change-head check (and the delta applied when the list changed)
+- ``fresh``: the matcher's change-head check (and the delta applied when the list changed): the part of it
+  that was not hidden behind the search (both matchers search while the head is read)
 - ``search``: the search itself (indexed: the code scan; brute force: the exact GEMV/GEMM)
 - ``rescore``: indexed: exact re-scoring of the scan's candidates
 - ``reply``: the rest of the proxy's round trip to the matcher (indexed: publish -> pub/sub -> proxy;

@@ -18,7 +18,8 @@ def test_generated_client_parses_successes_and_errors(services: Services, tmp_pa
     schema = tmp_path / "openapi.json"
     schema.write_bytes(httpx.get(services.url("api") + "/openapi.json").raise_for_status().content)
     config = tmp_path / "config.yaml"
-    config.write_text("post_hooks: []\n")  # no formatter needed (and none installed)
+    # no formatter needed (and none installed); msgpack bodies (POST /1/matcher/faces) are opaque bytes to this generator
+    config.write_text("post_hooks: []\ncontent_type_overrides:\n  application/msgpack: application/octet-stream\n")
     package = f"fdx_generated_{uuid.uuid4().hex[:8]}"
     generator = Path(sys.executable).parent / "openapi-python-client"
     out = subprocess.run(

@@ -254,3 +254,54 @@ async def test_a_lone_request_never_waits_for_a_read_it_cannot_use(store: FacesS
     finally:
         store.list_head = real  # type: ignore[method-assign]
     assert all(stale and matrix.n == 3 for matrix, stale in answers)  # answered from the cache, marked stale
+
+
+async def test_a_search_beside_the_head_read_is_made_again_when_the_list_moved(store: FacesStore, account: uuid.UUID) -> None:
+    """The brute-force Matcher searches a cached list while its head is read; an attach or detach acknowledged before
+    the request is still seen by it (the answer is made again from the caught-up matrix), and a list that did not
+    move is searched once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from facedex import wire
+    from facedex.bruteforce.app import match
+    from facedex.bruteforce.batching import Batcher
+
+    rng = np.random.default_rng(23)
+    lst = await store.create_list(account)
+    await store.create_faces(account, [NewFace(descriptors={1: v}) for v in unit(rng, 50)], [lst.list_id])
+    q = unit(rng, 1)[0]
+    late = (await store.create_faces(account, [NewFace(descriptors={1: q})]))[0]
+    cache = ListCache(store, max_bytes=1 << 30)
+    batcher = Batcher(ThreadPoolExecutor(2))
+    searches = 0
+    search_at = batcher.search_at
+
+    async def counting(matrix, req):  # type: ignore[no-untyped-def]
+        nonlocal searches
+        searches += 1
+        return await search_at(matrix, req)
+
+    batcher.search_at = counting  # type: ignore[method-assign]
+
+    async def top(vec: np.ndarray) -> list[bytes]:
+        nonlocal searches
+        searches = 0
+        req = wire.MatchRequest(account.bytes, lst.list_id.bytes, 1, np.asarray(vec, "<f4").tobytes(), limit=3)
+        resp = await match(cache, batcher, req)
+        assert resp.consistency == "fresh" and set(resp.timings or {}) == {"queue", "search", "fresh"}
+        ids = resp.results[0].face_ids
+        return [ids[i : i + 16] for i in range(0, len(ids), 16)]
+
+    try:
+        assert late.bytes not in await top(q)  # cold: the list is loaded, then searched once
+        assert searches == 1
+        assert late.bytes not in await top(q)  # cached and unchanged: one search, beside the head read
+        assert searches == 1
+        await store.attach(account, lst.list_id, [late])
+        assert (await top(q))[0] == late.bytes  # searched beside the read, the list had moved: searched again
+        assert searches == 2
+        await store.detach(account, lst.list_id, [late])
+        assert late.bytes not in await top(q)
+        assert searches == 2
+    finally:
+        batcher.executor.shutdown()

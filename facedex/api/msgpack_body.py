@@ -219,11 +219,15 @@ def _inline(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _as_msgpack(node: Any) -> Any:
-    """A JSON body's schema as msgpack's: UUIDs as 16-byte bin, descriptor and image ``data`` as raw bytes."""
+    """A JSON body's schema as msgpack's: UUIDs as 16-byte bin, descriptor and image ``data`` as raw bytes.
+
+    Titles get a ``Msgpack`` prefix: a client generator must not take these for the JSON body's models."""
     if isinstance(node, dict):
         if node.get("format") == "uuid":
             return {"type": "string", "description": f"a UUID: 16 bytes as {_BYTES_NOTE}, or its text form"}
         out = {k: _as_msgpack(v) for k, v in node.items()}
+        if isinstance(out.get("title"), str) and isinstance(out.get("properties"), dict):
+            out["title"] = "Msgpack" + out["title"]
         props = out.get("properties")
         if isinstance(props, dict) and "data" in props and set(props) <= {"data", "version", "content_type"}:
             props["data"] = {"type": "string", "contentEncoding": "base64",

@@ -1,9 +1,11 @@
 """In-memory matrices of lists, kept exact by tailing the Faces DB change log.
 
-Each request first asks PostgreSQL for the list's change head (one indexed
-row); if the cached matrix is behind, the missing changes are applied before
-the search. So a face attached or detached before the request was sent is
-always seen as such: the brute-force path is read-your-writes consistent.
+Each request asks PostgreSQL for the list's change head (one indexed row); if
+the cached matrix is behind, the missing changes are applied and the answer
+comes from a search after them (a cached list is searched while the head is
+read, and searched again only if it moved: :func:`facedex.bruteforce.app.match`).
+So a face attached or detached before the request was sent is always seen as
+such: the brute-force path is read-your-writes consistent.
 
 Concurrent requests of one list share head reads (:class:`HeadReads`): a read
 that began after a request arrived answers it as well as its own would, so
@@ -158,6 +160,10 @@ class ListCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def peek(self, list_id: uuid.UUID, version: int) -> ListMatrix | None:
+        """The cached matrix as it is (no Faces DB read): to search while its head is being checked."""
+        return self._entries.get((list_id, version))
 
     async def fresh(self, list_id: uuid.UUID, version: int) -> ListMatrix | None:
         """The list's matrix, brought up to the list's current change head; None if the list does not exist."""

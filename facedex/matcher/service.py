@@ -119,23 +119,41 @@ class MatcherService:
             except FacedexError as exc:
                 refused[i] = error(r, exc.error.code, exc.detail)
         ok = [r for i, r in enumerate(reqs) if i not in refused]
+        if not ok:
+            return [refused[i] for i in range(len(reqs))]
+        # The batch is searched while the list's change head is read (both begun after its requests were appended):
+        # the answers stand if the index searched already held every change up to that head, else they are made
+        # again from the caught-up index. The Faces DB round trip overlaps the search instead of preceding it.
+        checking = None
+        if self.cfg.refresh:
+            checking = asyncio.ensure_future(catch_up(self.store, idx, self.settings.matching.head_timeout_s))
+        try:
+            answered, searched = await self._search(idx, ok)
+        except BaseException:
+            if checking is not None:
+                checking.add_done_callback(lambda t: t.cancelled() or t.exception())  # it ends on its own, unobserved
+            raise
         state = "fresh"
         fresh_ms = 0.0
-        if ok and self.cfg.refresh:
+        if checking is not None:
             started = time.perf_counter()
-            state = await catch_up(self.store, idx, self.settings.matching.head_timeout_s)
-            fresh_ms = timing.since(started)
+            state = await checking
+            fresh_ms = timing.since(started)  # only what the check added after the search
             if state == "gone":
                 return [refused.get(i) or error(r, Errors.LIST_NOT_FOUND.code, f"list {list_id} not found") for i, r in enumerate(reqs)]
             if state == "stale" and self.settings.matching.when_stale == "refuse":
                 return [refused.get(i) or error(r, Errors.FACES_DB_UNAVAILABLE.code, "Faces DB unreachable") for i, r in enumerate(reqs)]
-        answered: list[wire.IndexedReply] = []
-        if ok:
-            async with idx.lock.read():
-                answered = await finish_in_thread(answer_batch, idx, ok, self.cfg.rescore_candidates)
+            if idx.head > searched:  # the list moved while the batch was searched: answer from the caught-up index
+                answered, _ = await self._search(idx, ok)
         answered = [_answered(r, fresh_ms, state) for r in answered]
         it = iter(answered)
         return [refused[i] if i in refused else next(it) for i in range(len(reqs))]
+
+    async def _search(self, idx: LoadedIndex, reqs: list[wire.IndexedRequest]) -> tuple[list[wire.IndexedReply], int]:
+        """The batch's replies and the change head of the index they were searched in (stable under the read lock)."""
+        async with idx.lock.read():
+            head = idx.head
+            return await finish_in_thread(answer_batch, idx, reqs, self.cfg.rescore_candidates), head
 
 
 def _answered(reply: wire.IndexedReply, fresh_ms: float, state: str) -> wire.IndexedReply:
