@@ -305,3 +305,17 @@ async def test_a_search_beside_the_head_read_is_made_again_when_the_list_moved(s
         assert searches == 2
     finally:
         batcher.executor.shutdown()
+
+
+def test_the_benchmarks_msgpack_body_is_what_the_api_reads() -> None:
+    """`facedex bench e2e --msgpack` sends what the API parses as the JSON body it would send otherwise."""
+    from facedex.api import msgpack_body
+    from facedex.api.models import MatchRequestIn
+    from facedex.bench.e2e import _body
+
+    probe = unit(np.random.default_rng(24), 1)[0]
+    list_id = str(uuid.uuid4())
+    as_msgpack = _body(probe, list_id, True, msgpack=True)
+    assert as_msgpack["headers"] == {"Content-Type": MSGPACK, "Accept": MSGPACK}
+    parsed = msgpack_body.parse(as_msgpack["data"], MatchingSettings())  # type: ignore[arg-type]
+    assert parsed == MatchRequestIn.model_validate(_body(probe, list_id, True, msgpack=False)["json"])
