@@ -94,7 +94,8 @@ _TYPED: dict[str, Any] = {  # candidates fields decoded into a fixed type
 }
 
 
-def _header_len(raw: bytes, fix: int, b16: int, b32: int) -> int | None:
+def _header_len(buf: bytes | msgspec.Raw, fix: int, b16: int, b32: int) -> int | None:
+    raw = bytes(memoryview(buf)[:5])  # a header is at most 5 bytes: never copy the body
     if not raw:
         return None
     b = raw[0]
@@ -107,12 +108,12 @@ def _header_len(raw: bytes, fix: int, b16: int, b32: int) -> int | None:
     return None
 
 
-def array_len(raw: bytes) -> int | None:
+def array_len(raw: bytes | msgspec.Raw) -> int | None:
     """Entries of the msgpack array ``raw`` starts with, read from its header; None if it is not an array."""
     return _header_len(raw, 0x90, 0xDC, 0xDD)
 
 
-def map_len(raw: bytes) -> int | None:
+def map_len(raw: bytes | msgspec.Raw) -> int | None:
     """Entries of the msgpack map ``raw`` starts with, read from its header; None if it is not a map."""
     return _header_len(raw, 0x80, 0xDE, 0xDF)
 
@@ -130,7 +131,7 @@ def _reference(r: _Reference) -> dict[str, Any]:
     return out
 
 
-def _candidates(raw: bytes, settings: MatchingSettings) -> dict[str, Any]:
+def _candidates(raw: msgspec.Raw, settings: MatchingSettings) -> dict[str, Any]:
     n = map_len(raw)
     if n is None:
         raise msgspec.ValidationError("Expected `object` - at `$.candidates`")
@@ -140,7 +141,7 @@ def _candidates(raw: bytes, settings: MatchingSettings) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in fields.items():
         where = f" - at `$.candidates.{key}`"
-        if key == "face_ids" and (count := array_len(bytes(value))) is not None and count > settings.max_filter_face_ids:
+        if key == "face_ids" and (count := array_len(value)) is not None and count > settings.max_filter_face_ids:
             raise FacedexError(Errors.TOO_MANY_FACES, f"at most {settings.max_filter_face_ids} face_ids in a filter")
         if key in _TYPED:
             try:
@@ -158,11 +159,11 @@ def parse(body: bytes, settings: MatchingSettings) -> MatchRequestIn:
     """A msgpack matching body as the same model (and the same checks) as a JSON one."""
     try:
         outer = msgspec.msgpack.decode(body, type=_Body)
-        count = array_len(bytes(outer.references))
+        count = array_len(outer.references)
         if count is not None and count > settings.max_references:
             raise FacedexError(Errors.TOO_MANY_REFERENCES, f"at most {settings.max_references} references per request")
         refs = msgspec.msgpack.decode(outer.references, type=list[_Reference])
-        data = {"references": [_reference(r) for r in refs], "candidates": _candidates(bytes(outer.candidates), settings)}
+        data = {"references": [_reference(r) for r in refs], "candidates": _candidates(outer.candidates, settings)}
     except msgspec.ValidationError as exc:  # msgpack, but not of the request's shape: as JSON's validation errors
         raise FacedexError(Errors.VALIDATION, f"msgpack body: {exc}") from None
     except msgspec.DecodeError as exc:
