@@ -33,6 +33,7 @@ class Errors:
     INTERNAL_UNAUTHORIZED = ErrorCode(10010, 401, "Missing or invalid internal service token")
     IDENTITY_UNVERIFIED = ErrorCode(10011, 403, "The caller identity in the message could not be authenticated")
     TEXT_NOT_STORABLE = ErrorCode(10012, 400, "Text contains characters that cannot be stored (NUL)")
+    BAD_MSGPACK = ErrorCode(10013, 400, "Request body is not valid msgpack")
     # descriptors
     DESCRIPTOR_VERSION_UNKNOWN = ErrorCode(11001, 400, "Unknown descriptor version")
     DESCRIPTOR_LENGTH = ErrorCode(11002, 400, "Descriptor has the wrong length for its version")

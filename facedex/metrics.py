@@ -34,6 +34,13 @@ BATCH_REQUESTS = Histogram(
 )
 LOOP_UP = Gauge("facedex_loop_up", "1 while a supervised background loop works, 0 while it fails or stalls.", ["service", "loop"])
 LOOP_RESTARTS = Counter("facedex_loop_restarts_total", "Restarts of a supervised background loop.", ["service", "loop"])
+MATCH_HOP_SECONDS = Histogram(
+    "facedex_match_hop_seconds",
+    "Time of each hop of a match (facedex.timing: parse, refs, proxy, route, queue, fresh, search, rescore, reply, "
+    "total) by the route that answered; observed by the API.",
+    ["hop", "route"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
 TASK_QUEUE_DEPTH = Gauge("facedex_task_queue_depth", "Index-build tasks waiting in the queue.")
 
 ScrapeHook = Callable[[], Awaitable[None]]

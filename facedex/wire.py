@@ -59,6 +59,8 @@ class MatchResponse(msgspec.Struct, frozen=True):
     list_size: int = 0  # faces searched (after the filter)
     fallback_reason: str | None = None  # why the proxy did not use a preferred route
     consistency: str = "fresh"  # "stale": the Faces DB was unreachable; answered from what the matcher held
+    # hop -> milliseconds measured by the services on the way (facedex.timing); absent from older senders
+    timings: dict[str, float] | None = None
 
 
 class MatchSetsRequest(msgspec.Struct, frozen=True):
@@ -97,6 +99,7 @@ class IndexedRequest(msgspec.Struct, frozen=True):
     reply_to: str  # pub/sub channel of the asking proxy
     deadline_ms: int  # unix ms; an entry read later is acknowledged unanswered (the proxy has fallen back)
     request: MatchRequest
+    sent_us: int = 0  # unix microseconds when the proxy appended it (the matcher's "queue" hop); 0: unknown
 
 
 class IndexedReply(msgspec.Struct, frozen=True):

@@ -91,17 +91,21 @@ def test_bench_e2e_on_its_own_platform(tmp_path: Path) -> None:
     out = facedex("bench", "e2e", "--own-platform", "--size", "3000", "--concurrency", "1,4", "--requests", "20",
                   "--doc", str(doc), "--section", "e2e-smoke", cwd=tmp_path)
     table = doc.read_text().split("<!-- bench:e2e-smoke -->")[1]
+    assert "| route asked | concurrency | p50 (ms) | parse | refs | proxy |" in table  # hops from Server-Timing
     if not MILVUS_INSTALLED:  # the HTTP rows are published, the milvus-lite arm's failure is named and fails the command
         assert out.returncode == 1 and "**milvus-lite arm failed**" in table and MILVUS_MISSING in table
         return
     assert out.returncode == 0, out.stdout + out.stderr
-    rows = [line for line in table.splitlines() if line.startswith("| auto") or line.startswith("| exact")]
+    main = table.split("Per hop")[0]  # the latency table (the per-hop table below it has the same first columns)
+    rows = [line for line in main.splitlines() if line.startswith("| auto") or line.startswith("| exact")]
     assert len(rows) == 4
     assert all("indexed 20" in r for r in rows if r.startswith("| auto"))  # licensed: the index answered
     assert all("bruteforce 20" in r for r in rows if r.startswith("| exact"))
     assert "calibrated: " in table and "mate recall@10" in table  # the kind the build chose, and how well it did
     record = json.loads(next((tmp_path / "bench-results").glob("e2e-*.json")).read_text())
     assert all(r["mate_recall"] >= 0.95 and r["top1_agreement"] >= 0.95 for r in record["rows"])
+    assert all({"parse", "refs", "proxy", "route", "search", "reply", "total"} <= set(r["hops_ms"]) for r in record["rows"])
+    assert all("rescore" in r["hops_ms"] for r in record["rows"] if r["route_asked"] == "auto")
     # the load generator's own CPU is reported beside its numbers
     assert all(0 < r["client_cpu_s"] and 0 < r["client_cpu_share"] < 2 for r in record["rows"])
     # the milvus-lite arm: the same faces, the same levels, through pymilvus against its own server process

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 import subprocess
 import sys
@@ -16,7 +17,12 @@ from tests.conftest import Services, new_client
 
 def test_generated_client_parses_successes_and_errors(services: Services, tmp_path: Path) -> None:
     schema = tmp_path / "openapi.json"
-    schema.write_bytes(httpx.get(services.url("api") + "/openapi.json").raise_for_status().content)
+    spec = httpx.get(services.url("api") + "/openapi.json").raise_for_status().json()
+    for ops in spec["paths"].values():  # this generator has no msgpack: the JSON bodies beside them are its client
+        for op in ops.values():
+            for part in (op.get("requestBody", {}), *op.get("responses", {}).values()):
+                part.get("content", {}).pop("application/msgpack", None)
+    schema.write_text(json.dumps(spec))
     config = tmp_path / "config.yaml"
     config.write_text("post_hooks: []\n")  # no formatter needed (and none installed)
     package = f"fdx_generated_{uuid.uuid4().hex[:8]}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -38,6 +39,13 @@ def request(refs: np.ndarray, limit: int = 5, threshold: float | None = None, ac
     return wire.IndexedRequest(uuid.uuid4().hex, "replies", 0, body)
 
 
+def untimed(reply):  # type: ignore[no-untyped-def]
+    """A reply without its hop times (they differ from run to run)."""
+    if reply.response is None:
+        return reply
+    return msgspec.structs.replace(reply, response=msgspec.structs.replace(reply.response, timings=None))
+
+
 def test_a_batch_is_one_search_per_limit_and_each_answer_is_as_if_alone(loaded, monkeypatch) -> None:
     idx, ids, data = loaded
     probes = data.probes
@@ -50,15 +58,17 @@ def test_a_batch_is_one_search_per_limit_and_each_answer_is_as_if_alone(loaded, 
     calls: list[int] = []
     search = idx.search
 
-    def counting(queries: np.ndarray, k: int, candidates: int = 0):  # type: ignore[no-untyped-def]
+    def counting(queries: np.ndarray, k: int, candidates: int = 0, split=None):  # type: ignore[no-untyped-def]
         calls.append(queries.shape[0])
-        return search(queries, k, candidates)
+        return search(queries, k, candidates, split)
 
     monkeypatch.setattr(idx, "search", counting)
     replies = answer_batch(idx, reqs, candidates=50)
     assert sorted(calls) == [1, 12]  # limit 5: 8 + 3 + 1 references in one call; limit 2: one call
     assert [r.rid for r in replies] == [r.rid for r in reqs]
-    assert replies == alone
+    assert [untimed(r) for r in replies] == [untimed(r) for r in alone]
+    timed = [r.response.timings for r in replies if r.response is not None]
+    assert timed and all(set(t) == {"search", "rescore"} and min(t.values()) >= 0 for t in timed)  # facedex.timing
 
     for reply, req in zip(replies[:8], reqs[:8]):
         (res,) = reply.response.results

@@ -13,15 +13,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import time
 from typing import Any, TypeVar
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
-from facedex import descriptors, wire
+from facedex import descriptors, timing, wire
 from facedex.api.deps import Account, Store
 from facedex.api.models import (
     Box,
@@ -202,10 +203,11 @@ async def create_faces_from_image(request: Request, account: Account, store: Sto
         }
     },
 )
-async def match_image(request: Request, account: Account, store: Store) -> MatchResponseOut:
+async def match_image(request: Request, account: Account, store: Store, response: Response) -> MatchResponseOut:
     """Match the face(s) of an uploaded photo against a list (multipart form; JSON callers use /1/matcher/faces)."""
-    from facedex.api.matching import match
+    from facedex.api.matching import hops_of, match, server_timing
 
+    started = time.perf_counter()
     if request.headers.get("content-type", "").split(";", 1)[0].strip().lower() != "multipart/form-data":
         raise FacedexError(Errors.UNSUPPORTED_MEDIA, "send a multipart/form-data form with an 'image' file part")
     form = await request.form(max_files=1, max_fields=20)
@@ -222,7 +224,10 @@ async def match_image(request: Request, account: Account, store: Store) -> Match
         )
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
-    return await match(request, body, account, store)
+    hops_of(request)[timing.PARSE] = timing.since(started)
+    out = await match(request, body, account, store)
+    response.headers[timing.HEADER] = server_timing(request, out.route, started)
+    return out
 
 
 async def extract_many(request: Request, images: list[tuple[ImageIn, bool]]) -> list[wire.ExtractResponse]:

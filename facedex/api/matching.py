@@ -9,14 +9,15 @@ are read in one batched query.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
 
-from facedex import descriptors, internal_auth, wire
-from facedex.api import images
+from facedex import descriptors, internal_auth, timing, wire
+from facedex.api import images, msgpack_body
 from facedex.api.deps import Account, Store, parse_descriptor
 from facedex.api.match_body import openapi_body, read_match_request
 from facedex.api.models import (
@@ -87,10 +88,10 @@ async def _references(
 @router.post(
     "/1/matcher/faces",
     response_model=MatchResponseOut | MatchSetsResponseOut,
-    openapi_extra=openapi_body(),
-    responses=errors(*DESCRIPTOR_ERRORS, *IMAGE_ERRORS, *MATCH_ERRORS, *SET_ERRORS),
+    openapi_extra=msgpack_body.openapi(openapi_body()),
+    responses=errors(*DESCRIPTOR_ERRORS, *IMAGE_ERRORS, *MATCH_ERRORS, *SET_ERRORS, Errors.BAD_MSGPACK),
 )
-async def match_faces(request: Request, account: Account, store: Store) -> MatchResponseOut | MatchSetsResponseOut:
+async def match_faces(request: Request, account: Account, store: Store) -> Response:
     """Find the faces most similar to each reference (a descriptor, a face id or an image).
 
     ``candidates`` is one list (an object; the answer is a MatchResponseOut) or an array of candidate sets, each
@@ -99,20 +100,49 @@ async def match_faces(request: Request, account: Account, store: Store) -> Match
     Similarity is the cosine of the two descriptors clipped to [0, 1]; results are
     sorted by similarity, at most ``limit`` per reference, only those ``>= threshold``.
     The body's references and filter ids are counted before it is parsed (:mod:`facedex.api.match_body`).
+    JSON or msgpack (``Content-Type`` / ``Accept: application/msgpack``, :mod:`facedex.api.msgpack_body`);
+    the answer's ``Server-Timing`` header gives the time of each hop (:mod:`facedex.timing`).
     """
-    body = await read_match_request(request)
+    started = time.perf_counter()
+    if msgpack_body.is_msgpack(request.headers.get("content-type")):
+        body = await msgpack_body.read_msgpack_request(request)
+    else:
+        body = await read_match_request(request)
+    hops_of(request)[timing.PARSE] = timing.since(started)
     if isinstance(body.candidates, list):
         sets = await match_sets(request, body, account, store)
         # only the targets each set asked for are present: unset fields are left out
-        if sum(len(s.results) for m in sets.matches for s in m.sets) > OFF_LOOP_RESULTS:
-            text = await asyncio.to_thread(sets.model_dump_json, exclude_unset=True)
-        else:
-            text = sets.model_dump_json(exclude_unset=True)
-        return Response(text, media_type="application/json")  # type: ignore[return-value]
+        dump = lambda: sets.model_dump_json(exclude_unset=True)  # noqa: E731
+        big = sum(len(s.results) for m in sets.matches for s in m.sets) > OFF_LOOP_RESULTS
+        text = await asyncio.to_thread(dump) if big else dump()
+        return Response(text, media_type="application/json", headers={timing.HEADER: server_timing(request, "sets", started)})
     out = await match(request, body, account, store)
-    if sum(len(m.results) for m in out.matches) > OFF_LOOP_RESULTS:
-        return Response(await asyncio.to_thread(out.model_dump_json), media_type="application/json")  # type: ignore[return-value]
-    return out
+    as_msgpack = msgpack_body.wants_msgpack(request.headers.get("accept"))
+    encode = msgpack_body.encode_response if as_msgpack else MatchResponseOut.model_dump_json
+    # serialised by pydantic's own (Rust) encoder, not FastAPI's re-validation + jsonable_encoder (a hop cut)
+    content = await asyncio.to_thread(encode, out) if _out_count(out) > OFF_LOOP_RESULTS else encode(out)
+    return Response(content, media_type=msgpack_body.MSGPACK if as_msgpack else "application/json",
+                    headers={timing.HEADER: server_timing(request, out.route, started)})
+
+
+def hops_of(request: Request) -> timing.Timings:
+    """This request's hop times (facedex.timing), filled as the match goes."""
+    hops: timing.Timings | None = getattr(request.state, "hops", None)
+    if hops is None:
+        hops = request.state.hops = {}
+    return hops
+
+
+def server_timing(request: Request, route: str, started: float) -> str:
+    """The ``Server-Timing`` value of a match answered by ``route``; its hops also go to ``/metrics``."""
+    hops = hops_of(request)
+    hops[timing.TOTAL] = timing.since(started)
+    timing.observe(hops, route)
+    return timing.header(hops)
+
+
+def _out_count(out: MatchResponseOut) -> int:
+    return sum(len(m.results) for m in out.matches)
 
 
 async def match(request: Request, body: MatchRequestIn, account: uuid.UUID, store: Store) -> MatchResponseOut:
@@ -128,7 +158,10 @@ async def match(request: Request, body: MatchRequestIn, account: uuid.UUID, stor
     if cand.face_ids is not None and len(cand.face_ids) > settings.max_filter_face_ids:
         raise FacedexError(Errors.TOO_MANY_FACES, f"at most {settings.max_filter_face_ids} face_ids in a filter")
 
+    hops = hops_of(request)
+    started = time.perf_counter()
     version, refs, answered = await _references(request, body, cand.descriptor_version, account, store)
+    hops[timing.REFS] = timing.since(started)
     if refs.shape[0] > settings.max_references:
         raise FacedexError(Errors.TOO_MANY_REFERENCES, f"{refs.shape[0]} references (faces found) is over {settings.max_references}")
     req = wire.MatchRequest(
@@ -144,7 +177,11 @@ async def match(request: Request, body: MatchRequestIn, account: uuid.UUID, stor
     )
     # signed whole: the proxy and the matchers serve no account id, and no references, limit or filter, the API did not vouch for
     req = internal_auth.sign_request(request.app.state.settings.internal_token, req, settings.proxy_timeout_s + 60)
+    started = time.perf_counter()
     resp: wire.MatchResponse = await request.app.state.proxy.call("/1/match", req, wire.MatchResponse)
+    # the API <-> proxy hop: the call minus what the proxy and the matcher reported of it
+    hops.update(resp.timings or {})
+    hops[timing.PROXY] = max(timing.since(started) - timing.downstream(resp.timings), 0.0)
     if _result_count(resp) > OFF_LOOP_RESULTS:  # up to max_references x max_limit objects: not on the event loop
         return await asyncio.to_thread(_response, answered, resp, version)
     return _response(answered, resp, version)

@@ -158,6 +158,7 @@ def e2e(
     milvus_ef: Annotated[int, typer.Option(help="milvus-lite search ef (HNSW) or nprobe (IVF).")] = 128,
     doc: Doc = None,
     section: Annotated[str, typer.Option(help="Name of the section of --doc to replace.")] = "e2e",
+    msgpack: Annotated[bool, typer.Option("--msgpack/--json", help="Match bodies in application/msgpack instead of JSON.")] = False,
 ) -> None:
     """Matching over HTTP on a running platform: latency, throughput, route and recall, indexed and exact; then milvus-lite.
 
@@ -173,7 +174,7 @@ def e2e(
         raise typer.BadParameter("--milvus must be hnsw, ivf, flat or none")
     levels = [int(c) for c in concurrency.split(",")]
     arm = dict(data=data, milvus=None if milvus == "none" else milvus, milvus_m=milvus_m, milvus_efc=milvus_efc,
-               milvus_knob=milvus_ef, log=console.print)
+               milvus_knob=milvus_ef, log=console.print, msgpack=msgpack)
     if own_platform:
         from facedex.bench.platform import own_platform as start
 

@@ -7,7 +7,9 @@ the indexed route and on the brute-force route (``candidates.exact``), with a
 real HTTP client (aiohttp, keep-alive). Reports latency percentiles,
 throughput, the route that answered, and recall@10 and mate recall of the
 API's results against exact search on the same data, and the load generator's
-own CPU time per level (so one can tell it was not the bottleneck). With
+own CPU time per level (so one can tell it was not the bottleneck), and the median of each hop of a match
+from the answers' ``Server-Timing`` headers (:mod:`facedex.timing`). ``msgpack`` sends and receives
+``application/msgpack`` match bodies instead of JSON. With
 ``milvus`` set, the same faces are then put in milvus-lite and queried at the
 same levels (``facedex.bench.milvus_e2e``).
 """
@@ -17,15 +19,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+import uuid
 
 import aiohttp
+import msgspec
 import numpy as np
 
+from facedex import timing
 from facedex.bench import milvus_e2e
 from facedex.bench.common import machine, machine_line
 from facedex.bench.peers import MilvusUnavailable
 from facedex.bench.regimes import make
 from facedex.bruteforce.exact import topk
+
+MSGPACK = "application/msgpack"
 
 
 def _b64(v: np.ndarray) -> str:
@@ -71,24 +78,52 @@ async def _setup(http: aiohttp.ClientSession, api: str, manager: str, admin_toke
     return data, face_ids, list_id, auth, setup
 
 
-async def _run_level(http, api, auth, list_id, probes, exact: bool, concurrency: int, requests: int):  # type: ignore[no-untyped-def]
+def _body(probe: np.ndarray, list_id: str, exact: bool, msgpack: bool) -> dict[str, object]:
+    """aiohttp keyword arguments of one match: JSON, or msgpack (raw float32 reference, 16-byte list id)."""
+    if not msgpack:
+        return {"json": {"references": [{"descriptor": {"version": 1, "data": _b64(probe)}}],
+                         "candidates": {"list_id": list_id, "limit": 10, "exact": exact}}}
+    body = {"references": [{"descriptor": {"version": 1, "data": np.asarray(probe, "<f4").tobytes()}}],
+            "candidates": {"list_id": uuid.UUID(list_id).bytes, "limit": 10, "exact": exact}}
+    return {"data": msgspec.msgpack.encode(body), "headers": {"Content-Type": MSGPACK, "Accept": MSGPACK}}
+
+
+async def _answer(r: aiohttp.ClientResponse, msgpack: bool) -> dict:  # type: ignore[type-arg]
+    if not msgpack or r.status != 200:
+        return await r.json(content_type=None)  # type: ignore[no-any-return]
+    payload = msgspec.msgpack.decode(await r.read())
+    for m in payload["matches"]:
+        for res in m["results"]:
+            res["face_id"] = str(uuid.UUID(bytes=res["face_id"]))
+    return payload  # type: ignore[no-any-return]
+
+
+def _hop_medians(hops: list[dict[str, float]]) -> dict[str, float]:
+    """Median of each hop over the answers that had it (Server-Timing, facedex.timing)."""
+    return {h: float(np.median([t[h] for t in hops if h in t])) for h in timing.HOPS if any(h in t for t in hops)}
+
+
+async def _run_level(http, api, auth, list_id, probes, exact: bool, concurrency: int, requests: int,  # type: ignore[no-untyped-def]
+                     msgpack: bool = False):
     latencies: list[float] = []
     routes: dict[str, int] = {}
     results: dict[int, list[str]] = {}
+    hops: list[dict[str, float]] = []
     queue = list(range(requests))
 
     async def worker() -> None:
         while queue:
             i = queue.pop()
-            body = {"references": [{"descriptor": {"version": 1, "data": _b64(probes[i % len(probes)])}}],
-                    "candidates": {"list_id": list_id, "limit": 10, "exact": exact}}
+            kwargs = _body(probes[i % len(probes)], list_id, exact, msgpack)
+            headers = {**auth, **kwargs.pop("headers", {})}  # type: ignore[dict-item]
             started = time.perf_counter()
-            async with http.post(f"{api}/1/matcher/faces", json=body, headers=auth) as r:
-                payload = await r.json()
+            async with http.post(f"{api}/1/matcher/faces", headers=headers, **kwargs) as r:
+                payload = await _answer(r, msgpack)
             latencies.append(time.perf_counter() - started)
             if r.status != 200:
                 routes["error"] = routes.get("error", 0) + 1
                 continue
+            hops.append(timing.parse_header(r.headers.get(timing.HEADER, "")))
             routes[payload["route"]] = routes.get(payload["route"], 0) + 1
             results[i % len(probes)] = [m["face_id"] for m in payload["matches"][0]["results"]]
 
@@ -99,11 +134,12 @@ async def _run_level(http, api, auth, list_id, probes, exact: bool, concurrency:
     lat = np.array(latencies) * 1000
     return {"concurrency": concurrency, "requests": requests, "p50_ms": float(np.percentile(lat, 50)),
             "p95_ms": float(np.percentile(lat, 95)), "p99_ms": float(np.percentile(lat, 99)),
-            "throughput_rps": requests / wall, "routes": routes, "client_cpu_s": cpu, "client_cpu_share": cpu / wall}, results
+            "throughput_rps": requests / wall, "routes": routes, "client_cpu_s": cpu, "client_cpu_share": cpu / wall,
+            "hops_ms": _hop_medians(hops)}, results
 
 
 async def run(api: str, manager: str, admin_token: str, size: int, levels: list[int], requests: int, seed: int,
-              data_name: str = "face-like") -> tuple[dict[str, object], object, np.ndarray, list[set[int]]]:
+              data_name: str = "face-like", msgpack: bool = False) -> tuple[dict[str, object], object, np.ndarray, list[set[int]]]:
     """The HTTP arm; returns the record, the dataset, exact top 10s and each probe's mates (for the milvus-lite arm)."""
     n_probes = 200
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256), timeout=aiohttp.ClientTimeout(total=120)) as http:
@@ -114,15 +150,15 @@ async def run(api: str, manager: str, admin_token: str, size: int, levels: list[
         exact_s, exact_i = topk(data.probes, data.gallery, 10)
         # wait until the matcher serves the list
         for _ in range(120):
-            level, _ = await _run_level(http, api, auth, list_id, data.probes, False, 1, 1)
+            level, _ = await _run_level(http, api, auth, list_id, data.probes, False, 1, 1, msgpack)
             if level["routes"].get("indexed"):
                 break
             await asyncio.sleep(1)
         rows = []
         for exact in (False, True):
             for c in levels:
-                await _run_level(http, api, auth, list_id, data.probes, exact, c, min(requests, 4 * c))  # warm up
-                level, results = await _run_level(http, api, auth, list_id, data.probes, exact, c, requests)
+                await _run_level(http, api, auth, list_id, data.probes, exact, c, min(requests, 4 * c), msgpack)  # warm up
+                level, results = await _run_level(http, api, auth, list_id, data.probes, exact, c, requests, msgpack)
                 recall = np.mean([len({row_of[f] for f in got} & set(exact_i[q].tolist())) / 10 for q, got in results.items()])
                 hits = total = 0
                 for q, got in results.items():
@@ -135,7 +171,8 @@ async def run(api: str, manager: str, admin_token: str, size: int, levels: list[
                 rows.append(level)
                 print(f"  {'exact' if exact else 'auto'} c={c}: p50 {level['p50_ms']:.1f} ms, p99 {level['p99_ms']:.1f} ms, "
                       f"{level['throughput_rps']:.0f} req/s, routes {level['routes']}", flush=True)
-    record = {"benchmark": "e2e", "machine": machine(), "size": size, "seed": seed, "data": data_name, "setup": setup, "rows": rows}
+    record = {"benchmark": "e2e", "machine": machine(), "size": size, "seed": seed, "data": data_name, "setup": setup, "rows": rows,
+              "body": "msgpack" if msgpack else "json"}
     mates = [{int(j) for j, s in zip(exact_i[q], exact_s[q]) if s >= 0.3 and data.labels[j] == data.probe_labels[q]}
              for q in range(len(data.probes))]
     return record, data, exact_i, mates
@@ -146,8 +183,8 @@ def markdown(record: dict[str, object], command: str) -> str:
         f"## End to end over HTTP, {record['size']:,} faces",
         "",
         f"Machine: {machine_line(record['machine'])}; every service and the client on the same 2 cores.  ",  # type: ignore[arg-type]
-        f"Data: {record['size']:,} {record.get('data', 'face-like')} descriptors (seed {record['seed']}) created through the API, indexed by the "
-        "Index Manager; references are planted probes; limit 10.  ",
+        (f"Data: {record['size']:,} {record.get('data', 'face-like')} descriptors (seed {record['seed']}) created through the API, "
+         f"indexed by the Index Manager; references are planted probes; limit 10; match bodies in {record.get('body', 'json')}.  "),
         f"Command: `{command}`",
         "",
         *_setup_line(record.get("setup")),  # type: ignore[arg-type]
@@ -160,6 +197,7 @@ def markdown(record: dict[str, object], command: str) -> str:
         lines.append(f"| {r['route_asked']} | {r['concurrency']} | {r['requests']} | {routes} | {r['p50_ms']:.1f} | "
                      f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['throughput_rps']:.0f} | {_opt(r.get('top1_agreement'))} | "
                      f"{r['recall_at_10']:.3f} | {_opt(r.get('mate_recall'))} | {_cpu(r)} |")
+    lines += _hops_table(record["rows"])  # type: ignore[arg-type]
     lines += ["", "\"auto\" lets the proxy route (indexed when the list's index is loaded and licensed); \"exact\" sets "
               "`candidates.exact` and is answered by the brute-force Matcher. Load generator CPU: the client process's "
               "own user + system CPU seconds over the level, as a share of one core of the wall time (of 2 cores in all); "
@@ -174,6 +212,21 @@ def markdown(record: dict[str, object], command: str) -> str:
                   f"ef/nprobe {st['search_knob']}; queried with `AsyncMilvusClient`, one probe per call; its rows' CPU column "
                   "also gives the server's CPU seconds."]
     return "\n".join(lines)
+
+
+def _hops_table(rows: list[dict[str, object]]) -> list[str]:
+    """Median milliseconds of each hop (the API's Server-Timing header, facedex.timing) beside the end-to-end p50."""
+    hops = [h for h in timing.HOPS if any(h in (r.get("hops_ms") or {}) for r in rows)]  # type: ignore[operator]
+    if not hops:
+        return []
+    lines = ["", "Per hop (median ms of each hop over the level's answers, from their `Server-Timing` header; `total` is the "
+             "API's handler, the client's p50 adds the HTTP hop from the client):", "",
+             "| route asked | concurrency | p50 (ms) | " + " | ".join(hops) + " |", "|---|---|---|" + "---|" * len(hops)]
+    for r in rows:
+        got: dict[str, float] = r.get("hops_ms") or {}  # type: ignore[assignment]
+        cells = " | ".join(f"{got[h]:.2f}" if h in got else "—" for h in hops)
+        lines.append(f"| {r['route_asked']} | {r['concurrency']} | {r['p50_ms']:.1f} | {cells} |")
+    return lines
 
 
 def _opt(value: object) -> str:
@@ -198,12 +251,12 @@ def _setup_line(setup: dict[str, object] | None) -> list[str]:
 
 def main(api: str, manager: str, admin_token: str, size: int, levels: list[int], requests: int, seed: int,
          data: str = "face-like", milvus: str | None = None, milvus_m: int = 24, milvus_efc: int = 96,
-         milvus_knob: int = 128, log=print) -> dict[str, object]:  # type: ignore[no-untyped-def]
+         milvus_knob: int = 128, log=print, msgpack: bool = False) -> dict[str, object]:  # type: ignore[no-untyped-def]
     """The HTTP arm, then (``milvus`` = flat/ivf/hnsw) the milvus-lite arm on the same faces and probes.
 
     A milvus-lite arm that cannot run leaves its reason in ``record["milvus"]["error"]``; the HTTP rows stand.
     """
-    record, ds, exact_i, mates = asyncio.run(run(api, manager, admin_token, size, levels, requests, seed, data))
+    record, ds, exact_i, mates = asyncio.run(run(api, manager, admin_token, size, levels, requests, seed, data, msgpack))
     if milvus is not None:
         try:
             record["milvus"] = milvus_e2e.run(ds.gallery, ds.probes, exact_i, mates, levels, requests, milvus,  # type: ignore[attr-defined]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +13,7 @@ import msgspec
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel, Field
 
-from facedex import descriptors, wire
+from facedex import descriptors, timing, wire
 from facedex.bruteforce.batching import Batcher
 from facedex.bruteforce.cache import ListCache
 from facedex.config import MatchingSettings, Settings
@@ -38,16 +40,42 @@ class CacheOut(BaseModel):
 
 async def match(cache: ListCache, batcher: Batcher, req: wire.MatchRequest, settings: MatchingSettings | None = None
 ) -> wire.MatchResponse:
+    """Exact top-k of one request, read-your-writes fresh.
+
+    A cached list is searched *while* its change head is read (a read begun after the request arrived,
+    :meth:`ListCache.head`): the answer stands if the matrix searched already held every change up to that head;
+    if the list moved meanwhile, the changes are applied and it is searched again. So the Faces DB round trip
+    overlaps the search instead of preceding it, and ``fresh`` is only what the check added after the search.
+    """
     spec = descriptors.get_version(req.version)
     if len(req.references) == 0 or len(req.references) % (spec.dim * 4):
         raise FacedexError(Errors.DESCRIPTOR_LENGTH, f"references are not whole {spec.dim}-d float32 vectors")
     list_id = uuid.UUID(bytes=req.list_id)
-    matrix, stale = await cache.current(list_id, req.version, settings.head_timeout_s if settings else None)
+    timeout = settings.head_timeout_s if settings else None
+    cached = cache.peek(list_id, req.version)
+    searched: tuple[wire.MatchResponse, int] | None = None
+    if cached is not None and cached.account_id.bytes == req.account_id:  # (a list's owner never changes)
+        checking = asyncio.ensure_future(cache.current(list_id, req.version, timeout))
+        try:
+            searched = await batcher.search_at(cached, req)
+        except BaseException:
+            checking.add_done_callback(lambda t: t.cancelled() or t.exception())  # it ends on its own, unobserved
+            raise
+        started = time.perf_counter()
+        matrix, stale = await checking
+    else:
+        started = time.perf_counter()
+        matrix, stale = await cache.current(list_id, req.version, timeout)
+    fresh_ms = timing.since(started)
     if matrix is None or matrix.account_id.bytes != req.account_id:
         raise FacedexError(Errors.LIST_NOT_FOUND, f"list {list_id} not found")
     if stale and settings is not None and settings.when_stale == "refuse":
         raise FacedexError(Errors.FACES_DB_UNAVAILABLE, f"list {list_id}: the Faces DB did not answer")
-    resp = await batcher.search(matrix, req)
+    if searched is not None and matrix is cached and matrix.head <= searched[1]:
+        resp = searched[0]  # nothing newer than what was searched: the answer is as fresh as a search after the check
+    else:
+        resp, _ = await batcher.search_at(matrix, req)
+    resp = msgspec.structs.replace(resp, timings={**(resp.timings or {}), timing.FRESH: fresh_ms})
     return msgspec.structs.replace(resp, consistency="stale") if stale else resp
 
 

@@ -7,23 +7,31 @@ requests that arrive while a search of their list is running wait for it to
 finish and then go together in the next one: no timer, no added latency when
 the list is idle, and the batch grows exactly as fast as the load does.
 
-Each request has checked the list's change head before it joins (``ListCache.fresh``),
-and the batch searches after every member did, so answers stay read-your-writes
-fresh. Requests with a face-id filter or other candidate filters search a subset of their own and run alone.
+A request may join before its list's change head is read: each answer comes with the
+head of the matrix it searched (:meth:`Batcher.search_at`), and the caller uses it
+only if no newer change was found by a head read begun after the request arrived
+(:func:`facedex.bruteforce.app.match`), so answers stay read-your-writes fresh.
+Requests with a face-id filter or other candidate filters search a subset of their own and run alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import msgspec
 import numpy as np
 
-from facedex import descriptors, wire
+from facedex import descriptors, timing, wire
 from facedex.bruteforce.cache import ListMatrix
 from facedex.metrics import BATCH_REQUESTS
 from facedex.rwlock import finish_in_thread
+
+# responses, perf_counter when the search began and ended, and the matrix's change head it searched
+Timed = tuple[list[wire.MatchResponse], float, float, int]
+Timed1 = tuple[wire.MatchResponse, float, float, int]  # one waiter's share of a Timed
 
 
 def run_search(matrix: ListMatrix, reqs: list[wire.MatchRequest]) -> list[wire.MatchResponse]:
@@ -44,9 +52,22 @@ def run_search(matrix: ListMatrix, reqs: list[wire.MatchRequest]) -> list[wire.M
     return out
 
 
+def _timed_search(matrix: ListMatrix, reqs: list[wire.MatchRequest]) -> Timed:
+    started = time.perf_counter()
+    head = matrix.head  # under the read lock: no change is applied while this search runs
+    out = run_search(matrix, reqs)
+    return out, started, time.perf_counter(), head
+
+
+def _with_timings(resp: wire.MatchResponse, enqueued: float, started: float, ended: float) -> wire.MatchResponse:
+    """The answer with its ``queue`` (waiting for the list's running search and a worker thread) and ``search``."""
+    hops = {timing.QUEUE: timing.ms(max(started - enqueued, 0.0)), timing.SEARCH: timing.ms(ended - started)}
+    return msgspec.structs.replace(resp, timings={**(resp.timings or {}), **hops})
+
+
 @dataclass
 class _Queue:
-    waiting: list[tuple[wire.MatchRequest, asyncio.Future[wire.MatchResponse]]] = field(default_factory=list)
+    waiting: list[tuple[wire.MatchRequest, asyncio.Future[Timed1]]] = field(default_factory=list)
     running: bool = False
 
 
@@ -57,15 +78,22 @@ class Batcher:
         self._queues: dict[int, _Queue] = {}  # by id() of the ListMatrix
 
     async def search(self, matrix: ListMatrix, req: wire.MatchRequest) -> wire.MatchResponse:
+        return (await self.search_at(matrix, req))[0]
+
+    async def search_at(self, matrix: ListMatrix, req: wire.MatchRequest) -> tuple[wire.MatchResponse, int]:
+        """The answer, and the matrix's change head it reflects (the search ran with exactly those changes applied)."""
+        enqueued = time.perf_counter()
         if req.face_ids is not None or req.filters is not None:
-            return (await self._run(matrix, [req]))[0]
+            out, started, ended, head = await self._run(matrix, [req])
+            return _with_timings(out[0], enqueued, started, ended), head
         queue = self._queues.setdefault(id(matrix), _Queue())
-        future: asyncio.Future[wire.MatchResponse] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Timed1] = asyncio.get_running_loop().create_future()
         queue.waiting.append((req, future))
         if not queue.running:
             queue.running = True
             asyncio.create_task(self._drain(matrix, queue))
-        return await future
+        resp, started, ended, head = await future
+        return _with_timings(resp, enqueued, started, ended), head
 
     async def _drain(self, matrix: ListMatrix, queue: _Queue) -> None:
         try:
@@ -77,7 +105,7 @@ class Batcher:
                     refs += _count(item[0], matrix.dim)
                 BATCH_REQUESTS.observe(len(batch))
                 try:
-                    responses = await self._run(matrix, [req for req, _ in batch])
+                    responses, started, ended, head = await self._run(matrix, [req for req, _ in batch])
                 except Exception as exc:  # every waiter gets the error, none hangs
                     for _, future in batch:
                         if not future.done():
@@ -85,14 +113,14 @@ class Batcher:
                     continue
                 for (_, future), response in zip(batch, responses):
                     if not future.done():
-                        future.set_result(response)
+                        future.set_result((response, started, ended, head))
         finally:
             queue.running = False
             self._queues.pop(id(matrix), None)
 
-    async def _run(self, matrix: ListMatrix, reqs: list[wire.MatchRequest]) -> list[wire.MatchResponse]:
+    async def _run(self, matrix: ListMatrix, reqs: list[wire.MatchRequest]) -> Timed:
         async with matrix.lock.read():
-            return await finish_in_thread(run_search, matrix, reqs, executor=self.executor)
+            return await finish_in_thread(_timed_search, matrix, reqs, executor=self.executor)
 
 
 def _count(req: wire.MatchRequest, dim: int) -> int:

@@ -1,9 +1,16 @@
 """In-memory matrices of lists, kept exact by tailing the Faces DB change log.
 
-Each request first asks PostgreSQL for the list's change head (one indexed
-row); if the cached matrix is behind, the missing changes are applied before
-the search. So a face attached or detached before the request was sent is
-always seen as such: the brute-force path is read-your-writes consistent.
+Each request asks PostgreSQL for the list's change head (one indexed row); if
+the cached matrix is behind, the missing changes are applied and the answer
+comes from a search after them (a cached list is searched while the head is
+read, and searched again only if it moved: :func:`facedex.bruteforce.app.match`).
+So a face attached or detached before the request was sent is always seen as
+such: the brute-force path is read-your-writes consistent.
+
+Concurrent requests of one list share head reads (:class:`HeadReads`): a read
+that began after a request arrived answers it as well as its own would, so
+under load one PostgreSQL round trip serves every request that arrived while
+the previous one ran, instead of one round trip each.
 
 Searches run in worker threads (numpy releases the GIL) under a shared lock;
 applying changes takes the lock exclusively, because detaches move rows.
@@ -134,6 +141,27 @@ class ListMatrix:
         return scores, self.ids[subset[sub_rows]], len(subset)
 
 
+Head = tuple[uuid.UUID, int, int] | None  # FacesStore.list_head: (account id, change head, face count), None if gone
+
+
+class HeadReads:
+    """Coalesced change-head reads of one list, without giving up read-your-writes.
+
+    A request may share a read only if the read began after the request arrived: a write acknowledged before
+    the request was sent committed before that, so the read sees it. So a request that finds no read running
+    starts one; one that finds a read running (begun, perhaps, before its writer's commit) waits for the *next*
+    read, which starts as soon as the running one ends and serves every request that arrived meanwhile.
+    Under load a list costs about one round trip per round-trip time, not one per request; alone, a request
+    pays exactly what it did before.
+    """
+
+    __slots__ = ("next", "running")
+
+    def __init__(self) -> None:
+        self.running: asyncio.Future[Head] | None = None
+        self.next: asyncio.Future[Head] | None = None
+
+
 class ListCache:
     """Cached :class:`ListMatrix` per (list, version), least recently used evicted over a byte budget."""
 
@@ -142,6 +170,8 @@ class ListCache:
         self.max_bytes = max_bytes
         self._entries: OrderedDict[tuple[uuid.UUID, int], ListMatrix] = OrderedDict()
         self._loading: dict[tuple[uuid.UUID, int], asyncio.Lock] = {}
+        self._heads: dict[uuid.UUID, HeadReads] = {}
+        self.head_reads = 0  # PostgreSQL head reads made (coalescing shows as fewer reads than requests)
         self._warned = 0.0  # when an unreachable Faces DB was last logged
 
     @property
@@ -153,6 +183,10 @@ class ListCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def peek(self, list_id: uuid.UUID, version: int) -> ListMatrix | None:
+        """The cached matrix as it is (no Faces DB read): to search while its head is being checked."""
+        return self._entries.get((list_id, version))
 
     async def fresh(self, list_id: uuid.UUID, version: int) -> ListMatrix | None:
         """The list's matrix, brought up to the list's current change head; None if the list does not exist."""
@@ -179,8 +213,46 @@ class ListCache:
                 log.warning("list %s: Faces DB unreachable (%s); answering from the cached matrix", list_id, type(exc).__name__)
             return matrix, True
 
+    async def head(self, list_id: uuid.UUID, timeout_s: float | None = None) -> Head:
+        """The list's change head from a read that began after this call (:class:`HeadReads`), within ``timeout_s``."""
+        reads = self._heads.get(list_id)
+        if reads is None:
+            reads = self._heads[list_id] = HeadReads()
+        if reads.running is None:
+            future = reads.running = asyncio.get_running_loop().create_future()
+            self._read_head(list_id, timeout_s, reads, future)
+        else:
+            if reads.next is None:
+                reads.next = asyncio.get_running_loop().create_future()
+            future = reads.next
+        if timeout_s is None:
+            return await asyncio.shield(future)
+        async with asyncio.timeout(timeout_s):  # this caller's own bound; the shared read goes on for the others
+            return await asyncio.shield(future)
+
+    def _read_head(self, list_id: uuid.UUID, timeout_s: float | None, reads: HeadReads, future: asyncio.Future[Head]) -> None:
+        self.head_reads += 1
+        task = asyncio.ensure_future(self.store.list_head(list_id, timeout=timeout_s))
+
+        def done(t: asyncio.Task[Head]) -> None:
+            if t.cancelled():
+                future.cancel()
+            elif (exc := t.exception()) is not None:
+                future.set_exception(exc)
+                future.exception()  # retrieved: every waiter may have given up already
+            else:
+                future.set_result(t.result())
+            following, reads.next = reads.next, None
+            reads.running = following
+            if following is not None:  # requests that arrived while this read ran: one read for them all
+                self._read_head(list_id, timeout_s, reads, following)
+            elif self._heads.get(list_id) is reads:
+                del self._heads[list_id]
+
+        task.add_done_callback(done)
+
     async def _fresh(self, list_id: uuid.UUID, version: int, head_timeout_s: float | None) -> ListMatrix | None:
-        head = await self.store.list_head(list_id, timeout=head_timeout_s)
+        head = await self.head(list_id, head_timeout_s)
         key = (list_id, version)
         if head is None:
             self._entries.pop(key, None)

@@ -18,7 +18,7 @@ import uuid
 
 import numpy as np
 
-from facedex import descriptors, wire
+from facedex import descriptors, timing, wire
 from facedex.errors import Errors
 from facedex.matcher.loaded import LoadedIndex
 
@@ -54,12 +54,16 @@ def answer_batch(idx: LoadedIndex, reqs: list[wire.IndexedRequest], candidates: 
         else:
             by_limit.setdefault(entry.request.limit, []).append((n, entry.request.reference_matrix(idx.dim)))
     for limit, members in by_limit.items():
-        ids, scores = idx.search(np.vstack([q for _, q in members]), limit, candidates)
+        split: list[float] = []
+        ids, scores = idx.search(np.vstack([q for _, q in members]), limit, candidates, split)
+        timings = {timing.SEARCH: timing.ms(split[0]), timing.RESCORE: timing.ms(split[1])} if len(split) == 2 else None
         row = 0
         for n, queries in members:
             req = reqs[n].request
             results = [_matches(ids[j], scores[j], req.threshold) for j in range(row, row + len(queries))]
             row += len(queries)
-            out[n] = wire.IndexedReply(reqs[n].rid, wire.MatchResponse(results, "indexed", idx.size))
+            # every member waited for the whole shared scan: each gets its times (a dict of its own)
+            out[n] = wire.IndexedReply(reqs[n].rid, wire.MatchResponse(results, "indexed", idx.size,
+                                                                        timings=dict(timings) if timings else None))
     assert all(r is not None for r in out)
     return out  # type: ignore[return-value]

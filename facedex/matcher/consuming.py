@@ -18,10 +18,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
+import msgspec
 import redis.asyncio as aredis
 from redis.exceptions import ResponseError
 
-from facedex import wire
+from facedex import timing, wire
 from facedex.errors import Errors
 from facedex.metrics import INDEXED_SERVED
 from facedex.redis.keys import Keys
@@ -34,6 +35,14 @@ Answer = Callable[[str, list[wire.IndexedRequest]], Awaitable[list[wire.IndexedR
 
 def _missing_group(exc: ResponseError) -> bool:
     return "NOGROUP" in str(exc)
+
+
+def _queued(reply: wire.IndexedReply, req: wire.IndexedRequest, read_at: float) -> wire.IndexedReply:
+    """The reply with the request's ``queue`` hop: from the proxy's append to this read (two wall clocks)."""
+    if reply.response is None or not req.sent_us:
+        return reply
+    hops = {**(reply.response.timings or {}), timing.QUEUE: max(read_at * 1e6 - req.sent_us, 0.0) / 1000.0}
+    return msgspec.structs.replace(reply, response=msgspec.structs.replace(reply.response, timings=hops))
 
 
 class Consumer:
@@ -98,7 +107,8 @@ class Consumer:
 
     async def serve(self, stream: str, entries: list) -> None:  # type: ignore[type-arg]
         label = stream.split("{", 1)[1].rstrip("}")
-        now_ms = int(time.time() * 1000)
+        now = time.time()
+        now_ms = int(now * 1000)
         live: list[tuple[bytes, wire.IndexedRequest]] = []
         for entry_id, fields in entries:
             if fields is None:  # deleted while pending (trimmed)
@@ -124,7 +134,7 @@ class Consumer:
             replies = [wire.IndexedReply(r.rid, None, Errors.MATCHER_UNAVAILABLE.code, detail) for _, r in live]
         async with self.redis.pipeline(transaction=False) as p:
             for (entry_id, req), reply in zip(live, replies, strict=True):
-                p.publish(req.reply_to, wire.encode(reply))
+                p.publish(req.reply_to, wire.encode(_queued(reply, req, now)))
                 p.xack(stream, Keys.MATCHER_GROUP, entry_id)
             await p.execute()
         self.served += len(live)

@@ -48,13 +48,15 @@ class LoadedIndex:
             q = rng.standard_normal((n, self.dim)).astype(np.float32)
             self.search(q / np.linalg.norm(q, axis=1, keepdims=True), 10)
 
-    def search(self, queries: np.ndarray, k: int, candidates: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def search(self, queries: np.ndarray, k: int, candidates: int = 0,
+               split: list[float] | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Per query: (face ids (k', 16) uint8, exact cosines (k',) float32), best first.
 
         One scan serves every query (faiss blocks the queries over the codes, so one pass over memory answers
         many waiting requests); at least the calibrated number of candidates (or ``candidates``) is re-scored.
+        ``split`` gets the scan's and the re-score's seconds appended.
         """
-        return self.index.search(queries, k, candidates)
+        return self.index.search(queries, k, candidates, split=split)
 
     def apply(self, delta: ListDelta) -> None:
         """Bring the index to ``delta.head``: tombstone detached faces, append attached (or replaced) ones."""

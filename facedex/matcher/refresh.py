@@ -1,6 +1,6 @@
 """Catch a loaded index up with its list's change log, within a bound.
 
-Why a bound: the head query runs before every batch; while PostgreSQL is
+Why a bound: the head query runs for every batch (beside its search, :mod:`facedex.matcher.service`); while PostgreSQL is
 unreachable or stalled, waiting on it would stop matching altogether. Past
 ``matching.head_timeout_s`` the index is served as it is, and the answer says
 ``consistency: "stale"`` (or is refused, if the operator set

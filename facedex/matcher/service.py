@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 
 import msgspec
 import redis.asyncio as aredis
 
-from facedex import wire
+from facedex import timing, wire
 from facedex.config import Settings
 from facedex.errors import Errors, FacedexError
 from facedex.faces.store import FacesStore
@@ -118,19 +119,48 @@ class MatcherService:
             except FacedexError as exc:
                 refused[i] = error(r, exc.error.code, exc.detail)
         ok = [r for i, r in enumerate(reqs) if i not in refused]
+        if not ok:
+            return [refused[i] for i in range(len(reqs))]
+        # The batch is searched while the list's change head is read (both begun after its requests were appended):
+        # the answers stand if the index searched already held every change up to that head, else they are made
+        # again from the caught-up index. The Faces DB round trip overlaps the search instead of preceding it.
+        checking = None
+        if self.cfg.refresh:
+            checking = asyncio.ensure_future(catch_up(self.store, idx, self.settings.matching.head_timeout_s))
+        try:
+            answered, searched = await self._search(idx, ok)
+        except BaseException:
+            if checking is not None:
+                checking.add_done_callback(lambda t: t.cancelled() or t.exception())  # it ends on its own, unobserved
+            raise
         state = "fresh"
-        if ok and self.cfg.refresh:
-            state = await catch_up(self.store, idx, self.settings.matching.head_timeout_s)
+        fresh_ms = 0.0
+        if checking is not None:
+            started = time.perf_counter()
+            state = await checking
+            fresh_ms = timing.since(started)  # only what the check added after the search
             if state == "gone":
                 return [refused.get(i) or error(r, Errors.LIST_NOT_FOUND.code, f"list {list_id} not found") for i, r in enumerate(reqs)]
             if state == "stale" and self.settings.matching.when_stale == "refuse":
                 return [refused.get(i) or error(r, Errors.FACES_DB_UNAVAILABLE.code, "Faces DB unreachable") for i, r in enumerate(reqs)]
-        answered: list[wire.IndexedReply] = []
-        if ok:
-            async with idx.lock.read():
-                answered = await finish_in_thread(answer_batch, idx, ok, self.cfg.rescore_candidates)
-        if state == "stale":
-            answered = [msgspec.structs.replace(r, response=msgspec.structs.replace(r.response, consistency="stale"))
-                        if r.response is not None else r for r in answered]
+            if idx.head > searched:  # the list moved while the batch was searched: answer from the caught-up index
+                answered, _ = await self._search(idx, ok)
+        answered = [_answered(r, fresh_ms, state) for r in answered]
         it = iter(answered)
         return [refused[i] if i in refused else next(it) for i in range(len(reqs))]
+
+    async def _search(self, idx: LoadedIndex, reqs: list[wire.IndexedRequest]) -> tuple[list[wire.IndexedReply], int]:
+        """The batch's replies and the change head of the index they were searched in (stable under the read lock)."""
+        async with idx.lock.read():
+            head = idx.head
+            return await finish_in_thread(answer_batch, idx, reqs, self.cfg.rescore_candidates), head
+
+
+def _answered(reply: wire.IndexedReply, fresh_ms: float, state: str) -> wire.IndexedReply:
+    """A served reply with the batch's change-head check (``fresh``) in its hops, marked stale if it was."""
+    if reply.response is None:
+        return reply
+    resp = reply.response
+    resp = msgspec.structs.replace(resp, timings={**(resp.timings or {}), timing.FRESH: fresh_ms},
+                                   consistency="stale" if state == "stale" else resp.consistency)
+    return msgspec.structs.replace(reply, response=resp)

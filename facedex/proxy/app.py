@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
@@ -17,7 +18,7 @@ import msgspec
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel, Field
 
-from facedex import wire
+from facedex import timing, wire
 from facedex.config import Settings
 from facedex.errors import Errors, FacedexError
 from facedex.http import create_app, errors, msgpack_body
@@ -138,9 +139,15 @@ def build_app(settings: Settings) -> FastAPI:
         responses=errors(Errors.DESCRIPTOR_VERSION_UNKNOWN, Errors.DESCRIPTOR_LENGTH, Errors.LIST_NOT_FOUND, Errors.MATCHER_UNAVAILABLE),
     )
     async def match_route(request: Request) -> Response:
-        req = wire.decode(await request.body(), wire.MatchRequest)
+        body = await request.body()
+        started = time.perf_counter()
+        req = wire.decode(body, wire.MatchRequest)
         verify_request(settings.internal_token, req)  # before any route sees it: no plugin serves a forged or altered request
-        return Response(wire.encode(await router.match(req)), media_type=wire.CONTENT_TYPE)
+        resp = await router.match(req)
+        # this proxy's own part: all it spent on the request but the matcher's reported hops (facedex.timing)
+        hops = resp.timings or {}
+        hops = {**hops, timing.ROUTE: max(timing.since(started) - timing.downstream(hops), 0.0)}
+        return Response(wire.encode(msgspec.structs.replace(resp, timings=hops)), media_type=wire.CONTENT_TYPE)
 
     @app.post(
         "/1/match_sets", tags=["matching"], summary="Match references against several candidate sets (msgpack)",

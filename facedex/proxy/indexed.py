@@ -23,10 +23,11 @@ import logging
 import time
 import uuid
 
+import msgspec
 import redis.asyncio as aredis
 from redis.exceptions import ResponseError
 
-from facedex import wire
+from facedex import timing, wire
 from facedex.config import Settings
 from facedex.errors import FacedexError, by_code
 from facedex.licenses.client import feature_enabled
@@ -160,7 +161,7 @@ class IndexedPlugin:
         started = time.monotonic()
         rid = uuid.uuid4().hex
         future: asyncio.Future[wire.IndexedReply] = asyncio.get_running_loop().create_future()
-        entry = wire.IndexedRequest(rid, self.channel, int((time.time() + timeout) * 1000), req)
+        deadline_ms = int((time.time() + timeout) * 1000)
         ahead = 0
         try:
             async with asyncio.timeout(timeout):
@@ -169,8 +170,11 @@ class IndexedPlugin:
                 if expected > timeout:  # admission control: it would wait past its deadline
                     raise Rematch(f"admission: {ahead} requests ahead in the list's stream, ~{expected:.2f}s > {timeout}s")
                 self.pending[rid] = future
+                entry = wire.IndexedRequest(rid, self.channel, deadline_ms, req, sent_us=int(time.time() * 1e6))
+                sent = time.perf_counter()
                 await self.redis.xadd(stream, {b"m": wire.encode(entry)}, maxlen=10_000, approximate=True)
                 reply = await future
+                round_trip_ms = timing.since(sent)
         except TimeoutError:
             self._observe(timeout, ahead)
             raise TimeoutError(f"no indexed answer within {timeout}s") from None
@@ -180,4 +184,4 @@ class IndexedPlugin:
         if reply.error_code:
             raise FacedexError(by_code(reply.error_code), reply.detail)
         assert reply.response is not None
-        return reply.response
+        return msgspec.structs.replace(reply.response, timings=timing.close_round_trip(reply.response.timings, round_trip_ms))

@@ -11,9 +11,12 @@ Matcher, which always answers, and the reason is returned in
 from __future__ import annotations
 
 import importlib
+import time
 from typing import Protocol, runtime_checkable
 
-from facedex import wire
+import msgspec
+
+from facedex import timing, wire
 from facedex.config import Settings
 from facedex.failover import FailoverClient
 from facedex.internal_auth import bearer
@@ -58,7 +61,9 @@ class BruteForceRoute:
         return True
 
     async def match(self, req: wire.MatchRequest) -> wire.MatchResponse:
-        return await self.client.call("/1/match", req, wire.MatchResponse)
+        started = time.perf_counter()
+        resp = await self.client.call("/1/match", req, wire.MatchResponse)
+        return msgspec.structs.replace(resp, timings=timing.close_round_trip(resp.timings, timing.since(started)))
 
 
 def load_plugins(settings: Settings) -> list[MatchingPlugin]:
