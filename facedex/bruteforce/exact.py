@@ -15,6 +15,9 @@ _MAX_SCORE_FLOATS = 1 << 24  # 64 MiB of float32 scores per block
 # rows of a filtered search are gathered this many at a time (1 MiB of 512-d rows): the copy stays in cache
 # for the product, so a filter keeping a fraction f of a list costs about f of a full scan, not a 2x copy of it
 _GATHER_ROWS = 512
+# a gathered row costs ~3x a streamed one (bench filters at 1M: 0.28 against 0.095 us): where the kept rows are
+# at least a third of the span they lie in, scoring the whole span and picking their columns is cheaper
+_DENSE = 1 / 3
 
 
 def topk(queries: np.ndarray, matrix: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -47,7 +50,11 @@ def topk(queries: np.ndarray, matrix: np.ndarray, k: int, rows: np.ndarray | Non
 
 
 def _gathered(queries: np.ndarray, matrix: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Scores of ``queries`` against ``matrix[rows]``, gathering the rows a cache-sized block at a time."""
+    """Scores of ``queries`` against ``matrix[rows]`` (ascending): the span's scores when the rows are dense in it,
+    else the rows gathered a cache-sized block at a time."""
+    lo, hi = int(rows[0]), int(rows[-1]) + 1
+    if len(rows) >= _DENSE * (hi - lo):
+        return (queries @ matrix[lo:hi].T)[:, rows - lo]
     out = np.empty((queries.shape[0], len(rows)), np.float32)
     buf = np.empty((min(_GATHER_ROWS, len(rows)), matrix.shape[1]), matrix.dtype)
     for start in range(0, len(rows), _GATHER_ROWS):
