@@ -127,6 +127,19 @@ def _uuid_bytes(value: Id) -> bytes:
     return (value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))).bytes
 
 
+def _candidates(list_id: Id, limit: int, exact: bool, threshold: float | None, version: int | None,
+                only_face_ids: Sequence[Id] | None, id_of: Callable[[Id], Any]) -> dict[str, Any]:
+    """The single-list ``candidates`` object, ids as ``id_of`` writes them (text for JSON, 16 bytes for msgpack)."""
+    cand: dict[str, Any] = {"list_id": id_of(list_id), "limit": limit, "exact": exact}
+    if threshold is not None:
+        cand["threshold"] = threshold
+    if version is not None:
+        cand["descriptor_version"] = version
+    if only_face_ids is not None:
+        cand["face_ids"] = [id_of(f) for f in only_face_ids]
+    return cand
+
+
 def _msgpack_match(
     list_id: Id, descriptors: Sequence[Vector], face_ids: Sequence[Id], version: int | None, limit: int,
     threshold: float | None, exact: bool, only_face_ids: Sequence[Id] | None,
@@ -135,13 +148,7 @@ def _msgpack_match(
     refs: list[dict[str, Any]] = [
         {"descriptor": {"version": version, "data": np.ascontiguousarray(d, dtype="<f4").tobytes()}} for d in descriptors
     ] + [{"face_id": _uuid_bytes(f)} for f in face_ids]
-    cand: dict[str, Any] = {"list_id": _uuid_bytes(list_id), "limit": limit, "exact": exact}
-    if threshold is not None:
-        cand["threshold"] = threshold
-    if version is not None:
-        cand["descriptor_version"] = version
-    if only_face_ids is not None:
-        cand["face_ids"] = [_uuid_bytes(f) for f in only_face_ids]
+    cand = _candidates(list_id, limit, exact, threshold, version, only_face_ids, _uuid_bytes)
     body = msgspec.msgpack.encode({"references": refs, "candidates": cand})
     return _Call("POST", "/1/matcher/faces", _msgpack_response, {"content": body},
                  headers={"Content-Type": MSGPACK, "Accept": MSGPACK})
@@ -258,13 +265,7 @@ class _Calls:
         if msgpack:
             return _msgpack_match(list_id, descriptors, face_ids, version, limit, threshold, exact, only_face_ids)
         refs = [{"descriptor": b64_descriptor(d, version)} for d in descriptors] + [{"face_id": str(f)} for f in face_ids]
-        cand: dict[str, Any] = {"list_id": str(list_id), "limit": limit, "exact": exact}
-        if threshold is not None:
-            cand["threshold"] = threshold
-        if version is not None:
-            cand["descriptor_version"] = version
-        if only_face_ids is not None:
-            cand["face_ids"] = [str(f) for f in only_face_ids]
+        cand = _candidates(list_id, limit, exact, threshold, version, only_face_ids, str)
         return _Call("POST", "/1/matcher/faces", _model(MatchResponseOut), {"json": {"references": refs, "candidates": cand}})
 
     def match_sets(

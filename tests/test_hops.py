@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import time
 import uuid
 
 import httpx
@@ -19,6 +18,7 @@ from facedex.client import Client
 from facedex.config import MatchingSettings
 from facedex.faces.store import FacesStore, NewFace
 from tests.conftest import Services, new_client
+from tests.test_indexed import b64, wait_for
 from tests.test_indexing import wait_task
 
 MSGPACK = "application/msgpack"
@@ -30,17 +30,6 @@ BRUTEFORCE_HOPS = INDEXED_HOPS - {"rescore"}
 def unit(rng: np.random.Generator, n: int) -> np.ndarray:
     x = rng.standard_normal((n, 512)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def b64(vec: np.ndarray) -> str:
-    return base64.b64encode(np.asarray(vec, "<f4").tobytes()).decode()
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
