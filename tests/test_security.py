@@ -153,7 +153,8 @@ def _assert_refused(resp: httpx.Response, status: int, code: int, what: str) -> 
 
 # --------------------------------------------------------------------------- internal services
 def test_internal_routes_refuse_every_credential_but_the_internal_token(services: Services, victim: Victim, unchanged) -> None:
-    wrong = {"Authorization": "Bearer " + services.internal_token[:-1] + "x"}
+    token = services.internal_token
+    wrong = {"Authorization": "Bearer " + token[:-1] + ("y" if token.endswith("x") else "x")}  # always another token
     account = {"Authorization": f"Bearer {victim.token}"}
     admin = services.admin
     for name in INTERNAL:
