@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import secrets
 import time
 import uuid
 
+import asyncpg
 import numpy as np
 import pytest
 
@@ -14,6 +17,7 @@ from facedex.bruteforce.cache import ListCache
 from facedex.errors import FacedexError
 from facedex.faces.store import (
     ATTACH,
+    DELTA_SQL,
     DETACH,
     UPDATE,
     FacesStore,
@@ -21,6 +25,7 @@ from facedex.faces.store import (
     create_pool,
     delta_timeout,
 )
+from facedex.services import prepare_database
 
 
 def unit(rng: np.random.Generator, n: int, d: int = 512) -> np.ndarray:
@@ -93,6 +98,42 @@ async def test_delta_collapses_to_final_state(store: FacesStore, account: uuid.U
     assert set(delta.removed) == {ids[0].bytes, new[0].bytes}
     assert delta.upserted_ids == [ids[1].bytes]
     assert delta.head == (await store.get_list(account, lst.list_id)).change_seq
+
+
+async def test_one_face_delta_reads_a_few_pages_without_statistics(database_url: str) -> None:
+    """A matcher reads the delta of an attach while a request waits: it must look the face up by key, not hash whole
+    tables, even when the planner has no statistics (right after a bulk import, autovacuum lagging or off). Measured
+    by the pages the delta query touches, in a database of its own whose tables are never analyzed."""
+    name = f"facedex_plan_{secrets.token_hex(4)}"
+    base, _, query = database_url.partition("?")
+    url = base.rsplit("/", 1)[0] + "/" + name + (f"?{query}" if query else "")
+    await prepare_database(url)
+    pool = await create_pool(url, max_size=2)
+    try:
+        for table in ("faces", "descriptors", "list_faces", "list_changes"):
+            await pool.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+        store = FacesStore(pool)
+        account, _ = await store.create_account("plan")
+        rng = np.random.default_rng(9)
+        big, small = (await store.create_list(account)).list_id, (await store.create_list(account)).list_id
+        await store.import_matrix(account, big, 1, unit(rng, 30_000))
+        ids = await store.import_matrix(account, small, 1, unit(rng, 100))
+        since = (await store.get_list(account, small)).change_seq
+        await store.detach(account, small, ids[:1])
+        await store.attach(account, small, ids[:1])
+        plan = await pool.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {DELTA_SQL}", small, since, 1)
+        top = json.loads(plan)[0]["Plan"]
+        pages = top["Shared Hit Blocks"] + top["Shared Read Blocks"]
+        assert pages < 100, f"a one-face delta touched {pages} pages: {json.dumps(top)[:2000]}"
+        delta = await store.delta(small, 1, since)
+        assert delta is not None and delta.upserted_ids == [ids[0].bytes] and not delta.removed
+    finally:
+        await pool.close()
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
 
 
 async def test_delta_timeout_bounds_the_wait_for_a_connection_too(database_url: str, store: FacesStore, account: uuid.UUID) -> None:
