@@ -22,7 +22,7 @@ async def plugin(redis_url: str, redis_prefix: str):  # type: ignore[no-untyped-
     settings = Settings(redis_url=redis_url, redis_prefix=f"{redis_prefix}:adm{uuid.uuid4().hex[:6]}")
     p = IndexedPlugin(settings)
     await p.start()
-    p.license = (time.monotonic() + 3600, True, "")  # the license answer, as if just checked
+    p.license.licensed, p.license.reason = True, ""  # the license answer, as if just checked (its loop waits 30 s)
     yield p
     await p.stop()
 
@@ -51,6 +51,28 @@ async def test_backlog_past_the_deadline_goes_to_brute_force_at_once(plugin: Ind
         await plugin.match(request(other))
     assert await redis.xlen(plugin.keys.stream(plugin.keys.matching_label(str(other), 1))) == 1
     assert plugin.entry_cost_s > 0.02  # a timed-out answer raises the estimate
+
+
+async def test_backlog_stays_on_the_index_when_brute_force_would_be_slower(plugin: IndexedPlugin) -> None:
+    """A backed-up 1M list is not shed to brute force when brute force would take longer still: it waits its turn
+    (here until its timeout, as no matcher runs); a small list whose brute force is quick is shed at once."""
+    redis = plugin.redis
+    assert redis is not None
+    big, small = uuid.uuid4(), uuid.uuid4()
+    for list_id, size in ((big, 1_000_000), (small, 10_000)):
+        stream = plugin.keys.stream(plugin.keys.matching_label(str(list_id), 1))
+        await redis.xgroup_create(stream, Keys.MATCHER_GROUP, id="$", mkstream=True)
+        for _ in range(200):
+            await redis.xadd(stream, {b"m": b"x"})
+        plugin.sizes[stream] = size  # as its index last answered
+    plugin.entry_cost_s = 0.02  # 200 ahead: ~4 s on the index
+    plugin.fallback_estimate = lambda n: n * 5e-6  # brute force: 5 s over 1M faces, 0.05 s over 10k
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):  # waited on the index (1 s timeout), was not shed
+        await plugin.match(request(big))
+    assert time.monotonic() - started >= 0.9
+    with pytest.raises(Rematch, match=r"admission: 200 requests ahead.*brute force ~0.05s"):
+        await plugin.match(request(small))
 
 
 async def test_reply_listener_resubscribes_after_its_connection_dies(plugin: IndexedPlugin, redis_url: str) -> None:

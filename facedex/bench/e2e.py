@@ -107,6 +107,7 @@ async def _run_level(http, api, auth, list_id, probes, exact: bool, concurrency:
                      msgpack: bool = False):
     latencies: list[float] = []
     routes: dict[str, int] = {}
+    fallbacks: dict[str, int] = {}
     results: dict[int, list[str]] = {}
     hops: list[dict[str, float]] = []
     queue = list(range(requests))
@@ -125,6 +126,9 @@ async def _run_level(http, api, auth, list_id, probes, exact: bool, concurrency:
                 continue
             hops.append(timing.parse_header(r.headers.get(timing.HEADER, "")))
             routes[payload["route"]] = routes.get(payload["route"], 0) + 1
+            if reason := payload.get("fallback_reason"):  # "indexed: admission", "indexed: TimeoutError", ...
+                kind = ":".join(reason.split(":")[:2])
+                fallbacks[kind] = fallbacks.get(kind, 0) + 1
             results[i % len(probes)] = [m["face_id"] for m in payload["matches"][0]["results"]]
 
     cpu, started = milvus_e2e.cpu_seconds(), time.perf_counter()
@@ -134,7 +138,7 @@ async def _run_level(http, api, auth, list_id, probes, exact: bool, concurrency:
     lat = np.array(latencies) * 1000
     return {"concurrency": concurrency, "requests": requests, "p50_ms": float(np.percentile(lat, 50)),
             "p95_ms": float(np.percentile(lat, 95)), "p99_ms": float(np.percentile(lat, 99)),
-            "throughput_rps": requests / wall, "routes": routes, "client_cpu_s": cpu, "client_cpu_share": cpu / wall,
+            "throughput_rps": requests / wall, "routes": routes, "fallbacks": fallbacks, "client_cpu_s": cpu, "client_cpu_share": cpu / wall,
             "hops_ms": _hop_medians(hops)}, results
 
 
@@ -170,7 +174,8 @@ async def run(api: str, manager: str, admin_token: str, size: int, levels: list[
                              top1_agreement=float(top1))
                 rows.append(level)
                 print(f"  {'exact' if exact else 'auto'} c={c}: p50 {level['p50_ms']:.1f} ms, p99 {level['p99_ms']:.1f} ms, "
-                      f"{level['throughput_rps']:.0f} req/s, routes {level['routes']}", flush=True)
+                      f"{level['throughput_rps']:.0f} req/s, routes {level['routes']}"
+                      + (f", fell back: {level['fallbacks']}" if level["fallbacks"] else ""), flush=True)
     record = {"benchmark": "e2e", "machine": machine(), "size": size, "seed": seed, "data": data_name, "setup": setup, "rows": rows,
               "body": "msgpack" if msgpack else "json"}
     mates = [{int(j) for j, s in zip(exact_i[q], exact_s[q]) if s >= 0.3 and data.labels[j] == data.probe_labels[q]}

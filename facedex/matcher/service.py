@@ -1,6 +1,6 @@
 """The Indexed Matcher: its parts wired together, every background loop supervised.
 
-- :mod:`~facedex.matcher.licensing`: may we serve (Licenses, refreshed).
+- :class:`~facedex.licenses.client.License`: may we serve (Licenses, refreshed).
 - :mod:`~facedex.matcher.loading`: which indexes are held; load beside, swap.
 - :mod:`~facedex.matcher.labels`: advertise / withdraw the lists served.
 - :mod:`~facedex.matcher.consuming`: stream reads, claims, replies.
@@ -28,10 +28,10 @@ from facedex.config import Settings
 from facedex.errors import Errors, FacedexError
 from facedex.faces.store import FacesStore
 from facedex.internal_auth import verify_request
+from facedex.licenses.client import License
 from facedex.matcher.answer import answer_batch
 from facedex.matcher.consuming import Consumer
 from facedex.matcher.labels import Labels
-from facedex.matcher.licensing import License
 from facedex.matcher.loaded import LoadedIndex
 from facedex.matcher.loading import Loader
 from facedex.matcher.refresh import catch_up
@@ -83,6 +83,7 @@ class MatcherService:
 
     async def stop(self) -> None:
         await self.supervisor.stop()
+        await self.license.close()
         for label in list(self.loaded):
             try:
                 await asyncio.wait_for(self.labels.withdraw(label), 2.0)

@@ -39,6 +39,9 @@ class Router:
     def __init__(self, plugins: list[MatchingPlugin], fallback: BruteForceRoute) -> None:
         self.plugins = plugins
         self.fallback = fallback
+        for plugin in plugins:  # a plugin that sheds load compares with what brute force would cost
+            if hasattr(plugin, "fallback_estimate"):
+                plugin.fallback_estimate = fallback.expected_seconds
 
     async def match(self, req: wire.MatchRequest) -> wire.MatchResponse:
         reason = None

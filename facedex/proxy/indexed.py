@@ -3,7 +3,7 @@
 ``accepts`` is a set lookup: the labels present in Redis are synced every
 ``label_sync_s`` (one ZRANGEBYSCORE of the labels set), not per request. A label is (list, descriptor
 version): a request goes to the index of its own version; one the index cannot
-serve as asked (a face-id or any other candidate filter) is left to brute force. ``match`` checks the license (cached), appends the request to the list's
+serve as asked (a face-id or any other candidate filter) is left to brute force. ``match`` checks the license (refreshed by its own loop), appends the request to the list's
 stream, and waits for the answer on this proxy's reply channel for at most
 ``indexed.request_timeout_s``; a timeout, an error answer or a refused license
 raises, and the proxy answers by brute force instead.
@@ -12,7 +12,8 @@ The reply listener and the label sync are supervised loops (:mod:`facedex.superv
 loses its connection (a Redis restart) is restarted with a new PubSub, so it re-subscribes; while labels
 cannot be read none are routed here; both are part of ``/healthcheck``. Admission control: a request whose
 list stream already holds more work than it could wait for (backlog x the observed answer time per entry
-ahead > the timeout) goes to brute force at once.
+ahead > the timeout) goes to brute force at once, unless brute force over that list would take longer still
+(then it waits its turn: shedding a 1M list to a 45x costlier scan only deepens an overload).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 import msgspec
 import redis.asyncio as aredis
@@ -30,7 +32,7 @@ from redis.exceptions import ResponseError
 from facedex import timing, wire
 from facedex.config import Settings
 from facedex.errors import FacedexError, by_code
-from facedex.licenses.client import feature_enabled
+from facedex.licenses.client import License
 from facedex.proxy.plugins import Rematch
 from facedex.redis.connection import connect
 from facedex.redis.keys import Keys
@@ -51,24 +53,30 @@ class IndexedPlugin:
         self.channel = self.keys.replies(self.proxy_id)
         self.labels: set[str] = set()
         self.pending: dict[str, asyncio.Future[wire.IndexedReply]] = {}
-        self.license: tuple[float, bool, str] = (0.0, False, "")
+        self.license = License(settings, "index", timeout_s=2.0)
         self.redis: aredis.Redis | None = None
         self.backlogs: dict[str, tuple[float, int]] = {}  # stream -> (when read, entries waiting)
         self.entry_cost_s = 0.0  # moving average of an indexed answer's time per entry ahead of it
+        self.sizes: dict[str, int] = {}  # stream -> faces its index answered over, last seen
+        # how long brute force would take over n faces now (the Router sets it): shed only to a faster route
+        self.fallback_estimate: Callable[[int], float | None] | None = None
         self.supervisor = Supervisor("proxy", max_backoff_s=1.0)  # the indexed route is back within ~1 s of Redis
         self.supervisor.forever("replies", self._listen, stall_s=10.0)
         self.supervisor.every("labels", self.label_sync_s, self.sync_labels, round_timeout_s=5.0)
+        self.supervisor.every("license", settings.license.check_period_s, self.license.check, round_timeout_s=5.0)
 
     async def start(self) -> None:
         assert self.settings.redis_url, "the indexed plugin needs redis_url"
         # a socket timeout: a stalled Redis makes calls fail (and requests fall back) rather than hang
         self.redis = connect(self.settings.redis_url, decode=False, socket_timeout=2.0)
-        with contextlib.suppress(Exception):  # best effort: the loop retries
-            await self.sync_labels()
+        for first in (self.sync_labels, self.license.check):
+            with contextlib.suppress(Exception):  # best effort: the loops retry
+                await first()
         await self.supervisor.start()
 
     async def stop(self) -> None:
         await self.supervisor.stop()
+        await self.license.close()
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -122,14 +130,6 @@ class IndexedPlugin:
             and self.keys.matching_label(str(uuid.UUID(bytes=req.list_id)), req.version) in self.labels
         )
 
-    async def _licensed(self) -> tuple[bool, str]:
-        checked, ok, reason = self.license
-        if time.monotonic() - checked < self.settings.license.check_period_s:
-            return ok, reason
-        ok, reason = await feature_enabled(self.settings, "index", timeout_s=2.0)
-        self.license = (time.monotonic(), ok, reason)
-        return ok, reason
-
     async def _backlog(self, stream: str) -> int:
         """Entries of the list's stream not yet answered (pending + undelivered), cached for ~100 ms."""
         assert self.redis is not None
@@ -153,9 +153,8 @@ class IndexedPlugin:
 
     async def match(self, req: wire.MatchRequest) -> wire.MatchResponse:
         assert self.redis is not None
-        ok, reason = await self._licensed()
-        if not ok:
-            raise Rematch(f"indexed matching not licensed: {reason}")
+        if not self.license.licensed:  # refreshed by its own loop: no request waits for the Licenses service
+            raise Rematch(f"indexed matching not licensed: {self.license.reason}")
         timeout = self.settings.indexed.request_timeout_s
         stream = self.keys.stream(self.keys.matching_label(str(uuid.UUID(bytes=req.list_id)), req.version))
         started = time.monotonic()
@@ -168,7 +167,11 @@ class IndexedPlugin:
                 ahead = await self._backlog(stream)
                 expected = ahead * self.entry_cost_s
                 if expected > timeout:  # admission control: it would wait past its deadline
-                    raise Rematch(f"admission: {ahead} requests ahead in the list's stream, ~{expected:.2f}s > {timeout}s")
+                    size = self.sizes.get(stream)
+                    other = self.fallback_estimate(size) if self.fallback_estimate and size else None
+                    if other is None or other < expected:
+                        raise Rematch(f"admission: {ahead} requests ahead in the list's stream, ~{expected:.2f}s > {timeout}s"
+                                      + (f" (brute force ~{other:.2f}s)" if other is not None else ""))
                 self.pending[rid] = future
                 entry = wire.IndexedRequest(rid, self.channel, deadline_ms, req, sent_us=int(time.time() * 1e6))
                 sent = time.perf_counter()
@@ -184,4 +187,5 @@ class IndexedPlugin:
         if reply.error_code:
             raise FacedexError(by_code(reply.error_code), reply.detail)
         assert reply.response is not None
+        self.sizes[stream] = reply.response.list_size
         return msgspec.structs.replace(reply.response, timings=timing.close_round_trip(reply.response.timings, round_trip_ms))

@@ -50,6 +50,8 @@ class BruteForceRoute:
         self.client = FailoverClient(m.bruteforce_urls or [settings.bruteforce.url], m.proxy_timeout_s,
                                      cooldown_s=m.instance_cooldown_s)
         self.client.headers = bearer(settings.internal_token)
+        self.in_flight = 0
+        self.face_cost_s: float | None = None  # moving average of the scan's seconds per face
 
     async def start(self) -> None:
         return None
@@ -62,8 +64,26 @@ class BruteForceRoute:
 
     async def match(self, req: wire.MatchRequest) -> wire.MatchResponse:
         started = time.perf_counter()
-        resp = await self.client.call("/1/match", req, wire.MatchResponse)
+        self.in_flight += 1
+        try:
+            resp = await self.client.call("/1/match", req, wire.MatchResponse)
+        finally:
+            self.in_flight -= 1
+        scan_ms = (resp.timings or {}).get(timing.SEARCH)
+        if scan_ms and resp.list_size >= 1000:  # the scan's cost per face, learned from real answers
+            cost = scan_ms / 1000 / resp.list_size
+            self.face_cost_s = cost if self.face_cost_s is None else 0.8 * self.face_cost_s + 0.2 * cost
         return msgspec.structs.replace(resp, timings=timing.close_round_trip(resp.timings, timing.since(started)))
+
+    def expected_seconds(self, list_size: int) -> float | None:
+        """How long a brute-force answer over ``list_size`` faces would take now (None: no answer seen yet).
+
+        Why: a preferred route that is backed up sheds a request here only if this is faster; at 1M faces a
+        brute-force scan costs ~45x an indexed search, and shedding to it under load deepened the overload.
+        """
+        if self.face_cost_s is None:
+            return None
+        return (self.in_flight + 1) * list_size * self.face_cost_s
 
 
 def load_plugins(settings: Settings) -> list[MatchingPlugin]:
