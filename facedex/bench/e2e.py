@@ -199,6 +199,8 @@ def markdown(record: dict[str, object], command: str) -> str:
     milvus = record.get("milvus") or {}
     for r in [*record["rows"], *milvus.get("rows", [])]:  # type: ignore[union-attr,misc]
         routes = ", ".join(f"{k} {v}" for k, v in sorted(r["routes"].items()))
+        if r.get("fallbacks"):  # why the proxy did not answer from the index
+            routes += " (" + ", ".join(f"{v} {k}" for k, v in sorted(r["fallbacks"].items())) + ")"
         lines.append(f"| {r['route_asked']} | {r['concurrency']} | {r['requests']} | {routes} | {r['p50_ms']:.1f} | "
                      f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['throughput_rps']:.0f} | {_opt(r.get('top1_agreement'))} | "
                      f"{r['recall_at_10']:.3f} | {_opt(r.get('mate_recall'))} | {_cpu(r)} |")
