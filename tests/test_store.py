@@ -26,6 +26,7 @@ from facedex.faces.store import (
     delta_timeout,
 )
 from facedex.services import prepare_database
+from tests.conftest import _with_db
 
 
 def unit(rng: np.random.Generator, n: int, d: int = 512) -> np.ndarray:
@@ -105,8 +106,7 @@ async def test_one_face_delta_reads_a_few_pages_without_statistics(database_url:
     tables, even when the planner has no statistics (right after a bulk import, autovacuum lagging or off). Measured
     by the pages the delta query touches, in a database of its own whose tables are never analyzed."""
     name = f"facedex_plan_{secrets.token_hex(4)}"
-    base, _, query = database_url.partition("?")
-    url = base.rsplit("/", 1)[0] + "/" + name + (f"?{query}" if query else "")
+    url = _with_db(database_url, name)
     await prepare_database(url)
     pool = await create_pool(url, max_size=2)
     try:
