@@ -17,16 +17,12 @@ from facedex.internal_auth import bearer
 log = logging.getLogger(__name__)
 
 
-async def feature_enabled(settings: Settings, feature: str = "index", timeout_s: float = 3.0,
-                          http: httpx.AsyncClient | None = None) -> tuple[bool, str]:
+async def feature_enabled(settings: Settings, http: httpx.AsyncClient, feature: str = "index",
+                          timeout_s: float = 3.0) -> tuple[bool, str]:
     """(enabled, reason); an unreachable Licenses service counts as not enabled."""
     url = f"{settings.licenses.url}/1/features/{feature}"
     try:
-        if http is None:
-            async with httpx.AsyncClient(timeout=timeout_s) as own:
-                resp = await own.get(url, headers=bearer(settings.internal_token))
-        else:
-            resp = await http.get(url, headers=bearer(settings.internal_token), timeout=timeout_s)
+        resp = await http.get(url, headers=bearer(settings.internal_token), timeout=timeout_s)
         status = resp.json()
         if resp.status_code != 200:
             return False, f"licenses service answered {resp.status_code}: {status.get('detail', '')}"
@@ -49,7 +45,7 @@ class License:
     async def check(self) -> None:
         if self._http is None or self._http.is_closed:
             self._http = httpx.AsyncClient(timeout=self.timeout_s)
-        licensed, reason = await feature_enabled(self.settings, self.feature, self.timeout_s, self._http)
+        licensed, reason = await feature_enabled(self.settings, self._http, self.feature, self.timeout_s)
         if licensed != self.licensed:
             log.warning("%s %s (%s)", self.feature, "licensed" if licensed else "NOT licensed", reason or "ok")
         self.licensed, self.reason = licensed, reason
