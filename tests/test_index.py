@@ -12,7 +12,7 @@ from facedex.bench.datasets import face_like
 from facedex.bench.faces_model import manifold, subspace
 from facedex.bruteforce.exact import topk
 from facedex.ids import uuid7_block
-from facedex.index import FaceIndex
+from facedex.index import FaceIndex, parts
 from facedex.index.calibrate import calibrate, probes_near
 from facedex.index.binary import SignBits
 from facedex.index.registry import candidates
@@ -24,6 +24,9 @@ HNSW = {"connectivity": 16, "expansion_add": 64, "precision": "i8"}
 # every kind the engine offers, at 512-d (and the projected sign bits at 128-d below); HNSW searched at ef 128
 CONFIGS = candidates(512, 20_000, ["sign", "pq_fastscan", "rabitq", "hnsw"], HNSW, 100_000)
 NAMES = [f"{k}-{'-'.join(f'{a}{b}' for a, b in p.items() if a not in HNSW)}" for k, p in CONFIGS]
+# the flat scans again, held in three parts (as a matcher splits a large list's codes over its cores)
+SPLIT = [n for n, (k, _) in enumerate(CONFIGS) if k != "hnsw"]
+BUILDS = [(n, False) for n in range(len(CONFIGS))] + [(n, True) for n in SPLIT]
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +35,18 @@ def data():
     return d, uuid7_block(len(d.gallery))
 
 
-@pytest.fixture(scope="module", params=range(len(CONFIGS)), ids=NAMES)
+@pytest.fixture(scope="module", params=BUILDS, ids=[NAMES[n] + ("-3parts" if split else "") for n, split in BUILDS])
 def built(request, data):
     d, ids = data
-    kind, params = CONFIGS[request.param]
-    return kind, FaceIndex.build(kind, params, ids, d.gallery, {"ef": 128} if kind == "hnsw" else {}, rescore_n=64)
+    n, split = request.param
+    kind, params = CONFIGS[n]
+    with pytest.MonkeyPatch.context() as mp:  # loads in the tests split the same way while this build is in use
+        mp.setattr(parts, "SPLIT_FROM", 4096 if split else 10**9)
+        mp.setattr(parts, "default_ways", lambda: 3)
+        index = FaceIndex.build(kind, params, ids, d.gallery, {"ef": 128} if kind == "hnsw" else {}, rescore_n=64)
+        if kind != "hnsw":
+            assert len(index.scan.codes.parts) == (3 if split else 1)
+        yield kind, index
 
 
 def top1_agreement(index: FaceIndex, probes: np.ndarray, gallery: np.ndarray, ids: np.ndarray) -> float:
@@ -65,9 +75,10 @@ def test_a_batch_re_scored_on_several_threads_answers_each_query_as_alone(built,
     _, index = built
     d, _ = data
     batch = index.search(d.probes[:200], 10, r=128, threads=2)
-    alone = [index.search(d.probes[q : q + 1], 10, r=128, threads=1) for q in range(0, 200, 7)]
-    for j, q in enumerate(range(0, 200, 7)):
-        assert np.array_equal(batch[0][q], alone[j][0][0]) and np.array_equal(batch[1][q], alone[j][1][0])
+    for threads in (1, 0):  # a lone query on one core, or its scan's parts side by side on every core
+        alone = [index.search(d.probes[q : q + 1], 10, r=128, threads=threads) for q in range(0, 200, 7)]
+        for j, q in enumerate(range(0, 200, 7)):
+            assert np.array_equal(batch[0][q], alone[j][0][0]) and np.array_equal(batch[1][q], alone[j][1][0])
 
 
 def test_each_kind_refreshes_and_reloads_without_reviving_removed_faces(built, data, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import redis.asyncio as aredis
 from facedex import wire
 from facedex.config import Settings
 from facedex.proxy.indexed import IndexedPlugin
-from facedex.proxy.plugins import Rematch
+from facedex.proxy.plugins import BruteForceRoute, Rematch
 from facedex.redis.keys import Keys
 
 
@@ -73,6 +73,17 @@ async def test_backlog_stays_on_the_index_when_brute_force_would_be_slower(plugi
     assert time.monotonic() - started >= 0.9
     with pytest.raises(Rematch, match=r"admission: 200 requests ahead.*brute force ~0.05s"):
         await plugin.match(request(small))
+
+
+def test_brute_force_is_costed_before_its_first_answer() -> None:
+    """A cold proxy under load must not think a 1M scan is free: shedding would only deepen the overload."""
+    route = BruteForceRoute(Settings())
+    alone = route.expected_seconds(1_000_000)
+    assert 0.05 <= alone <= 0.5
+    route.in_flight = 3  # three scans ahead of it
+    assert route.expected_seconds(1_000_000) == pytest.approx(4 * alone)
+    route.face_cost_s = 1e-6  # learned from answers: it wins over the prior
+    assert route.expected_seconds(1_000_000) == pytest.approx(4.0)
 
 
 async def test_reply_listener_resubscribes_after_its_connection_dies(plugin: IndexedPlugin, redis_url: str) -> None:

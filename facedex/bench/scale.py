@@ -48,10 +48,10 @@ def run(n: int, dim: int, kind: str, params: dict[str, Any], rescore: int, n_pro
     faces, centres = _chunk(rng, chunk_ids, dim)
     scan = kind_class(kind).build(faces, params)  # trains on the first chunk, as a build trains on a sample
     probe_centres = centres[rng.choice(len(centres), n_probes, replace=False)]
-    while scan_len(scan) < n:
-        faces, _ = _chunk(rng, min(chunk_ids, (n - scan_len(scan) + FACES_PER_IDENTITY - 1) // FACES_PER_IDENTITY), dim)
-        scan.add(faces[: n - scan_len(scan)])
-        log(f"  encoded {scan_len(scan):,} / {n:,}")
+    while len(scan) < n:
+        faces, _ = _chunk(rng, min(chunk_ids, (n - len(scan) + FACES_PER_IDENTITY - 1) // FACES_PER_IDENTITY), dim)
+        scan.add(faces[: n - len(scan)])
+        log(f"  encoded {len(scan):,} / {n:,}")
     build_s = time.perf_counter() - started
     noise = rng.standard_normal((n_probes, dim), dtype=np.float32)
     noise *= (rng.uniform(*SIGMA, n_probes).astype(np.float32) / np.linalg.norm(noise, axis=1))[:, None]
@@ -95,10 +95,6 @@ def run(n: int, dim: int, kind: str, params: dict[str, Any], rescore: int, n_pro
         "scan_ms": statistics.median(scan_ms), "rescore_ms": statistics.median(rescore_ms),
         "scan_qps_2threads_batched": statistics.median(batched),
     }
-
-
-def scan_len(scan) -> int:  # type: ignore[no-untyped-def]
-    return int(scan.index.ntotal)
 
 
 class _NoScan:

@@ -37,8 +37,13 @@ class Scan(Protocol):
     def remove(self, keys: np.ndarray) -> bool:
         """Drop keys from the scan if the kind can; False means the caller filters them (tombstones)."""
 
-    def search(self, queries: np.ndarray, r: int, **knobs: Any) -> np.ndarray:
-        """(m, r') int64 keys, best first by the code's score, -1 where fewer were found."""
+    def __len__(self) -> int:
+        """Keys held (removed ones included when the kind tombstones)."""
+
+    def search(self, queries: np.ndarray, r: int, threads: int = 0, **knobs: Any) -> np.ndarray:
+        """(m, r') int64 keys, best first by the code's score, -1 where fewer were found.
+
+        ``threads``: 1 keeps the call on one core; 0 lets it use every core (a lone query's scan split over them)."""
 
     def save(self, folder: Path) -> list[Path]: ...
 
@@ -50,12 +55,3 @@ class Scan(Protocol):
 
     def knob_ladder(self) -> list[dict[str, Any]]:
         """Search-time settings calibration should try, cheapest first ([{}] when there are none)."""
-
-
-def faiss_keys(index: Any, codes: np.ndarray, r: int) -> np.ndarray:
-    """:meth:`Scan.search` over a faiss index (float or binary) given the queries as it takes them: at most its size
-    (faiss refuses k = 0 and pads short results with -1), as int64 keys."""
-    r = min(r, index.ntotal)
-    if r == 0:
-        return np.full((codes.shape[0], 0), -1, np.int64)
-    return np.asarray(index.search(codes, r)[1], np.int64)

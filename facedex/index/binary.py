@@ -17,9 +17,10 @@ from typing import Any, ClassVar
 import faiss
 import numpy as np
 
-from facedex.index.base import faiss_keys
+from facedex.index.parts import Parts, merge_binary
 
 FILE = "codes.faissbin"
+ADD_CHUNK = 65_536  # rows encoded per call: bounded temporaries (the projection is 4x the input)
 
 
 class SignBits:
@@ -36,7 +37,8 @@ class SignBits:
             None if self.bits == dim
             else np.random.default_rng(self.seed).standard_normal((dim, self.bits), dtype=np.float32)
         )
-        self.index = index if index is not None else faiss.IndexBinaryFlat(self.bits)
+        whole = index if index is not None else faiss.IndexBinaryFlat(self.bits)
+        self.codes = Parts(whole, faiss.clone_binary_index, merge_binary, larger_is_better=False)
 
     def encode(self, vectors: np.ndarray) -> np.ndarray:
         x = vectors if self.projection is None else vectors @ self.projection
@@ -44,9 +46,11 @@ class SignBits:
 
     @classmethod
     def build(cls, vectors: np.ndarray, params: dict[str, Any]) -> SignBits:
-        out = cls(vectors.shape[1], params)
-        out.add(vectors)
-        return out
+        coder = cls(vectors.shape[1], params)
+        whole = coder.codes.parts[0]  # empty, so one part: the index splits once the codes are in
+        for start in range(0, vectors.shape[0], ADD_CHUNK):
+            whole.add(coder.encode(np.asarray(vectors[start : start + ADD_CHUNK], np.float32)))
+        return cls(vectors.shape[1], params, whole)
 
     @classmethod
     def load(cls, folder: Path, dim: int, params: dict[str, Any], writable: bool) -> SignBits:
@@ -56,18 +60,21 @@ class SignBits:
             raise ValueError(f"{folder / FILE} holds {index.d} bits, meta says {out.bits}")
         return out
 
-    def add(self, vectors: np.ndarray, chunk: int = 65536) -> None:
-        for start in range(0, vectors.shape[0], chunk):  # bounded temporaries (the projection is 4x the input)
-            self.index.add(self.encode(np.asarray(vectors[start : start + chunk], np.float32)))
+    def __len__(self) -> int:
+        return self.codes.ntotal
+
+    def add(self, vectors: np.ndarray) -> None:
+        for start in range(0, vectors.shape[0], ADD_CHUNK):
+            self.codes.add(self.encode(np.asarray(vectors[start : start + ADD_CHUNK], np.float32)))
 
     def remove(self, keys: np.ndarray) -> bool:
         return False
 
-    def search(self, queries: np.ndarray, r: int, **knobs: Any) -> np.ndarray:
-        return faiss_keys(self.index, self.encode(queries), r)
+    def search(self, queries: np.ndarray, r: int, threads: int = 0, **knobs: Any) -> np.ndarray:
+        return self.codes.search(self.encode(queries), r, threads)
 
     def save(self, folder: Path) -> list[Path]:
-        faiss.write_index_binary(self.index, str(folder / FILE))
+        faiss.write_index_binary(self.codes.whole(), str(folder / FILE))
         return [folder / FILE]
 
     def code_bytes(self) -> float:

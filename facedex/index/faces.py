@@ -161,10 +161,10 @@ class FaceIndex:
         out[~old] = extra.a[keys[~old] - self.nbase]
         return out
 
-    def candidates(self, queries: np.ndarray, r: int, **knobs: Any) -> np.ndarray:
+    def candidates(self, queries: np.ndarray, r: int, threads: int = 0, **knobs: Any) -> np.ndarray:
         """(m, <= r + tombstones) live keys, best first by the scan; -1 = none."""
         knobs = {**self.knobs, **knobs}
-        cands = self.scan.search(queries, r + self.tombstones, **knobs)
+        cands = self.scan.search(queries, r + self.tombstones, threads=threads, **knobs)
         valid = cands >= 0
         valid[valid] = self.live.a[cands[valid]]
         valid &= np.cumsum(valid, axis=1) <= r  # the r best live ones
@@ -175,14 +175,15 @@ class FaceIndex:
 
     def search_keys(self, queries: np.ndarray, k: int, r: int | None = None,
                     threads: int = 0, split: list[float] | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Per query: (keys, exact float32 inner products), best first, at most ``k``; a large batch is re-scored on
-        ``threads`` threads (0: every core), as the scan itself runs on faiss's.
+        """Per query: (keys, exact float32 inner products), best first, at most ``k``, on ``threads`` cores (0: every
+        core; 1: one, as a benchmark's single-thread column means): a large batch is re-scored on them, a lone
+        query's scan is split over them.
 
         ``split``, if given, gets the seconds of the scan and of the re-score appended (facedex.timing)."""
         queries = np.ascontiguousarray(queries, np.float32)
         r = max(k, r or 0, self.rescore_n)
         started = time.perf_counter()
-        cands = self.candidates(queries, r)
+        cands = self.candidates(queries, r, threads)
         scanned = time.perf_counter()
         out = self.rerank(queries, cands, k, threads)
         if split is not None:

@@ -198,8 +198,11 @@ class HnswScan:
         self.graph.remove(_row_ids(keys))
         return True
 
-    def search(self, queries: np.ndarray, r: int, **knobs: Any) -> np.ndarray:
-        return self.graph.search_keys(queries, r, ef=knobs.get("ef"))
+    def __len__(self) -> int:
+        return int(self.graph.ids.shape[0])
+
+    def search(self, queries: np.ndarray, r: int, threads: int = 0, **knobs: Any) -> np.ndarray:
+        return self.graph.search_keys(queries, r, ef=knobs.get("ef"), threads=threads)
 
     def save(self, folder: Path) -> list[Path]:
         return self.graph.save(folder)

@@ -18,11 +18,12 @@ from typing import Any, ClassVar
 import faiss
 import numpy as np
 
-from facedex.index.base import faiss_keys
+from facedex.index.parts import Parts, merge_float
 
 FILE = "codes.faiss"
 TRAIN_SAMPLE = 16_384  # codebooks of 16 centroids per sub-space: more rows only cost time
 TRAIN_ITERATIONS = 10
+ADD_CHUNK = 262_144  # rows encoded per call: bounded temporaries
 
 
 def _sample(vectors: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -40,7 +41,8 @@ class _FaissScan:
     def __init__(self, dim: int, params: dict[str, Any], index: faiss.Index) -> None:
         self.dim = dim
         self.params = dict(params)
-        self.index = index
+        self.code_size = int(index.code_size)
+        self.codes = Parts(index, faiss.clone_index, merge_float, larger_is_better=True)
 
     @classmethod
     def make(cls, dim: int, params: dict[str, Any]) -> faiss.Index:
@@ -58,9 +60,9 @@ class _FaissScan:
             index.train(_sample(vectors))
         finally:
             faiss.omp_set_num_threads(threads)
-        out = cls(dim, params, index)
-        out.add(vectors)
-        return out
+        for start in range(0, vectors.shape[0], ADD_CHUNK):
+            index.add(np.ascontiguousarray(vectors[start : start + ADD_CHUNK], np.float32))
+        return cls(dim, params, index)
 
     @classmethod
     def load(cls, folder: Path, dim: int, params: dict[str, Any], writable: bool):  # type: ignore[no-untyped-def]
@@ -69,22 +71,25 @@ class _FaissScan:
             raise ValueError(f"{folder / FILE} is {index.d}-d, expected {dim}")
         return cls(dim, params, index)
 
-    def add(self, vectors: np.ndarray, chunk: int = 262_144) -> None:
-        for start in range(0, vectors.shape[0], chunk):
-            self.index.add(np.ascontiguousarray(vectors[start : start + chunk], np.float32))
+    def __len__(self) -> int:
+        return self.codes.ntotal
+
+    def add(self, vectors: np.ndarray) -> None:
+        for start in range(0, vectors.shape[0], ADD_CHUNK):
+            self.codes.add(np.ascontiguousarray(vectors[start : start + ADD_CHUNK], np.float32))
 
     def remove(self, keys: np.ndarray) -> bool:
         return False
 
-    def search(self, queries: np.ndarray, r: int, **knobs: Any) -> np.ndarray:
-        return faiss_keys(self.index, np.ascontiguousarray(queries, np.float32), r)
+    def search(self, queries: np.ndarray, r: int, threads: int = 0, **knobs: Any) -> np.ndarray:
+        return self.codes.search(np.ascontiguousarray(queries, np.float32), r, threads)
 
     def save(self, folder: Path) -> list[Path]:
-        faiss.write_index(self.index, str(folder / FILE))
+        faiss.write_index(self.codes.whole(), str(folder / FILE))
         return [folder / FILE]
 
     def code_bytes(self) -> float:
-        return float(self.index.code_size)
+        return float(self.code_size)
 
     def scan_cost(self, n: int, r: int, **knobs: Any) -> float:
         return n * self.code_bytes() * self.KERNEL
