@@ -49,6 +49,8 @@ class Parts:
         self.merge = merge
         self.larger_is_better = larger_is_better
         self.parts = self._split(whole, default_ways() if ways is None else ways)
+        # each part's first key; additions only grow the last part, so these never move
+        self.offsets = [0, *itertools.accumulate(int(p.ntotal) for p in self.parts[:-1])]
 
     def _split(self, whole: Any, ways: int) -> list[Any]:
         import faiss
@@ -70,9 +72,6 @@ class Parts:
     def ntotal(self) -> int:
         return sum(int(p.ntotal) for p in self.parts)
 
-    @property
-    def offsets(self) -> list[int]:
-        return list(np.cumsum([0] + [int(p.ntotal) for p in self.parts[:-1]]))
 
     def add(self, codes: np.ndarray) -> None:
         self.parts[-1].add(codes)
