@@ -156,6 +156,8 @@ def e2e(
     milvus_m: Annotated[int, typer.Option(help="milvus-lite HNSW M (or IVF nlist).")] = 24,
     milvus_efc: Annotated[int, typer.Option(help="milvus-lite HNSW efConstruction.")] = 96,
     milvus_ef: Annotated[int, typer.Option(help="milvus-lite search ef (HNSW) or nprobe (IVF).")] = 128,
+    milvus_requests: Annotated[int | None, typer.Option(
+        help="Requests per level for the milvus-lite arm (default: --requests); at 1M it answers 1-2 per second.")] = None,
     doc: Doc = None,
     section: Annotated[str, typer.Option(help="Name of the section of --doc to replace.")] = "e2e",
     msgpack: Annotated[bool, typer.Option("--msgpack/--json", help="Match bodies in application/msgpack instead of JSON.")] = False,
@@ -174,7 +176,7 @@ def e2e(
         raise typer.BadParameter("--milvus must be hnsw, ivf, flat or none")
     levels = [int(c) for c in concurrency.split(",")]
     arm = dict(data=data, milvus=None if milvus == "none" else milvus, milvus_m=milvus_m, milvus_efc=milvus_efc,
-               milvus_knob=milvus_ef, log=console.print, msgpack=msgpack)
+               milvus_knob=milvus_ef, milvus_requests=milvus_requests, log=console.print, msgpack=msgpack)
     if own_platform:
         from facedex.bench.platform import own_platform as start
 
@@ -307,8 +309,10 @@ def all_(
     if e2e_runs:
         sections += [
             ("e2e", lambda: e2e(size=100_000, concurrency="1,8,32", requests=500, seed=0, own_platform=True, doc=doc, section="e2e")),
-            ("e2e-1m", lambda: e2e(size=1_000_000, concurrency="1,8,32", requests=500, seed=0, own_platform=True, doc=doc,
-                                   section="e2e-1m")),
+            ("e2e-1m", lambda: e2e(size=1_000_000, concurrency="1,8,32", requests=1000, milvus_requests=200, seed=0,
+                                   own_platform=True, doc=doc, section="e2e-1m")),
+            ("e2e-10k", lambda: e2e(size=10_000, concurrency="1,8,32", requests=1000, seed=0, own_platform=True, milvus="none",
+                                    doc=doc, section="e2e-10k")),
         ]
     if only is not None:
         wanted = [w.strip() for w in only.split(",") if w.strip()]

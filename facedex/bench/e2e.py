@@ -258,7 +258,8 @@ def _setup_line(setup: dict[str, object] | None) -> list[str]:
 
 def main(api: str, manager: str, admin_token: str, size: int, levels: list[int], requests: int, seed: int,
          data: str = "face-like", milvus: str | None = None, milvus_m: int = 24, milvus_efc: int = 96,
-         milvus_knob: int = 128, log=print, msgpack: bool = False) -> dict[str, object]:  # type: ignore[no-untyped-def]
+         milvus_knob: int = 128, milvus_requests: int | None = None, log=print,  # type: ignore[no-untyped-def]
+         msgpack: bool = False) -> dict[str, object]:
     """The HTTP arm, then (``milvus`` = flat/ivf/hnsw) the milvus-lite arm on the same faces and probes.
 
     A milvus-lite arm that cannot run leaves its reason in ``record["milvus"]["error"]``; the HTTP rows stand.
@@ -266,7 +267,7 @@ def main(api: str, manager: str, admin_token: str, size: int, levels: list[int],
     record, ds, exact_i, mates = asyncio.run(run(api, manager, admin_token, size, levels, requests, seed, data, msgpack))
     if milvus is not None:
         try:
-            record["milvus"] = milvus_e2e.run(ds.gallery, ds.probes, exact_i, mates, levels, requests, milvus,  # type: ignore[attr-defined]
+            record["milvus"] = milvus_e2e.run(ds.gallery, ds.probes, exact_i, mates, levels, milvus_requests or requests, milvus,  # type: ignore[attr-defined]
                                               milvus_m, milvus_efc, milvus_knob, log=log)
         except MilvusUnavailable as e:
             record["milvus"] = {"error": str(e)}
