@@ -26,7 +26,8 @@ ADD_CHUNK = 65_536  # rows encoded per call: bounded temporaries (the projection
 class SignBits:
     kind: ClassVar[str] = "sign"
 
-    def __init__(self, dim: int, params: dict[str, Any], index: faiss.IndexBinaryFlat | None = None) -> None:
+    def __init__(self, dim: int, params: dict[str, Any], index: faiss.IndexBinaryFlat | None = None,
+                 ways: int | None = None) -> None:
         self.dim = dim
         self.bits = int(params.get("bits", dim))
         if self.bits % 8 or self.bits < dim:
@@ -38,7 +39,7 @@ class SignBits:
             else np.random.default_rng(self.seed).standard_normal((dim, self.bits), dtype=np.float32)
         )
         whole = index if index is not None else faiss.IndexBinaryFlat(self.bits)
-        self.codes = Parts(whole, faiss.clone_binary_index, merge_binary, larger_is_better=False)
+        self.codes = Parts(whole, faiss.clone_binary_index, merge_binary, larger_is_better=False, ways=ways)
 
     def encode(self, vectors: np.ndarray) -> np.ndarray:
         x = vectors if self.projection is None else vectors @ self.projection
@@ -46,11 +47,9 @@ class SignBits:
 
     @classmethod
     def build(cls, vectors: np.ndarray, params: dict[str, Any]) -> SignBits:
-        coder = cls(vectors.shape[1], params)
-        whole = coder.codes.parts[0]  # empty, so one part: the index splits once the codes are in
-        for start in range(0, vectors.shape[0], ADD_CHUNK):
-            whole.add(coder.encode(np.asarray(vectors[start : start + ADD_CHUNK], np.float32)))
-        return cls(vectors.shape[1], params, whole)
+        out = cls(vectors.shape[1], params, ways=1)  # a build is saved whole; the matcher that loads it splits it
+        out.add(vectors)
+        return out
 
     @classmethod
     def load(cls, folder: Path, dim: int, params: dict[str, Any], writable: bool) -> SignBits:

@@ -102,7 +102,7 @@ TIMING_ROUNDS = 3
 
 
 def time_points(points: list[tuple[Point, Scan]], probes: np.ndarray, rows16: rescore.Rows, rows32: rescore.Rows) -> None:
-    """Set each point's ``latency_us``: the median time of one query per call (its scan as a matcher runs a lone one, then its re-score), in
+    """Set each point's ``latency_us``: the median time of one query per call (its scan on one core, then its re-score), in
     rounds that go over every point in turn, so a machine whose speed drifts slows them alike.
 
     Why measure: the bytes a query touches rank configurations badly across kinds (a PQ fast-scan byte costs
@@ -113,7 +113,7 @@ def time_points(points: list[tuple[Point, Scan]], probes: np.ndarray, rows16: re
     import faiss
 
     threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)  # one query per call, its scan split over the cores as a matcher serves a lone request
+    faiss.omp_set_num_threads(1)  # one query per call on one core (a build's scans are whole; a matcher splits them)
     times: list[list[float]] = [[] for _ in points]
     try:
         for _ in range(TIMING_ROUNDS):

@@ -7,9 +7,10 @@ halves searched side by side, the same scan takes 1.0 ms. A batch gains
 nothing from it (faiss already keeps every core busy), so a batch goes over the
 parts one after another, each spread over faiss's threads.
 
-Keys stay row numbers: part i holds keys ``offsets[i]`` onwards and new rows go
-to the last part. The kind saves one merged index, so the file is the kind's own
-and a matcher with another core count splits it as it needs.
+Keys stay row numbers: part i holds keys ``offsets[i]`` onwards, and rows added
+after the split go to a part of their own. Only a server splits (a build keeps
+its scan whole), and the kind saves one merged index, so the file is the kind's
+own and a matcher with another core count splits it as it needs.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import functools
 import itertools
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -34,14 +35,17 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 
 def default_ways() -> int:
-    return max(1, min(os.cpu_count() or 1, MAX_PARTS))
+    """One part per core this process may run on (its CPU affinity, e.g. a container's cpuset), at most MAX_PARTS."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, MAX_PARTS))
 
 
 class Parts:
     """Contiguous parts of one faiss index (float or binary), searched as if they were the whole.
 
     ``clone`` copies an index of the kind (``faiss.clone_index`` or ``faiss.clone_binary_index``); ``merge`` makes one
-    index of the parts (for saving); ``larger_is_better``: inner products (True) or Hamming distances (False)."""
+    index of the parts (for saving); ``larger_is_better``: inner products (True) or Hamming distances (False);
+    ``ways``: parts to split into (None: one per core; 1: keep it whole, as a build does: only a server splits)."""
 
     def __init__(self, whole: Any, clone: Callable[[Any], Any], merge: Callable[[list[Any]], Any],
                  larger_is_better: bool, ways: int | None = None) -> None:
@@ -49,8 +53,8 @@ class Parts:
         self.merge = merge
         self.larger_is_better = larger_is_better
         self.parts = self._split(whole, default_ways() if ways is None else ways)
-        # each part's first key; additions only grow the last part, so these never move
-        self.offsets = [0, *itertools.accumulate(int(p.ntotal) for p in self.parts[:-1])]
+        self.appendable = len(self.parts) == 1  # a whole index takes rows at its end; trimmed parts must not
+        self.offsets = [0, *itertools.accumulate(int(p.ntotal) for p in self.parts[:-1])]  # each part's first key
 
     def _split(self, whole: Any, ways: int) -> list[Any]:
         import faiss
@@ -60,25 +64,32 @@ class Parts:
             return [whole]
         bounds = [n * i // ways for i in range(ways + 1)]
         parts = []
-        for lo, hi in itertools.pairwise(bounds[:-1]):  # every part but the last: a trimmed copy
-            part = self.clone(whole)
+        for lo, hi in itertools.pairwise(bounds):
+            trimmed = self.clone(whole)
             inside = faiss.IDSelectorRange(lo, hi)  # named: the Not selector does not keep it alive
-            part.remove_ids(faiss.IDSelectorNot(inside))
-            parts.append(part)
-        whole.remove_ids(faiss.IDSelectorRange(0, bounds[-2]))  # the last: the whole, trimmed in place
-        return [*parts, whole]
+            trimmed.remove_ids(faiss.IDSelectorNot(inside))
+            parts.append(self.clone(trimmed))  # remove_ids keeps the whole buffer of flat codes: a copy holds only its rows
+            del trimmed
+        return parts
 
     @property
     def ntotal(self) -> int:
         return sum(int(p.ntotal) for p in self.parts)
 
-
     def add(self, codes: np.ndarray) -> None:
+        """Append rows. A split index appends to a part of its own, begun empty: faiss's fast-scan ``add`` into a
+        part trimmed by ``remove_ids`` merges the new codes into the stale rows of its last block."""
+        if not self.appendable:
+            tail = self.clone(self.parts[0])
+            tail.reset()
+            self.offsets.append(self.ntotal)
+            self.parts.append(tail)
+            self.appendable = True
         self.parts[-1].add(codes)
 
     def whole(self) -> Any:
         """One index holding every part's rows in key order (a copy when there are several parts)."""
-        return self.parts[0] if len(self.parts) == 1 else self.merge(self.parts)
+        return self.parts[0] if len(self.parts) == 1 else self.merge([p for p in self.parts if p.ntotal])
 
     def search(self, codes: np.ndarray, r: int, threads: int = 0) -> np.ndarray:
         """(m, min(r, ntotal)) int64 keys, best first, -1 where fewer were found.
@@ -90,15 +101,19 @@ class Parts:
             return np.full((m, 0), -1, np.int64)
         if len(self.parts) == 1:
             return np.asarray(self.parts[0].search(codes, r)[1], np.int64)
+        live = [(part, off) for part, off in zip(self.parts, self.offsets, strict=True) if part.ntotal]  # faiss refuses k = 0
         run = lambda part: part.search(codes, min(r, int(part.ntotal)))
-        if threads != 1 and m <= FEW_QUERIES:  # side by side: the others in the pool, the first in this thread
-            others = [_pool(len(self.parts) - 1).submit(run, part) for part in self.parts[1:]]
-            found = [run(self.parts[0]), *(f.result() for f in others)]
+        if threads != 1 and m <= FEW_QUERIES and len(live) > 1:  # side by side: the others in the pool, the first here
+            others = [_pool(len(live) - 1).submit(run, part) for part, _ in live[1:]]
+            try:
+                found = [run(live[0][0]), *(f.result() for f in others)]
+            finally:  # never return (and let the caller release its lock) while a part is still being scanned
+                wait(others)
         else:
-            found = [run(part) for part in self.parts]
+            found = [run(part) for part, _ in live]
         worst = -np.inf if self.larger_is_better else np.inf
         dist = np.hstack([np.where(i >= 0, d, worst).astype(np.float64) for d, i in found])
-        keys = np.hstack([np.where(i >= 0, i.astype(np.int64) + off, -1) for (_, i), off in zip(found, self.offsets, strict=True)])
+        keys = np.hstack([np.where(i >= 0, i.astype(np.int64) + off, -1) for (_, i), (_, off) in zip(found, live, strict=True)])
         order = np.argsort(-dist if self.larger_is_better else dist, axis=1, kind="stable")[:, :r]
         return np.take_along_axis(keys, order, 1)
 

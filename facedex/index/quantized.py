@@ -38,11 +38,12 @@ class _FaissScan:
     kind: ClassVar[str] = ""
     KERNEL: ClassVar[float] = 1.0  # relative cost of scanning one byte of code, vs a Hamming scan
 
-    def __init__(self, dim: int, params: dict[str, Any], index: faiss.Index) -> None:
+    def __init__(self, dim: int, params: dict[str, Any], index: faiss.Index, ways: int | None = None) -> None:
+        """``ways``: parts for a lone query's scan (:mod:`facedex.index.parts`; None: one per core, as loaded to serve)."""
         self.dim = dim
         self.params = dict(params)
         self.code_size = int(index.code_size)
-        self.codes = Parts(index, faiss.clone_index, merge_float, larger_is_better=True)
+        self.codes = Parts(index, faiss.clone_index, merge_float, larger_is_better=True, ways=ways)
 
     @classmethod
     def make(cls, dim: int, params: dict[str, Any]) -> faiss.Index:
@@ -62,7 +63,7 @@ class _FaissScan:
             faiss.omp_set_num_threads(threads)
         for start in range(0, vectors.shape[0], ADD_CHUNK):
             index.add(np.ascontiguousarray(vectors[start : start + ADD_CHUNK], np.float32))
-        return cls(dim, params, index)
+        return cls(dim, params, index, ways=1)  # a build is saved whole; the matcher that loads it splits it
 
     @classmethod
     def load(cls, folder: Path, dim: int, params: dict[str, Any], writable: bool):  # type: ignore[no-untyped-def]
