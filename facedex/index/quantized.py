@@ -61,9 +61,9 @@ class _FaissScan:
             index.train(_sample(vectors))
         finally:
             faiss.omp_set_num_threads(threads)
-        for start in range(0, vectors.shape[0], ADD_CHUNK):
-            index.add(np.ascontiguousarray(vectors[start : start + ADD_CHUNK], np.float32))
-        return cls(dim, params, index, ways=1)  # a build is saved whole; the matcher that loads it splits it
+        out = cls(dim, params, index, ways=1)  # a build is saved whole; the matcher that loads it splits it
+        out.add(vectors)
+        return out
 
     @classmethod
     def load(cls, folder: Path, dim: int, params: dict[str, Any], writable: bool):  # type: ignore[no-untyped-def]
