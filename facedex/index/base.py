@@ -38,7 +38,7 @@ class Scan(Protocol):
         """Drop keys from the scan if the kind can; False means the caller filters them (tombstones)."""
 
     def __len__(self) -> int:
-        """Keys held (removed ones included when the kind tombstones)."""
+        """Keys handed out so far (the next added row gets this key); removed keys still count."""
 
     def search(self, queries: np.ndarray, r: int, threads: int = 0, **knobs: Any) -> np.ndarray:
         """(m, r') int64 keys, best first by the code's score, -1 where fewer were found.
