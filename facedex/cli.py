@@ -47,6 +47,13 @@ console = Console()
 ServiceName = Enum("ServiceName", {name: name for name in SERVICES}, type=str)  # type: ignore[misc]
 
 
+def _resolved():  # type: ignore[no-untyped-def]
+    from facedex.embedded import resolve
+
+    settings = get_settings()
+    return asyncio.run(resolve(settings.database_url, settings.redis_url, settings.data_dir, embed=False))
+
+
 def _database_url() -> str:
     from facedex.embedded import resolve
 
@@ -55,19 +62,25 @@ def _database_url() -> str:
 
 
 def _run_store(fn):  # type: ignore[no-untyped-def]
-    """Run ``fn(store)`` against the Faces DB (migrated first)."""
+    """Run ``fn(store)`` against the Faces DB (migrated first). The store announces list changes in the deployment's
+    Redis, as the API's does (:mod:`facedex.redis.heads`): the Indexed Matchers rely on every writer doing so."""
     from facedex.faces.store import FacesStore, create_pool
+    from facedex.redis.connection import connect
+    from facedex.redis.heads import ChangeHeads
+    from facedex.redis.keys import Keys
     from facedex.services import prepare_database
 
-    url = _database_url()
+    resolved = _resolved()
 
     async def run():  # type: ignore[no-untyped-def]
-        await prepare_database(url)
-        pool = await create_pool(url, max_size=4)
+        await prepare_database(resolved.database_url)
+        pool = await create_pool(resolved.database_url, max_size=4)
+        redis = connect(resolved.redis_url, decode=False, socket_timeout=5.0)
         try:
-            return await fn(FacesStore(pool))
+            return await fn(FacesStore(pool, ChangeHeads(redis, Keys(get_settings().redis_prefix))))
         finally:
             await pool.close()
+            await redis.aclose()
 
     return asyncio.run(run())
 

@@ -47,6 +47,7 @@ class Errors:
     FACE_NO_DESCRIPTOR = ErrorCode(13002, 400, "Face has no descriptor of the requested version")
     FACES_NOT_FOUND = ErrorCode(13003, 404, "Some faces were not found")
     TOO_MANY_FACES = ErrorCode(13004, 400, "Too many faces in one request")
+    CHANGES_NOT_ANNOUNCED = ErrorCode(13005, 503, "List change could not be announced to the matchers (Redis); nothing changed")
     # matching
     LIMIT_OUT_OF_RANGE = ErrorCode(14001, 422, "limit out of range")
     THRESHOLD_OUT_OF_RANGE = ErrorCode(14002, 422, "threshold out of range")

@@ -17,6 +17,8 @@ from fastapi import FastAPI
 from facedex.config import Settings
 from facedex.faces.store import FacesStore, bounded, create_pool
 from facedex.redis.connection import connect
+from facedex.redis.heads import ChangeHeads
+from facedex.redis.keys import Keys
 
 Body = Callable[[FastAPI, AsyncExitStack], AsyncIterator[None]]
 
@@ -37,15 +39,22 @@ def _settings(app: FastAPI) -> Settings:
     return app.state.settings  # type: ignore[no-any-return]  # set by facedex.http.create_app
 
 
-async def faces_db(app: FastAPI, stack: AsyncExitStack, max_size: int) -> FacesStore:
+async def faces_db(app: FastAPI, stack: AsyncExitStack, max_size: int, writes: bool = False) -> FacesStore:
     """A pool of at most ``max_size`` connections to the Faces DB; ``faces_db`` in ``/healthcheck``, bounded so a
-    stalled database shows red instead of hanging the check."""
-    url = _settings(app).database_url
+    stalled database shows red instead of hanging the check.
+
+    ``writes``: the service changes lists, so with Redis configured it announces their heads there
+    (:mod:`facedex.redis.heads`) and its health includes ``redis``: its list writes are refused while Redis is down."""
+    settings = _settings(app)
+    url = settings.database_url
     assert url, "database_url must be resolved before a service starts"
     pool = await create_pool(url, max_size=max_size)
     stack.push_async_callback(pool.close)
     app.state.health["faces_db"] = lambda: bounded(pool.fetchval("SELECT 1"), 2.0)
-    return FacesStore(pool)
+    heads = None
+    if writes and settings.redis_url:
+        heads = ChangeHeads(redis_client(app, stack, decode=False, socket_timeout=2.0), Keys(settings.redis_prefix))
+    return FacesStore(pool, heads)
 
 
 def redis_client(app: FastAPI, stack: AsyncExitStack, decode: bool = True, socket_timeout: float | None = None) -> aredis.Redis:

@@ -24,6 +24,12 @@ CACHED_LIST_BYTES = Gauge("facedex_bruteforce_cache_bytes", "Bytes of list matri
 INDEX_FACES = Gauge("facedex_index_faces", "Faces in each loaded index.", ["list_id"])
 INDEX_REFRESH_LAG = Gauge("facedex_index_refresh_lag_changes", "List changes not yet applied to the loaded index.", ["list_id"])
 INDEXED_SERVED = Counter("facedex_indexed_requests_total", "Matching requests answered by this Indexed Matcher.")
+INDEXED_HEAD_CHECKS = Counter(
+    "facedex_indexed_head_checks_total",
+    "Batches by how their freshness was known: 'announced' (the heads announced in Redis were already in the index) "
+    "or 'read' (the list's head read from the Faces DB beside the search).",
+    ["how"],
+)
 EXTRACTION_SECONDS = Histogram(
     "facedex_extraction_seconds", "Decoding, detection and descriptors of one image.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),

@@ -49,7 +49,8 @@ SERVICES: dict[str, Service] = {
         Service("proxy", "Matcher Proxy: routes matching requests", "facedex.proxy.app:build_app", lambda s: s.proxy, needs_db=False, needs_redis=True),
         Service("extractor", "Extractor: faces and descriptors from images", "facedex.extractor.app:build_app", lambda s: s.extractor,
                 needs_db=False, in_up=lambda s: s.extraction.url == s.extractor.url),  # else the API extracts in-process
-        Service("api", "public REST API", "facedex.api.app:build_app", lambda s: s.api),
+        # the API writes lists: it announces their change heads in Redis (facedex.redis.heads)
+        Service("api", "public REST API", "facedex.api.app:build_app", lambda s: s.api, needs_redis=True),
         Service("dashboard", "Dashboard: the operator's web UI", "facedex.dashboard.app:build_app", lambda s: s.dashboard,
                 needs_redis=True),
     )

@@ -100,6 +100,9 @@ class IndexedRequest(msgspec.Struct, frozen=True):
     deadline_ms: int  # unix ms; an entry read later is acknowledged unanswered (the proxy has fallen back)
     request: MatchRequest
     sent_us: int = 0  # unix microseconds when the proxy appended it (the matcher's "queue" hop); 0: unknown
+    # the list's change head announced when it was appended (facedex.redis.heads): set by the matcher from the
+    # stream entry's own field, never taken from the payload; None: none announced, read the Faces DB
+    announced_head: int | None = None
 
 
 class IndexedReply(msgspec.Struct, frozen=True):

@@ -23,6 +23,9 @@ import httpx
 import pytest
 
 from facedex.faces.store import FacesStore, create_pool
+from facedex.redis.connection import connect
+from facedex.redis.heads import ChangeHeads
+from facedex.redis.keys import Keys
 from facedex.services import prepare_database
 
 LOCAL_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -82,8 +85,11 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture(scope="session")
-def store(pool: asyncpg.Pool) -> FacesStore:
-    return FacesStore(pool)
+async def store(pool: asyncpg.Pool, redis_url: str, redis_prefix: str) -> AsyncIterator[FacesStore]:
+    """Writes as the API's store does: list changes announced in the run's Redis (facedex.redis.heads)."""
+    redis = connect(redis_url, decode=False, socket_timeout=5.0)
+    yield FacesStore(pool, ChangeHeads(redis, Keys(redis_prefix)))
+    await redis.aclose()
 
 
 @pytest.fixture

@@ -456,12 +456,28 @@ def test_redis_kill_and_restart(cluster, private) -> None:
                    "/healthcheck to turn red while Redis is down")
         time.sleep(1.0)
         during = time.monotonic()
+        # a list change cannot be announced (facedex.redis.heads): refused with its code, and nothing changed
+        api = httpx.Client(base_url=svc.url("api"), headers={"Authorization": f"Bearer {load.token}"}, timeout=10)
+        stranger = np.random.default_rng(3).standard_normal(512).astype("<f4")
+        face = api.post("/1/faces", json={"descriptor": {"data": base64.b64encode((stranger / np.linalg.norm(stranger))
+                                                                                  .astype("<f4").tobytes()).decode()}})
+        assert face.status_code == 201, face.text  # a face in no list changes no list: no head to announce
+        count = api.get(f"/1/lists/{load.list_id}").json()["face_count"]
+        attach = {"action": "attach", "face_ids": [face.json()["face_id"]]}
+        refused = api.patch(f"/1/lists/{load.list_id}/faces", json=attach)
+        assert refused.status_code == 503 and refused.json()["error_code"] == 13005, refused.text
+        assert api.get(f"/1/lists/{load.list_id}").json()["face_count"] == count
+        assert health(svc.url("api")) == 503  # its writes cannot work: red, not hidden
         time.sleep(1.0)
         redis_server.start()
         back = time.monotonic()
         took = load.wait_indexed(back, 5.0)
-        wait_until(lambda: all(health(svc.url(n)) == 200 for n in ("matcher", "proxy", "proxy2")), 15,
+        wait_until(lambda: all(health(svc.url(n)) == 200 for n in ("matcher", "proxy", "proxy2", "api")), 15,
                    "/healthcheck to turn green after Redis is back")
+        accepted = api.patch(f"/1/lists/{load.list_id}/faces", json=attach)
+        assert accepted.status_code == 200, accepted.text
+        assert api.get(f"/1/lists/{load.list_id}").json()["face_count"] == count + 1
+        api.patch(f"/1/lists/{load.list_id}/faces", json={**attach, "action": "detach"})
         time.sleep(1.0)
     load.assert_all_good()
     assert [a for a in load.since(during) if a.at < back and a.status == 200], "brute force answered during the outage"

@@ -119,6 +119,51 @@ def test_attach_and_detach_are_seen_at_once(ready, services: Services) -> None:
     client.patch(f"/1/lists/{list_id}/faces", json={"action": "attach", "face_ids": [ids[7]]})
 
 
+def head_checks(services: Services) -> dict[str, float]:
+    """The matcher's batches by how their freshness was known (facedex_indexed_head_checks_total)."""
+    out = {"announced": 0.0, "read": 0.0}
+    for line in httpx.get(services.url("matcher") + "/metrics", headers=services.internal).text.splitlines():
+        if line.startswith("facedex_indexed_head_checks_total{"):
+            out[line.split('how="', 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def test_announced_heads_spare_the_head_read_and_a_lost_one_reads_it(ready, services: Services, redis_url: str,
+                                                                     redis_prefix: str) -> None:
+    """While the list does not change, batches are answered without reading its head from the Faces DB (the head
+    announced in Redis is already in the index); an attach makes the next batch read it and catch up (the newcomer
+    is found at once); a head Redis lost (a restart without persistence) is read from the Faces DB again."""
+    import redis
+
+    from facedex.redis.keys import Keys
+
+    data, client, list_id, ids = ready
+    match(client, list_id, data.probes[0])  # the index holds the announced head from here on
+    before = head_checks(services)
+    for q in range(20):
+        assert match(client, list_id, data.probes[q])["route"] == "indexed"
+    after = head_checks(services)
+    assert after["announced"] - before["announced"] >= 20 and after["read"] == before["read"], (before, after)
+
+    newcomer = client.post("/1/faces", json={"descriptor": {"data": b64(data.probes[151])}}).json()["face_id"]
+    client.patch(f"/1/lists/{list_id}/faces", json={"action": "attach", "face_ids": [newcomer]})
+    try:
+        body = match(client, list_id, data.probes[151], limit=1)
+        assert body["route"] == "indexed" and body["matches"][0]["results"][0]["face_id"] == newcomer, body
+        assert head_checks(services)["read"] > after["read"]
+
+        r = redis.Redis.from_url(redis_url)
+        r.delete(*[Keys(redis_prefix).list_head(Keys.matching_label(list_id, v)) for v in (1, 2)])
+        lost = head_checks(services)
+        body = match(client, list_id, data.probes[151], limit=1)
+        assert body["route"] == "indexed" and body["matches"][0]["results"][0]["face_id"] == newcomer, body
+        assert head_checks(services)["read"] > lost["read"]
+    finally:
+        client.patch(f"/1/lists/{list_id}/faces", json={"action": "detach", "face_ids": [newcomer]})
+    body = match(client, list_id, data.probes[151], limit=10)  # the detach, announced again, is seen at once
+    assert body["route"] == "indexed" and newcomer not in {r["face_id"] for r in body["matches"][0]["results"]}
+
+
 def test_kill_matcher_then_restart_and_share(ready, services: Services) -> None:
     data, client, list_id, ids = ready
     answers: list[dict] = []

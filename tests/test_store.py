@@ -271,3 +271,50 @@ async def test_snapshot_pages_cover_every_member_once(store: FacesStore, account
     for fid, v in zip(ids, vecs):
         assert np.array_equal(got[fid.bytes], v)
     assert [p async for p in store.snapshot(uuid.uuid4(), 1)] == []
+
+
+async def test_list_changes_are_announced_before_they_are_acknowledged(
+    store: FacesStore, account: uuid.UUID, redis_url: str, redis_prefix: str, pool: asyncpg.Pool
+) -> None:
+    """Every membership write raises its list's announced head (every descriptor version's key) to the head it
+    committed, a deleted list is announced gone; and a write whose head Redis does not take changes nothing."""
+    import redis.asyncio as aredis
+
+    from facedex.errors import Errors
+    from facedex.redis.heads import GONE, ChangeHeads
+    from facedex.redis.keys import Keys
+
+    keys = Keys(redis_prefix)
+    raw = aredis.Redis.from_url(redis_url)
+
+    async def announced(list_id: uuid.UUID) -> list[int | None]:
+        values = [await raw.get(keys.list_head(Keys.matching_label(str(list_id), v))) for v in (1, 2)]
+        return [None if v is None else int(v) for v in values]
+
+    rng = np.random.default_rng(11)
+    lst = await store.create_list(account)
+    ids = await make_faces(store, account, unit(rng, 4), [lst.list_id])
+    head = (await store.get_list(account, lst.list_id)).change_seq
+    assert await announced(lst.list_id) == [head, head]
+    await store.detach(account, lst.list_id, ids[:2])
+    head = (await store.get_list(account, lst.list_id)).change_seq
+    assert await announced(lst.list_id) == [head, head]
+
+    # Redis refuses (nothing listens there): the write is refused with its code and nothing is committed
+    dead = ChangeHeads(aredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5), keys)
+    cut_off = FacesStore(pool, dead)
+    before = await store.get_list(account, lst.list_id)
+    members = set(await pool.fetch("SELECT face_id FROM list_faces WHERE list_id=$1", lst.list_id))
+    for write in (lambda: cut_off.attach(account, lst.list_id, ids[:2]), lambda: cut_off.detach(account, lst.list_id, ids[2:]),
+                  lambda: cut_off.delete_faces(account, ids[3:]), lambda: cut_off.delete_list(account, lst.list_id)):
+        with pytest.raises(FacedexError) as refused:
+            await write()
+        assert refused.value.error is Errors.CHANGES_NOT_ANNOUNCED
+    after = await store.get_list(account, lst.list_id)
+    assert (after.change_seq, after.face_count) == (before.change_seq, before.face_count)
+    assert set(await pool.fetch("SELECT face_id FROM list_faces WHERE list_id=$1", lst.list_id)) == members
+    assert await announced(lst.list_id) == [before.change_seq, before.change_seq]
+
+    await store.delete_list(account, lst.list_id)
+    assert await announced(lst.list_id) == [GONE, GONE]
+    await raw.aclose()

@@ -22,7 +22,7 @@ from facedex.lifespan import faces_db, service_lifespan
 def build_app(settings: Settings) -> FastAPI:
     @service_lifespan
     async def lifespan(app: FastAPI, stack: AsyncExitStack) -> AsyncIterator[None]:
-        app.state.store = await faces_db(app, stack, max_size=20)
+        app.state.store = await faces_db(app, stack, max_size=20, writes=True)
         app.state.tokens = TokenCache(app.state.store, settings.database_url)
         await app.state.tokens.start()
         stack.push_async_callback(app.state.tokens.stop)

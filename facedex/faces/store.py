@@ -6,7 +6,9 @@ another's rows: a foreign id behaves exactly like a missing one (404).
 
 Membership changes go through :meth:`FacesStore._log_changes`, which bumps the
 list's ``change_seq`` with an ``UPDATE`` (taking the list row lock until
-commit) and appends the matching rows to ``list_changes``. Matchers tail that
+commit), appends the matching rows to ``list_changes`` and, with Redis
+configured, announces the new head before commit (:mod:`facedex.redis.heads`;
+a write whose head cannot be announced is rolled back). Matchers tail that
 log to stay exact while lists change.
 """
 
@@ -29,9 +31,11 @@ from facedex import descriptors
 from facedex.errors import Errors, FacedexError
 from facedex.faces.copy import binary_stream, copy_binary, parse_binary, uuids
 from facedex.ids import as_block, new_ids, uuid7_block
+from facedex.redis.heads import GONE, ChangeHeads
 
 ATTACH, DETACH, UPDATE = 1, 2, 3
 T = TypeVar("T")
+ANNOUNCE_TIMEOUT_S = 2.0  # a write waits this long for Redis to take its head (it holds the list's row lock meanwhile)
 
 
 TOKEN_REVOKED_CHANNEL = "facedex_token_revoked"  # NOTIFY payload: the revoked token's hash, hex
@@ -189,8 +193,20 @@ async def create_pool(url: str, min_size: int = 1, max_size: int = 10) -> asyncp
 
 
 class FacesStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, heads: ChangeHeads | None = None) -> None:
+        """``heads``: where list changes are announced (every writer of a deployment with Redis must pass it)."""
         self.pool = pool
+        self.heads = heads
+
+    async def _announce(self, list_id: uuid.UUID, head: int) -> None:
+        """Inside the writing transaction: a failure raises, so the write rolls back instead of being acknowledged
+        unannounced (matchers would answer without it)."""
+        if self.heads is None:
+            return
+        try:
+            await asyncio.wait_for(self.heads.announce(list_id, head), ANNOUNCE_TIMEOUT_S)
+        except Exception as exc:  # Redis down, stalled or refusing: nothing is committed
+            raise FacedexError(Errors.CHANGES_NOT_ANNOUNCED, f"list {list_id}: {type(exc).__name__}: {exc}") from exc
 
     async def _write(self, fn: Callable[[asyncpg.Connection], Awaitable[T]], attempts: int = 5) -> T:
         """Run ``fn`` in a transaction; retry when PostgreSQL aborts it to break a deadlock.
@@ -317,9 +333,11 @@ class FacesStore:
         return ListRow(**row)
 
     async def delete_list(self, account_id: uuid.UUID, list_id: uuid.UUID) -> None:
-        status = await self.pool.execute("DELETE FROM lists WHERE list_id=$1 AND account_id=$2", list_id, account_id)
-        if status == "DELETE 0":
-            raise FacedexError(Errors.LIST_NOT_FOUND, f"list {list_id} not found")
+        async with self.pool.acquire() as conn, conn.transaction():
+            status = await conn.execute("DELETE FROM lists WHERE list_id=$1 AND account_id=$2", list_id, account_id)
+            if status == "DELETE 0":
+                raise FacedexError(Errors.LIST_NOT_FOUND, f"list {list_id} not found")
+            await self._announce(list_id, GONE)
 
     # --------------------------------------------------------------------- faces
     async def create_faces(
@@ -548,8 +566,8 @@ class FacesStore:
         await copy_binary(conn, "list_faces", ["list_id", "face_id", "link_seq"], stream)
         return n
 
-    @staticmethod
     async def _log_changes(
+        self,
         conn: asyncpg.Connection,
         list_id: uuid.UUID,
         op: int,
@@ -566,6 +584,7 @@ class FacesStore:
             n,
             count_delta,
         )
+        await self._announce(list_id, head)
         first = head - n + 1
         stream = binary_stream(
             n,

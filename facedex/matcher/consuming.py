@@ -25,6 +25,7 @@ from redis.exceptions import ResponseError
 from facedex import timing, wire
 from facedex.errors import Errors
 from facedex.metrics import INDEXED_SERVED
+from facedex.redis.heads import PAYLOAD_FIELD, entry_head
 from facedex.redis.keys import Keys
 from facedex.supervise import Beat
 
@@ -115,7 +116,8 @@ class Consumer:
                 await self.redis.xack(stream, Keys.MATCHER_GROUP, entry_id)
                 continue
             try:
-                req = wire.decode(fields[b"m"], wire.IndexedRequest)
+                req = wire.decode(fields[PAYLOAD_FIELD], wire.IndexedRequest)
+                req = msgspec.structs.replace(req, announced_head=entry_head(fields))
             except Exception:  # malformed entry: nobody to answer
                 log.warning("%d: dropping malformed stream entry %s", Errors.MATCH_REQUEST_INVALID.code, entry_id)
                 await self.redis.xack(stream, Keys.MATCHER_GROUP, entry_id)

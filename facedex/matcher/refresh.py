@@ -1,6 +1,7 @@
 """Catch a loaded index up with its list's change log, within a bound.
 
-Why a bound: the head query runs for every batch (beside its search, :mod:`facedex.matcher.service`); while PostgreSQL is
+Why a bound: the head query runs beside the search of every batch whose announced heads the index does not hold
+(:mod:`facedex.matcher.service`, :mod:`facedex.redis.heads`); while PostgreSQL is
 unreachable or stalled, waiting on it would stop matching altogether. Past
 ``matching.head_timeout_s`` the index is served as it is, and the answer says
 ``consistency: "stale"`` (or is refused, if the operator set

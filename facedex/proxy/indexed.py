@@ -3,8 +3,9 @@
 ``accepts`` is a set lookup: the labels present in Redis are synced every
 ``label_sync_s`` (one ZRANGEBYSCORE of the labels set), not per request. A label is (list, descriptor
 version): a request goes to the index of its own version; one the index cannot
-serve as asked (a face-id or any other candidate filter) is left to brute force. ``match`` checks the license (refreshed by its own loop), appends the request to the list's
-stream, and waits for the answer on this proxy's reply channel for at most
+serve as asked (a face-id or any other candidate filter) is left to brute force. ``match`` checks the license
+(refreshed by its own loop), appends the request to the list's stream together with the list's announced change
+head (:mod:`facedex.redis.heads`), and waits for the answer on this proxy's reply channel for at most
 ``indexed.request_timeout_s``; a timeout, an error answer or a refused license
 raises, and the proxy answers by brute force instead.
 
@@ -35,6 +36,7 @@ from facedex.errors import FacedexError, by_code
 from facedex.licenses.client import License
 from facedex.proxy.plugins import Rematch
 from facedex.redis.connection import connect
+from facedex.redis.heads import ChangeHeads
 from facedex.redis.keys import Keys
 from facedex.supervise import Beat, Supervisor
 
@@ -55,6 +57,7 @@ class IndexedPlugin:
         self.pending: dict[str, asyncio.Future[wire.IndexedReply]] = {}
         self.license = License(settings, "index", timeout_s=2.0)
         self.redis: aredis.Redis | None = None
+        self.heads: ChangeHeads | None = None
         self.backlogs: dict[str, tuple[float, int]] = {}  # stream -> (when read, entries waiting)
         self.entry_cost_s = 0.0  # moving average of an indexed answer's time per entry ahead of it
         self.sizes: dict[str, int] = {}  # stream -> faces its index answered over, last seen
@@ -69,6 +72,7 @@ class IndexedPlugin:
         assert self.settings.redis_url, "the indexed plugin needs redis_url"
         # a socket timeout: a stalled Redis makes calls fail (and requests fall back) rather than hang
         self.redis = connect(self.settings.redis_url, decode=False, socket_timeout=2.0)
+        self.heads = ChangeHeads(self.redis, self.keys)
         for first in (self.sync_labels, self.license.check):
             with contextlib.suppress(Exception):  # best effort: the loops retry
                 await first()
@@ -156,7 +160,8 @@ class IndexedPlugin:
         if not self.license.licensed:  # refreshed by its own loop: no request waits for the Licenses service
             raise Rematch(f"indexed matching not licensed: {self.license.reason}")
         timeout = self.settings.indexed.request_timeout_s
-        stream = self.keys.stream(self.keys.matching_label(str(uuid.UUID(bytes=req.list_id)), req.version))
+        label = self.keys.matching_label(str(uuid.UUID(bytes=req.list_id)), req.version)
+        stream = self.keys.stream(label)
         started = time.monotonic()
         rid = uuid.uuid4().hex
         future: asyncio.Future[wire.IndexedReply] = asyncio.get_running_loop().create_future()
@@ -175,7 +180,8 @@ class IndexedPlugin:
                 self.pending[rid] = future
                 entry = wire.IndexedRequest(rid, self.channel, deadline_ms, req, sent_us=int(time.time() * 1e6))
                 sent = time.perf_counter()
-                await self.redis.xadd(stream, {b"m": wire.encode(entry)}, maxlen=10_000, approximate=True)
+                assert self.heads is not None
+                await self.heads.append(label, wire.encode(entry), maxlen=10_000)  # with the list's announced head
                 reply = await future
                 round_trip_ms = timing.since(sent)
         except TimeoutError:

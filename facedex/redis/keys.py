@@ -88,6 +88,11 @@ class Keys:
         """Stream: matching requests for one matching label; the hash tag keeps it whole in Redis Cluster."""
         return f"{self.prefix}:stream:{{{label}}}"
 
+    def list_head(self, label: str) -> str:
+        """String: the list's last announced change head (``lists.change_seq``), per matching label so it shares the
+        stream's slot (:mod:`facedex.redis.heads`)."""
+        return f"{self.prefix}:head:{{{label}}}"
+
     def replies(self, proxy_id: str) -> str:
         """Pub/sub channel: answers for one proxy instance, matched to requests by rid."""
         return f"{self.prefix}:replies:{proxy_id}"
