@@ -36,6 +36,15 @@ class LoadedIndex:
         self.head = meta.change_seq
         self.lock = RWLock()
         self.load_seconds = time.perf_counter() - started
+        self.request_seconds: float | None = None  # moving average of a batch's search time per request in it
+
+    def observe(self, requests: int, seconds: float) -> None:
+        per = seconds / max(requests, 1)
+        self.request_seconds = per if self.request_seconds is None else 0.9 * self.request_seconds + 0.1 * per
+
+    def expected_seconds(self, requests: int) -> float:
+        """How long a batch of ``requests`` should take to search (infinite before the first was timed)."""
+        return float("inf") if self.request_seconds is None else self.request_seconds * requests
 
     @property
     def size(self) -> int:
