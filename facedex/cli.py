@@ -47,40 +47,41 @@ console = Console()
 ServiceName = Enum("ServiceName", {name: name for name in SERVICES}, type=str)  # type: ignore[misc]
 
 
-def _resolved():  # type: ignore[no-untyped-def]
+def _resolved(need_redis: bool):  # type: ignore[no-untyped-def]
     from facedex.embedded import resolve
 
     settings = get_settings()
-    return asyncio.run(resolve(settings.database_url, settings.redis_url, settings.data_dir, embed=False))
+    redis_url = settings.redis_url if need_redis else None
+    return asyncio.run(resolve(settings.database_url, redis_url, settings.data_dir, embed=False, need_redis=need_redis))
 
 
 def _database_url() -> str:
-    from facedex.embedded import resolve
-
-    settings = get_settings()
-    return asyncio.run(resolve(settings.database_url, None, settings.data_dir, embed=False, need_redis=False)).database_url
+    return _resolved(need_redis=False).database_url  # type: ignore[no-any-return]
 
 
-def _run_store(fn):  # type: ignore[no-untyped-def]
-    """Run ``fn(store)`` against the Faces DB (migrated first). The store announces list changes in the deployment's
-    Redis, as the API's does (:mod:`facedex.redis.heads`): the Indexed Matchers rely on every writer doing so."""
+def _run_store(fn, changes_lists: bool = False):  # type: ignore[no-untyped-def]
+    """Run ``fn(store)`` against the Faces DB (migrated first). ``changes_lists``: the store announces list changes in
+    the deployment's Redis, as the API's does (:mod:`facedex.redis.heads`; the Indexed Matchers rely on every writer
+    of list membership doing so), so Redis is needed."""
     from facedex.faces.store import FacesStore, create_pool
     from facedex.redis.connection import connect
     from facedex.redis.heads import ChangeHeads
     from facedex.redis.keys import Keys
     from facedex.services import prepare_database
 
-    resolved = _resolved()
+    resolved = _resolved(need_redis=changes_lists)
 
     async def run():  # type: ignore[no-untyped-def]
         await prepare_database(resolved.database_url)
         pool = await create_pool(resolved.database_url, max_size=4)
-        redis = connect(resolved.redis_url, decode=False, socket_timeout=5.0)
+        redis = connect(resolved.redis_url, decode=False, socket_timeout=5.0) if changes_lists else None
         try:
-            return await fn(FacesStore(pool, ChangeHeads(redis, Keys(get_settings().redis_prefix))))
+            heads = ChangeHeads(redis, Keys(get_settings().redis_prefix)) if redis is not None else None
+            return await fn(FacesStore(pool, heads))
         finally:
             await pool.close()
-            await redis.aclose()
+            if redis is not None:
+                await redis.aclose()
 
     return asyncio.run(run())
 
@@ -132,7 +133,8 @@ def import_(
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as bar:
         task = bar.add_task(f"importing {path.name}", total=total)
-        done = _run_store(lambda store: import_file(store, list_id, path, v, chunk, lambda n: bar.advance(task, n)))
+        done = _run_store(lambda store: import_file(store, list_id, path, v, chunk, lambda n: bar.advance(task, n)),
+                          changes_lists=True)
     console.print(f"imported {done} faces into list {list_id}")
 
 

@@ -117,6 +117,40 @@ def test_bench_e2e_on_its_own_platform(tmp_path: Path) -> None:
         assert bench_databases() <= before
 
 
+def test_a_killed_bench_stops_its_own_platform(tmp_path: Path) -> None:
+    """SIGTERM (a plain ``kill``) of `facedex bench e2e --own-platform` mid-run stops the platform it started and
+    removes its data, as Ctrl-C does: no orphaned services left running on the machine."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    bench = subprocess.Popen([sys.executable, "-m", "facedex", "bench", "e2e", "--own-platform", "--size", "2000",
+                              "--concurrency", "1", "--requests", "1000000", "--milvus", "none"],
+                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert bench.stdout is not None
+        lines: list[str] = []
+        for line in bench.stdout:  # the platform is up and matching
+            lines.append(line)
+            if "uploaded" in line:
+                break
+        work = next(line.split(" in ", 1)[1].split()[0] for line in lines if "starting a licensed platform" in line)
+        services = psutil.Process(bench.pid).children(recursive=True)
+        assert any("serve" in " ".join(p.cmdline()) for p in services), "the platform's services are running"
+        time.sleep(1.0)
+        bench.send_signal(signal.SIGTERM)
+        bench.wait(timeout=90)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+    gone, alive = psutil.wait_procs(services, timeout=30)
+    assert not alive, [p.cmdline() for p in alive]
+    assert not Path(work).exists()
+
+
 def test_records_in_the_same_second_never_overwrite(tmp_path: Path) -> None:
     from facedex.bench.common import save_record
 

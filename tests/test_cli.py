@@ -89,6 +89,13 @@ def test_up_demo_and_import(database_url: str, redis_url: str, redis_prefix: str
     out = facedex("import", str(tmp_path / "faces.npy"), "--list", list_id, "--chunk", "1000", env=env)
     assert out.returncode == 0, out.stderr
     assert f"imported 2500 faces into list {list_id}" in out.stdout
+    import redis
+
+    from facedex.redis.keys import Keys
+
+    # the import announced the list's head as the API's writes do, or the Indexed Matchers would not see it
+    announced = redis.Redis.from_url(redis_url).get(Keys(redis_prefix + ":up").list_head(Keys.matching_label(list_id, 1)))
+    assert announced is not None and int(announced) == 2500
     bad = facedex("import", str(tmp_path / "faces.npy"), "--list", "not-a-uuid", env=env)
     assert bad.returncode != 0
 

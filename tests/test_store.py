@@ -281,7 +281,7 @@ async def test_list_changes_are_announced_before_they_are_acknowledged(
     import redis.asyncio as aredis
 
     from facedex.errors import Errors
-    from facedex.redis.heads import GONE, ChangeHeads
+    from facedex.redis.heads import GONE, GONE_TTL_S, ChangeHeads
     from facedex.redis.keys import Keys
 
     keys = Keys(redis_prefix)
@@ -317,4 +317,5 @@ async def test_list_changes_are_announced_before_they_are_acknowledged(
 
     await store.delete_list(account, lst.list_id)
     assert await announced(lst.list_id) == [GONE, GONE]
+    assert 0 < await raw.ttl(keys.list_head(Keys.matching_label(str(lst.list_id), 1))) <= GONE_TTL_S  # then read: gone
     await raw.aclose()

@@ -13,6 +13,7 @@ import asyncio
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -85,6 +86,7 @@ def own_platform(log=print) -> Iterator[Platform]:  # type: ignore[no-untyped-de
     log(f"starting a licensed platform in {work} (database {database if local_pg else 'embedded'})")
     proc = subprocess.Popen(facedex_command("up"), env=env, stdout=(work / "up.log").open("wb"),
                             stderr=subprocess.STDOUT)
+    previous = _exit_on_sigterm()
     try:
         api = f"http://127.0.0.1:{ports['api']}"
         deadline = time.monotonic() + 300
@@ -107,3 +109,17 @@ def own_platform(log=print) -> Iterator[Platform]:  # type: ignore[no-untyped-de
         if local_redis:
             _delete_keys(env["FACEDEX_REDIS_PREFIX"])
         shutil.rmtree(work, ignore_errors=True)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm():  # type: ignore[no-untyped-def]
+    """SIGTERM (a plain ``kill``) raises SystemExit here, so the platform is stopped and its database and keys dropped
+    as on Ctrl-C, instead of left running without its bench. Returns the previous handler (None off the main thread)."""
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    try:
+        return signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        return None

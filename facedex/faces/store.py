@@ -31,7 +31,7 @@ from facedex import descriptors
 from facedex.errors import Errors, FacedexError
 from facedex.faces.copy import binary_stream, copy_binary, parse_binary, uuids
 from facedex.ids import as_block, new_ids, uuid7_block
-from facedex.redis.heads import GONE, ChangeHeads
+from facedex.redis.heads import ChangeHeads
 
 ATTACH, DETACH, UPDATE = 1, 2, 3
 T = TypeVar("T")
@@ -198,13 +198,14 @@ class FacesStore:
         self.pool = pool
         self.heads = heads
 
-    async def _announce(self, list_id: uuid.UUID, head: int) -> None:
-        """Inside the writing transaction: a failure raises, so the write rolls back instead of being acknowledged
-        unannounced (matchers would answer without it)."""
+    async def _announce(self, list_id: uuid.UUID, head: int | None) -> None:
+        """Inside the writing transaction (``head`` None: the list is deleted): a failure raises, so the write rolls
+        back instead of being acknowledged unannounced (matchers would answer without it)."""
         if self.heads is None:
             return
+        announce = self.heads.gone(list_id) if head is None else self.heads.announce(list_id, head)
         try:
-            await asyncio.wait_for(self.heads.announce(list_id, head), ANNOUNCE_TIMEOUT_S)
+            await asyncio.wait_for(announce, ANNOUNCE_TIMEOUT_S)
         except Exception as exc:  # Redis down, stalled or refusing: nothing is committed
             raise FacedexError(Errors.CHANGES_NOT_ANNOUNCED, f"list {list_id}: {type(exc).__name__}: {exc}") from exc
 
@@ -337,7 +338,7 @@ class FacesStore:
             status = await conn.execute("DELETE FROM lists WHERE list_id=$1 AND account_id=$2", list_id, account_id)
             if status == "DELETE 0":
                 raise FacedexError(Errors.LIST_NOT_FOUND, f"list {list_id} not found")
-            await self._announce(list_id, GONE)
+            await self._announce(list_id, None)
 
     # --------------------------------------------------------------------- faces
     async def create_faces(

@@ -33,13 +33,16 @@ from facedex import descriptors
 from facedex.redis.keys import Keys
 
 GONE = 1 << 62  # announced for a deleted list: above any head an index can hold, so matchers go and find it gone
+GONE_TTL_S = 86_400  # a deleted list's marker then expires: a missing head is read from the Faces DB too (gone)
 
-# KEYS[1]: the list's head; ARGV[1]: the new head. Raise only (concurrent writers of one list are serialised by its
-# row lock, but a retried announce may come late).
+# KEYS[1]: the list's head; ARGV[1]: the new head, ARGV[2]: seconds to keep it ('' = for good). Raise only
+# (concurrent writers of one list are serialised by its row lock, but a retried announce may come late).
 _ANNOUNCE = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
 local new = tonumber(ARGV[1])
-if new > cur then redis.call('SET', KEYS[1], ARGV[1]) end
+if new > cur then
+  if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) else redis.call('SET', KEYS[1], ARGV[1]) end
+end
 return 1
 """
 
@@ -61,18 +64,19 @@ class ChangeHeads:
         self._announce = redis.register_script(_ANNOUNCE)
         self._append = redis.register_script(_APPEND)
 
-    async def announce(self, list_id: uuid.UUID, head: int) -> None:
+    async def announce(self, list_id: uuid.UUID, head: int, ttl_s: int | None = None) -> None:
         """Raise the list's announced head to ``head`` (raises if Redis does not answer: the caller rolls back).
 
         One key per matching label (list, descriptor version), in the slot of the label's stream (Redis Cluster)."""
         async with self.redis.pipeline(transaction=False) as p:
             for spec in descriptors.versions():
                 key = self.keys.list_head(Keys.matching_label(str(list_id), spec.version))
-                await self._announce(keys=[key], args=[head], client=p)
+                await self._announce(keys=[key], args=[head, "" if ttl_s is None else ttl_s], client=p)
             await p.execute()
 
     async def gone(self, list_id: uuid.UUID) -> None:
-        await self.announce(list_id, GONE)
+        """The list is deleted: every matcher reads the Faces DB for it (and finds it gone)."""
+        await self.announce(list_id, GONE, GONE_TTL_S)
 
     async def append(self, label: str, payload: bytes, maxlen: int) -> bytes:
         """XADD ``payload`` to the label's stream with the list's announced head; returns the entry id."""
