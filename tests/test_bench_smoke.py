@@ -271,9 +271,10 @@ def test_bench_filters_smoke(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     text = doc.read_text().split("<!-- bench:filters -->")[1]
     assert "## Filtered brute-force matching: 20,000 × 512" in text and "| create_time range, 10% | 2,000 |" in text
-    assert "| NO |" not in text and "merged top-10 = numpy: yes" in text
+    assert "| NO |" not in text and "= numpy over the union of the lists: yes" in text
     record = json.loads(next((tmp_path / "bench-results").glob("filters-*.json")).read_text())
     assert [r["kept"] for r in record["rows"]][:6] == [200, 2000, 10000, 200, 2000, 10000] and all(r["exact"] for r in record["rows"])
+    assert record["multi"]["exact"] and 0 < record["multi"]["one_list_ms"] < record["multi"]["serial_ms"]
 def test_interrupt_stops_a_child_as_ctrl_c_would_and_kills_one_that_ignores_it() -> None:
     import signal
     import subprocess

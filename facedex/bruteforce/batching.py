@@ -12,6 +12,11 @@ head of the matrix it searched (:meth:`Batcher.search_at`), and the caller uses 
 only if no newer change was found by a head read begun after the request arrived
 (:func:`facedex.bruteforce.app.match`), so answers stay read-your-writes fresh.
 Requests with a face-id filter or other candidate filters search a subset of their own and run alone.
+
+Scans of large matrices run one at a time in the process (``HEAVY_FLOATS``): numpy's BLAS already spreads one
+scan over every core, and two multi-threaded OpenBLAS calls side by side are far slower than one after the other
+(three 1M x 512 GEMVs on 2 cores: 244 ms in turn, 368 ms side by side), which is what a candidate set over
+several lists sends. Scans of small lists are not held back behind them.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from facedex import descriptors, timing, wire
 from facedex.bruteforce.cache import ListMatrix
 from facedex.metrics import BATCH_REQUESTS
 from facedex.rwlock import finish_in_thread
+
+HEAVY_FLOATS = 1 << 24  # matrices of at least this many floats (64 MB, ~32k faces at 512-d) are scanned one at a time
 
 # responses, perf_counter when the search began and ended, and the matrix's change head it searched
 Timed = tuple[list[wire.MatchResponse], float, float, int]
@@ -76,6 +83,7 @@ class Batcher:
         self.executor = executor
         self.max_references = max_references
         self._queues: dict[int, _Queue] = {}  # by id() of the ListMatrix
+        self._heavy = asyncio.Semaphore(1)  # one large scan at a time (module docstring)
 
     async def search(self, matrix: ListMatrix, req: wire.MatchRequest) -> wire.MatchResponse:
         return (await self.search_at(matrix, req))[0]
@@ -120,7 +128,10 @@ class Batcher:
 
     async def _run(self, matrix: ListMatrix, reqs: list[wire.MatchRequest]) -> Timed:
         async with matrix.lock.read():
-            return await finish_in_thread(_timed_search, matrix, reqs, executor=self.executor)
+            if matrix.n * matrix.dim < HEAVY_FLOATS:
+                return await finish_in_thread(_timed_search, matrix, reqs, executor=self.executor)
+            async with self._heavy:
+                return await finish_in_thread(_timed_search, matrix, reqs, executor=self.executor)
 
 
 def _count(req: wire.MatchRequest, dim: int) -> int:
