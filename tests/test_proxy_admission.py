@@ -39,7 +39,7 @@ async def test_backlog_past_the_deadline_goes_to_brute_force_at_once(plugin: Ind
     await redis.xgroup_create(stream, Keys.MATCHER_GROUP, id="$", mkstream=True)
     for _ in range(200):  # 200 requests nobody has read yet
         await redis.xadd(stream, {b"m": b"x"})
-    plugin.entry_cost_s = 0.02  # answers have been taking 20 ms per entry ahead: 200 ahead is ~4 s > 1 s
+    plugin.entry_costs[stream] = 0.02  # answers have been taking 20 ms per entry ahead: 200 ahead is ~4 s > 1 s
     started = time.monotonic()
     with pytest.raises(Rematch, match="admission: 200 requests ahead"):
         await plugin.match(request(list_id))
@@ -50,7 +50,9 @@ async def test_backlog_past_the_deadline_goes_to_brute_force_at_once(plugin: Ind
     with pytest.raises(TimeoutError):
         await plugin.match(request(other))
     assert await redis.xlen(plugin.keys.stream(plugin.keys.matching_label(str(other), 1))) == 1
-    assert plugin.entry_cost_s > 0.02  # a timed-out answer raises the estimate
+    other_stream = plugin.keys.stream(plugin.keys.matching_label(str(other), 1))
+    assert plugin.entry_costs[other_stream] > 0.02  # a timed-out answer raises its list's estimate
+    assert plugin.entry_costs[stream] == 0.02  # and no other list's: a stuck list does not shed a healthy one
 
 
 async def test_backlog_stays_on_the_index_when_brute_force_would_be_slower(plugin: IndexedPlugin) -> None:
@@ -65,7 +67,7 @@ async def test_backlog_stays_on_the_index_when_brute_force_would_be_slower(plugi
         for _ in range(200):
             await redis.xadd(stream, {b"m": b"x"})
         plugin.sizes[stream] = size  # as its index last answered
-    plugin.entry_cost_s = 0.02  # 200 ahead: ~4 s on the index
+        plugin.entry_costs[stream] = 0.02  # 200 ahead: ~4 s on the index
     plugin.fallback_estimate = lambda n: n * 5e-6  # brute force: 5 s over 1M faces, 0.05 s over 10k
     started = time.monotonic()
     with pytest.raises(TimeoutError):  # waited on the index (1 s timeout), was not shed

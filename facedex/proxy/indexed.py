@@ -43,6 +43,9 @@ from facedex.supervise import Beat, Supervisor
 log = logging.getLogger(__name__)
 
 
+STREAM_STATE_TTL_S = 600.0  # a list's cost estimate, size and backlog are forgotten this long after its last request
+
+
 class IndexedPlugin:
     name = "indexed"
     label_sync_s = 0.5
@@ -59,8 +62,11 @@ class IndexedPlugin:
         self.redis: aredis.Redis | None = None
         self.heads: ChangeHeads | None = None
         self.backlogs: dict[str, tuple[float, int]] = {}  # stream -> (when read, entries waiting)
-        self.entry_cost_s = 0.0  # moving average of an indexed answer's time per entry ahead of it
+        # stream -> moving average of an answer's time per entry ahead of it: per list, so one list that times out
+        # (a stuck or dead matcher) does not make the proxy shed another list's requests from a healthy index
+        self.entry_costs: dict[str, float] = {}
         self.sizes: dict[str, int] = {}  # stream -> faces its index answered over, last seen
+        self.used: dict[str, float] = {}  # stream -> when a request last went to it (what is kept per stream expires)
         # how long brute force would take over n faces now (the Router sets it): shed only to a faster route
         self.fallback_estimate: Callable[[int], float | None] | None = None
         self.supervisor = Supervisor("proxy", max_backoff_s=1.0)  # the indexed route is back within ~1 s of Redis
@@ -125,6 +131,10 @@ class IndexedPlugin:
             self.labels = set()
             raise
         self.labels = {self.keys.labels_member_label(m.decode()) for m in members}
+        idle = time.monotonic() - STREAM_STATE_TTL_S
+        for stream in [s for s, used in self.used.items() if used < idle]:  # bounded by the lists matched lately
+            for per_stream in (self.used, self.entry_costs, self.sizes, self.backlogs):
+                per_stream.pop(stream, None)
 
     def accepts(self, req: wire.MatchRequest) -> bool:
         return (
@@ -151,9 +161,10 @@ class IndexedPlugin:
         self.backlogs[stream] = (now, backlog)
         return backlog
 
-    def _observe(self, seconds: float, ahead: int) -> None:
+    def _observe(self, stream: str, seconds: float, ahead: int) -> None:
         cost = seconds / (ahead + 1)
-        self.entry_cost_s = cost if self.entry_cost_s == 0 else 0.8 * self.entry_cost_s + 0.2 * cost
+        before = self.entry_costs.get(stream)
+        self.entry_costs[stream] = cost if before is None else 0.8 * before + 0.2 * cost
 
     async def match(self, req: wire.MatchRequest) -> wire.MatchResponse:
         assert self.redis is not None
@@ -162,7 +173,7 @@ class IndexedPlugin:
         timeout = self.settings.indexed.request_timeout_s
         label = self.keys.matching_label(str(uuid.UUID(bytes=req.list_id)), req.version)
         stream = self.keys.stream(label)
-        started = time.monotonic()
+        started = self.used[stream] = time.monotonic()
         rid = uuid.uuid4().hex
         future: asyncio.Future[wire.IndexedReply] = asyncio.get_running_loop().create_future()
         deadline_ms = int((time.time() + timeout) * 1000)
@@ -170,7 +181,7 @@ class IndexedPlugin:
         try:
             async with asyncio.timeout(timeout):
                 ahead = await self._backlog(stream)
-                expected = ahead * self.entry_cost_s
+                expected = ahead * self.entry_costs.get(stream, 0.0)
                 if expected > timeout:  # admission control: it would wait past its deadline
                     size = self.sizes.get(stream)
                     other = self.fallback_estimate(size) if self.fallback_estimate and size else None
@@ -185,11 +196,11 @@ class IndexedPlugin:
                 reply = await future
                 round_trip_ms = timing.since(sent)
         except TimeoutError:
-            self._observe(timeout, ahead)
+            self._observe(stream, timeout, ahead)
             raise TimeoutError(f"no indexed answer within {timeout}s") from None
         finally:
             self.pending.pop(rid, None)
-        self._observe(time.monotonic() - started, ahead)
+        self._observe(stream, time.monotonic() - started, ahead)
         if reply.error_code:
             raise FacedexError(by_code(reply.error_code), reply.detail)
         assert reply.response is not None
