@@ -26,7 +26,7 @@ import msgspec
 import numpy as np
 
 from facedex import timing
-from facedex.bench import milvus_e2e
+from facedex.bench import hop_floor, milvus_e2e
 from facedex.bench.common import machine, machine_line
 from facedex.bench.peers import MilvusUnavailable
 from facedex.bench.regimes import make
@@ -205,6 +205,7 @@ def markdown(record: dict[str, object], command: str) -> str:
                      f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['throughput_rps']:.0f} | {_opt(r.get('top1_agreement'))} | "
                      f"{r['recall_at_10']:.3f} | {_opt(r.get('mate_recall'))} | {_cpu(r)} |")
     lines += _hops_table(record["rows"])  # type: ignore[arg-type]
+    lines += _floor_line(record)
     lines += ["", "\"auto\" lets the proxy route (indexed when the list's index is loaded and licensed); \"exact\" sets "
               "`candidates.exact` and is answered by the brute-force Matcher. Load generator CPU: the client process's "
               "own user + system CPU seconds over the level, as a share of one core of the wall time (of 2 cores in all); "
@@ -236,6 +237,23 @@ def _hops_table(rows: list[dict[str, object]]) -> list[str]:
     return lines
 
 
+def _floor_line(record: dict[str, object]) -> list[str]:
+    """The bare-hop floor measured in the same run, and how far the brute-force route at concurrency 1 is above it."""
+    floor: dict[str, float] | None = record.get("floor")  # type: ignore[assignment]
+    if not floor:
+        return []
+    text = (f"Floor, same machine and run (`facedex/bench/hop_floor.py`: bare uvicorn servers that only forward the body "
+            f"with aiohttp, the same client, one request at a time): one HTTP hop p50 **{floor['1']:.2f} ms**, three chained "
+            f"**{floor['3']:.2f} ms**.")
+    exact = [r for r in record["rows"] if r["route_asked"] == "exact" and r["concurrency"] == 1]  # type: ignore[union-attr,index]
+    if exact:
+        p50 = float(exact[0]["p50_ms"])  # type: ignore[arg-type]
+        text += (f" The brute-force route crosses three such hops (client -> API -> proxy -> Matcher): its p50 at "
+                 f"concurrency 1, {p50:.1f} ms, is {p50 - floor['3']:.1f} ms above them: facedex's own work in the three "
+                 "services, the search and the change-head read.")
+    return ["", text]
+
+
 def _opt(value: object) -> str:
     return "—" if value is None else f"{value:.4f}"
 
@@ -265,6 +283,8 @@ def main(api: str, manager: str, admin_token: str, size: int, levels: list[int],
     A milvus-lite arm that cannot run leaves its reason in ``record["milvus"]["error"]``; the HTTP rows stand.
     """
     record, ds, exact_i, mates = asyncio.run(run(api, manager, admin_token, size, levels, requests, seed, data, msgpack))
+    record["floor"] = hop_floor.measure(requests=min(requests, 2000))
+    log(f"  bare HTTP hops on this machine: p50 {record['floor']['1']:.2f} ms for one, {record['floor']['3']:.2f} ms for three chained")
     if milvus is not None:
         try:
             record["milvus"] = milvus_e2e.run(ds.gallery, ds.probes, exact_i, mates, levels, milvus_requests or requests, milvus,  # type: ignore[attr-defined]

@@ -1,0 +1,132 @@
+"""The floor under every hop of ``bench e2e``: chains of bare HTTP servers that do nothing, on the same machine.
+
+Why: a match crosses three HTTP hops on the brute-force route (client -> API -> proxy -> Matcher) and two plus a
+Redis stream on the indexed one. How much of a hop is this machine (loopback TCP, process wake-ups, the event
+loop) and how much is facedex is only known against the same hop with nothing in it. Each server here is a raw
+ASGI app on uvicorn with the services' own settings (uvloop, httptools, no access log) that reads the body and
+forwards it with aiohttp over a keep-alive connection to the next one, or answers a small body; the client is
+the bench's (aiohttp, one request at a time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+BODY_BYTES = 2800  # about a JSON match request with one 512-d base64 reference
+ANSWER = b'{"matches":[]}' * 40  # about a JSON answer of ten results
+
+
+def _app(next_url: str | None) -> Any:
+    import aiohttp
+
+    state: dict[str, aiohttp.ClientSession] = {}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    if next_url:
+                        state["http"] = aiohttp.ClientSession()
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    if "http" in state:
+                        await state["http"].close()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if next_url and scope["method"] == "POST":
+            async with state["http"].post(next_url, data=body) as r:
+                out = await r.read()
+        else:
+            out = ANSWER
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": out})
+
+    return app
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _ready(url: str, timeout_s: float = 20.0) -> None:
+    import aiohttp
+
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as http:
+        while True:
+            try:
+                async with http.get(url) as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"bare server at {url} did not start")
+            await asyncio.sleep(0.1)
+
+
+async def _p50_ms(url: str, requests: int) -> float:
+    import aiohttp
+
+    body = b"x" * BODY_BYTES
+    times = []
+    async with aiohttp.ClientSession() as http:
+        for i in range(requests + requests // 10):  # the first tenth warms up
+            started = time.perf_counter()
+            async with http.post(url, data=body) as r:
+                await r.read()
+            if i >= requests // 10:
+                times.append(time.perf_counter() - started)
+    return float(np.median(times)) * 1000
+
+
+def measure(hops: tuple[int, ...] = (1, 3), requests: int = 2000) -> dict[str, float]:
+    """p50 ms of a request through a chain of ``n`` bare servers, for each ``n`` in ``hops`` (one chain at a time)."""
+    out: dict[str, float] = {}
+    for n in hops:
+        ports = [_free_port() for _ in range(n)]
+        procs = []
+        try:
+            for i, port in enumerate(ports):
+                nxt = f"http://127.0.0.1:{ports[i + 1]}/" if i + 1 < n else ""
+                procs.append(subprocess.Popen([sys.executable, "-m", "facedex.bench.hop_floor", str(port), nxt],
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ)))
+            for port in ports:
+                asyncio.run(_ready(f"http://127.0.0.1:{port}/"))
+            out[str(n)] = asyncio.run(_p50_ms(f"http://127.0.0.1:{ports[0]}/", requests))
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    return out
+
+
+def _serve(port: int, next_url: str | None) -> None:
+    import uvicorn
+
+    uvicorn.run(_app(next_url), host="127.0.0.1", port=port, log_config=None, access_log=False)
+
+
+if __name__ == "__main__":
+    _serve(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] else None)
