@@ -60,7 +60,7 @@ class Errors:
     TOO_MANY_CANDIDATE_SETS = ErrorCode(14008, 422, "Too many candidate sets in one request")
     TOO_MANY_FILTER_VALUES = ErrorCode(14009, 422, "Too many values in candidate filters")
     TIME_RANGE_EMPTY = ErrorCode(14010, 422, "create_time__gte is not before create_time__lt")
-    CANDIDATE_SET_INVALID = ErrorCode(14011, 422, "A candidate set names no list, or both list_id and list_ids (the API collapses a list named twice)")
+    CANDIDATE_SET_INVALID = ErrorCode(14011, 422, "Candidate sets malformed: none, a set with no list or both list_id and list_ids, or (internal callers) a list twice")
     # images
     IMAGE_DECODE = ErrorCode(16001, 400, "Image could not be decoded")
     IMAGE_PIXELS = ErrorCode(16002, 400, "Image has too many pixels")

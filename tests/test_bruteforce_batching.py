@@ -29,42 +29,63 @@ async def test_large_scans_run_one_at_a_time_and_small_ones_beside_them(monkeypa
     large = [matrix(3000), matrix(3000), matrix(3000)]
     small = matrix(200)
     monkeypatch.setattr(batching, "HEAVY_FLOATS", 1000 * 512)  # 3,000 faces are "large" here, 200 are not
-
-    running: dict[str, int] = {"large": 0, "small": 0}
+    running = {"large": 0}
     most = {"large": 0}
-    small_beside_large = []
+    small_beside_large: list[int] = []
+    large_in, small_seen = threading.Event(), threading.Event()
     lock = threading.Lock()
     search = batching.run_search
 
-    def slow_search(m, reqs):  # type: ignore[no-untyped-def]
-        kind = "small" if m is small else "large"
-        with lock:
-            running[kind] += 1
-            most["large"] = max(most["large"], running["large"])
-            if kind == "small":
+    def watched_search(m, reqs):  # type: ignore[no-untyped-def]
+        if m is small:
+            with lock:
                 small_beside_large.append(running["large"])
+            small_seen.set()
+            return search(m, reqs)
+        with lock:
+            running["large"] += 1
+            most["large"] = max(most["large"], running["large"])
+            first = not large_in.is_set()
         try:
-            time.sleep(0.05)  # long enough for any overlap to show
+            if first:  # the first large scan holds its turn until the small list has been scanned (or 10 s pass)
+                large_in.set()
+                small_seen.wait(10)
+            else:
+                time.sleep(0.02)  # long enough for two large scans side by side to show
             return search(m, reqs)
         finally:
             with lock:
-                running[kind] -= 1
+                running["large"] -= 1
 
-    monkeypatch.setattr(batching, "run_search", slow_search)
-    batcher = Batcher(ThreadPoolExecutor(max_workers=2))
+    monkeypatch.setattr(batching, "run_search", watched_search)
     q = rng.standard_normal(512).astype(np.float32)
     q /= np.linalg.norm(q)
 
-    def ask(m):  # type: ignore[no-untyped-def]
-        return batcher.search(m, wire.MatchRequest(m.account_id.bytes, m.list_id.bytes, version, q.tobytes(), limit=5))
+    with ThreadPoolExecutor(max_workers=4) as pool:  # threads to spare: only the scheduler can keep large scans apart
+        batcher = Batcher(pool)
 
-    async def small_later() -> wire.MatchResponse:
-        await asyncio.sleep(0.02)  # while the first large scan runs
-        return await ask(small)
+        def ask(m):  # type: ignore[no-untyped-def]
+            return batcher.search(m, wire.MatchRequest(m.account_id.bytes, m.list_id.bytes, version, q.tobytes(), limit=5))
 
-    answers = await asyncio.gather(*(ask(m) for m in large), small_later())
+        async def small_later() -> wire.MatchResponse:
+            await asyncio.to_thread(large_in.wait, 10)  # while the first large scan runs
+            return await ask(small)
+
+        answers = await asyncio.gather(*(ask(m) for m in large), small_later())
     assert most["large"] == 1  # never two large scans at once
     assert small_beside_large == [1]  # the small list was scanned while a large one ran, not after all of them
     for m, resp in zip([*large, small], answers):
         want = np.sort(m.vectors[: m.n] @ q)[::-1][:5]
         assert np.allclose(np.frombuffer(resp.results[0].similarities, np.float32), np.clip(want, 0, 1), atol=1e-6)
+
+
+def test_a_face_id_filter_is_sized_by_its_faces_not_by_its_list() -> None:
+    """A request for 10 faces of a 1M list reads 10 rows: it is not made to wait behind other lists' full scans."""
+    rng = np.random.default_rng(1)
+    version = version_of(512)
+    m = cached_matrix(np.zeros((40_000, 512), np.float32), version, rng)
+    whole = wire.MatchRequest(m.account_id.bytes, m.list_id.bytes, version, b"\0" * 2048, limit=5)
+    few = wire.MatchRequest(m.account_id.bytes, m.list_id.bytes, version, b"\0" * 2048, limit=5,
+                            face_ids=[m.ids[i].tobytes() for i in range(10)])
+    assert batching._scanned_floats(m, [whole]) == 40_000 * 512 >= batching.HEAVY_FLOATS
+    assert batching._scanned_floats(m, [few]) == 10 * 512 < batching.HEAVY_FLOATS

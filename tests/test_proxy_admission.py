@@ -126,3 +126,20 @@ async def test_reply_listener_resubscribes_after_its_connection_dies(plugin: Ind
                 await asyncio.sleep(0.1)
     finally:
         await admin.aclose()
+
+
+async def test_what_is_kept_per_list_stream_expires_after_its_last_request(plugin: IndexedPlugin) -> None:
+    """Cost estimates, sizes and backlogs are kept per list stream; a list not asked for 10 minutes is forgotten, so
+    the proxy's memory is bounded by the lists in use, not by every list ever matched."""
+    from facedex.proxy import indexed
+
+    old, fresh = "stream-old", "stream-fresh"
+    now = time.monotonic()
+    for stream, used in ((old, now - indexed.STREAM_STATE_TTL_S - 1), (fresh, now)):
+        plugin.used[stream] = used
+        plugin.entry_costs[stream] = 0.01
+        plugin.sizes[stream] = 1000
+        plugin.backlogs[stream] = (now, 3)
+    await plugin.sync_labels()
+    for per_stream in (plugin.used, plugin.entry_costs, plugin.sizes, plugin.backlogs):
+        assert old not in per_stream and fresh in per_stream

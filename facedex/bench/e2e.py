@@ -242,6 +242,8 @@ def _floor_line(record: dict[str, object]) -> list[str]:
     floor: dict[str, float] | None = record.get("floor")  # type: ignore[assignment]
     if not floor:
         return []
+    if "error" in floor:
+        return ["", f"Floor (`facedex/bench/hop_floor.py`): not measured in this run ({floor['error']})."]
     text = (f"Floor, same machine and run (`facedex/bench/hop_floor.py`: bare uvicorn servers that only forward the body "
             f"with aiohttp, the same client, one request at a time): one HTTP hop p50 **{floor['1']:.2f} ms**, three chained "
             f"**{floor['3']:.2f} ms**.")
@@ -283,8 +285,12 @@ def main(api: str, manager: str, admin_token: str, size: int, levels: list[int],
     A milvus-lite arm that cannot run leaves its reason in ``record["milvus"]["error"]``; the HTTP rows stand.
     """
     record, ds, exact_i, mates = asyncio.run(run(api, manager, admin_token, size, levels, requests, seed, data, msgpack))
-    record["floor"] = hop_floor.measure(requests=min(requests, 2000))
-    log(f"  bare HTTP hops on this machine: p50 {record['floor']['1']:.2f} ms for one, {record['floor']['3']:.2f} ms for three chained")
+    try:  # a failed floor must not cost the run it sits beside
+        record["floor"] = hop_floor.measure(requests=min(requests, 2000))
+        log(f"  bare HTTP hops on this machine: p50 {record['floor']['1']:.2f} ms for one, {record['floor']['3']:.2f} ms for three chained")
+    except Exception as e:  # noqa: BLE001
+        record["floor"] = {"error": f"{type(e).__name__}: {e}"}
+        log(f"  the hop floor could not be measured: {record['floor']['error']}")
     if milvus is not None:
         try:
             record["milvus"] = milvus_e2e.run(ds.gallery, ds.probes, exact_i, mates, levels, milvus_requests or requests, milvus,  # type: ignore[attr-defined]

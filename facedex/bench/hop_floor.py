@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -65,12 +66,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _ready(url: str, timeout_s: float = 20.0) -> None:
+async def _ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
     import aiohttp
 
     deadline = time.monotonic() + timeout_s
     async with aiohttp.ClientSession() as http:
         while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"bare server for {url} exited with {proc.returncode}")
             try:
                 async with http.get(url) as r:
                     if r.status == 200:
@@ -99,6 +102,17 @@ async def _p50_ms(url: str, requests: int) -> float:
 
 def measure(hops: tuple[int, ...] = (1, 3), requests: int = 2000) -> dict[str, float]:
     """p50 ms of a request through a chain of ``n`` bare servers, for each ``n`` in ``hops`` (one chain at a time)."""
+    from facedex.bench.platform import _exit_on_sigterm
+
+    previous = _exit_on_sigterm()  # a plain kill still stops the servers (the finally below)
+    try:
+        return _measure(hops, requests)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _measure(hops: tuple[int, ...], requests: int) -> dict[str, float]:
     out: dict[str, float] = {}
     for n in hops:
         ports = [_free_port() for _ in range(n)]
@@ -108,8 +122,8 @@ def measure(hops: tuple[int, ...] = (1, 3), requests: int = 2000) -> dict[str, f
                 nxt = f"http://127.0.0.1:{ports[i + 1]}/" if i + 1 < n else ""
                 procs.append(subprocess.Popen([sys.executable, "-m", "facedex.bench.hop_floor", str(port), nxt],
                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ)))
-            for port in ports:
-                asyncio.run(_ready(f"http://127.0.0.1:{port}/"))
+            for port, proc in zip(ports, procs, strict=True):
+                asyncio.run(_ready(f"http://127.0.0.1:{port}/", proc))
             out[str(n)] = asyncio.run(_p50_ms(f"http://127.0.0.1:{ports[0]}/", requests))
         finally:
             for p in procs:

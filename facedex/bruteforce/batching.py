@@ -13,7 +13,7 @@ only if no newer change was found by a head read begun after the request arrived
 (:func:`facedex.bruteforce.app.match`), so answers stay read-your-writes fresh.
 Requests with a face-id filter or other candidate filters search a subset of their own and run alone.
 
-Scans of large matrices run one at a time in the process (``HEAVY_FLOATS``): numpy's BLAS already spreads one
+Large scans run one at a time in the process (``HEAVY_FLOATS`` read): numpy's BLAS already spreads one
 scan over every core, and two multi-threaded OpenBLAS calls side by side are far slower than one after the other
 (three 1M x 512 GEMVs on 2 cores: 244 ms in turn, 368 ms side by side), which is what a candidate set over
 several lists sends. Scans of small lists are not held back behind them.
@@ -127,11 +127,20 @@ class Batcher:
             self._queues.pop(id(matrix), None)
 
     async def _run(self, matrix: ListMatrix, reqs: list[wire.MatchRequest]) -> Timed:
-        async with matrix.lock.read():
-            if matrix.n * matrix.dim < HEAVY_FLOATS:
+        if _scanned_floats(matrix, reqs) < HEAVY_FLOATS:
+            async with matrix.lock.read():
                 return await finish_in_thread(_timed_search, matrix, reqs, executor=self.executor)
-            async with self._heavy:
-                return await finish_in_thread(_timed_search, matrix, reqs, executor=self.executor)
+        # the turn first, then the list's read lock: a change to this list is not held up while other lists scan
+        async with self._heavy, matrix.lock.read():
+            return await finish_in_thread(_timed_search, matrix, reqs, executor=self.executor)
+
+
+def _scanned_floats(matrix: ListMatrix, reqs: list[wire.MatchRequest]) -> int:
+    """About how many floats the search reads: a face-id filter reads its faces' rows only (a scheduling hint, read
+    outside the lock)."""
+    face_ids = reqs[0].face_ids if len(reqs) == 1 else None
+    rows = matrix.n if face_ids is None else min(len(face_ids), matrix.n)
+    return rows * matrix.dim
 
 
 def _count(req: wire.MatchRequest, dim: int) -> int:

@@ -131,7 +131,7 @@ class IndexedPlugin:
             self.labels = set()
             raise
         self.labels = {self.keys.labels_member_label(m.decode()) for m in members}
-        idle = time.monotonic() - STREAM_STATE_TTL_S
+        idle = time.monotonic() - max(STREAM_STATE_TTL_S, 2 * self.settings.indexed.request_timeout_s)  # none in flight
         for stream in [s for s, used in self.used.items() if used < idle]:  # bounded by the lists matched lately
             for per_stream in (self.used, self.entry_costs, self.sizes, self.backlogs):
                 per_stream.pop(stream, None)
