@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from facedex.bench.common import interrupt
+
 BODY_BYTES = 2800  # about a JSON match request with one 512-d base64 reference
 ANSWER = b'{"matches":[]}' * 40  # about a JSON answer of ten results
 
@@ -127,12 +129,7 @@ def _measure(hops: tuple[int, ...], requests: int) -> dict[str, float]:
             out[str(n)] = asyncio.run(_p50_ms(f"http://127.0.0.1:{ports[0]}/", requests))
         finally:
             for p in procs:
-                p.terminate()
-            for p in procs:
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+                interrupt(p, 10)
     return out
 
 
