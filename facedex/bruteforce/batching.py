@@ -34,7 +34,7 @@ from facedex.bruteforce.cache import ListMatrix
 from facedex.metrics import BATCH_REQUESTS
 from facedex.rwlock import finish_in_thread
 
-HEAVY_FLOATS = 1 << 24  # matrices of at least this many floats (64 MB, ~32k faces at 512-d) are scanned one at a time
+HEAVY_FLOATS = 1 << 24  # searches reading at least this many floats (64 MB: ~32k faces at 512-d) run one at a time
 
 # responses, perf_counter when the search began and ended, and the matrix's change head it searched
 Timed = tuple[list[wire.MatchResponse], float, float, int]

@@ -118,7 +118,8 @@ class IndexedPlugin:
     async def sync_labels(self) -> None:
         """Live labels: members of the labels set whose expiry is ahead of the Redis server's clock.
 
-        While Redis cannot be read, no list is routed here (requests go straight to brute force)."""
+        While Redis cannot be read, no list is routed here (requests go straight to brute force). Also forgets
+        what is kept per list stream (cost estimate, size, backlog) for lists not asked for a while."""
         assert self.redis is not None
         try:
             seconds, micros = await self.redis.time()
