@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from facedex.bench.common import interrupt
+from facedex.bench.platform import _exit_on_sigterm, _free_port
 
 BODY_BYTES = 2800  # about a JSON match request with one 512-d base64 reference
 ANSWER = b'{"matches":[]}' * 40  # about a JSON answer of ten results
@@ -62,12 +62,6 @@ def _app(next_url: str | None) -> Any:
     return app
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def _ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
     import aiohttp
 
@@ -104,7 +98,6 @@ async def _p50_ms(url: str, requests: int) -> float:
 
 def measure(hops: tuple[int, ...] = (1, 3), requests: int = 2000) -> dict[str, float]:
     """p50 ms of a request through a chain of ``n`` bare servers, for each ``n`` in ``hops`` (one chain at a time)."""
-    from facedex.bench.platform import _exit_on_sigterm
 
     previous = _exit_on_sigterm()  # a plain kill still stops the servers (the finally below)
     try:
