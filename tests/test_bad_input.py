@@ -136,6 +136,8 @@ async def test_malformed_and_huge_bodies(setup, pool: asyncpg.Pool, services: Se
     resp = client.post("/1/lists", content=chunks(), headers={"Content-Type": "application/json"})
     assert resp.status_code == 413 and resp.json()["error_code"] == 10003
     # internal services refuse garbage with a code too
-    resp = httpx.post(services.url("bruteforce") + "/1/match", content=b"\x00\x01junk", headers=services.internal)
-    assert resp.status_code == 422 and resp.json()["error_code"] == 10002
+    for service, path in (("bruteforce", "/1/match"), ("proxy", "/1/match"), ("proxy", "/1/match_sets")):
+        for body in (b"\x00\x01junk", b"\x81\xa1x\x01"):  # not msgpack; msgpack of the wrong shape
+            resp = httpx.post(services.url(service) + path, content=body, headers=services.internal)
+            assert resp.status_code == 422 and resp.json()["error_code"] == 10002, (service, path, body, resp.text)
     assert await db_state(pool) == before

@@ -92,6 +92,12 @@ def test_bench_e2e_on_its_own_platform(tmp_path: Path) -> None:
                   "--doc", str(doc), "--section", "e2e-smoke", cwd=tmp_path)
     table = doc.read_text().split("<!-- bench:e2e-smoke -->")[1]
     assert "| route asked | concurrency | p50 (ms) | parse | refs | proxy |" in table  # hops from Server-Timing
+    # the floor: three bare hops at each of the run's levels, beside what each route got at that level
+    floor = json.loads(next((tmp_path / "bench-results").glob("e2e-*.json")).read_text())["floor"]
+    assert set(floor["levels"]["3"]) == {"1", "4"}, floor
+    assert all(0 < v["p50_ms"] <= v["p99_ms"] and v["throughput_rps"] > 0 for v in floor["levels"]["3"].values())
+    floor_rows = [line for line in table.split("3 bare hops")[1].splitlines() if line.startswith("| 1 |") or line.startswith("| 4 |")]
+    assert len(floor_rows) == 2 and all(row.count(" ms, ") == 3 for row in floor_rows), floor_rows
     if not MILVUS_INSTALLED:  # the HTTP rows are published, the milvus-lite arm's failure is named and fails the command
         assert out.returncode == 1 and "**milvus-lite arm failed**" in table and MILVUS_MISSING in table
         return

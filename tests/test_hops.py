@@ -181,6 +181,38 @@ def test_hop_histograms_are_in_metrics(indexed, services: Services) -> None:  # 
             assert line is not None and float(line.rsplit(" ", 1)[1]) >= 1, (route, hop)
 
 
+def test_the_direct_match_routes_behave_as_the_declared_ones(indexed, services: Services) -> None:  # type: ignore[no-untyped-def]
+    """The routes every match crosses are answered past FastAPI's routing (facedex.http.DirectRoutes): the same
+    dependencies, errors and metrics labels as the routes FastAPI declares (and documents) for them."""
+    from facedex.api import matching
+    from facedex.api.app import build_app
+    from facedex.api.auth import current_account
+    from facedex.api.deps import store
+    from facedex.config import Settings
+
+    # the direct handler resolves the account and the store itself: the declared route may depend on nothing else
+    app = build_app(Settings())
+    route = next(r for r in matching.router.routes if getattr(r, "path", None) == "/1/matcher/faces")
+    assert {d.call for d in route.dependant.dependencies} == {current_account, store}
+    assert set(app.state.direct_routes) == {("POST", "/1/matcher/faces")}
+    client, list_id, _, vecs = indexed
+    body = {"references": [{"descriptor": {"data": b64(vecs[0])}}], "candidates": {"list_id": list_id}}
+    for headers, code in (({}, 10004), ({"Authorization": "Bearer fdx_not-a-token"}, 10004)):
+        resp = httpx.post(services.url("api") + "/1/matcher/faces", json=body, headers=headers)
+        assert resp.status_code == 401 and resp.json()["error_code"] == code, resp.text
+        assert resp.headers.get("X-Request-Id")  # the outer middleware still wraps it
+    resp = client.post("/1/matcher/faces", json={**body, "candidates": {"list_id": list_id, "limit": 0}})
+    assert resp.status_code == 422 and resp.json()["error_code"] == 14001, resp.text
+    resp = client.post("/1/matcher/faces", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400 and resp.json()["error_code"] == 10001, resp.text
+    # each service labels its request metrics by the route's template, as for a FastAPI route
+    match_json(client, list_id, vecs[0], exact=True)
+    for service, path in (("api", "/1/matcher/faces"), ("proxy", "/1/match"), ("bruteforce", "/1/match")):
+        text = httpx.get(services.url(service) + "/metrics", headers=services.internal).text
+        assert any(x.startswith("facedex_http_request_duration_seconds_count") and f'route="{path}"' in x and 'status="200"' in x
+                   for x in text.splitlines()), (service, path)
+
+
 async def test_coalesced_head_reads_keep_read_your_writes(store: FacesStore, account: uuid.UUID) -> None:
     """A request that arrives while a head read runs never takes that read's answer: a write acknowledged just before
     it could be missing from it. It takes the next read, begun after it arrived."""

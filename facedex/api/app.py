@@ -13,7 +13,7 @@ from facedex.api.auth import TokenCache
 from facedex.config import Settings
 from facedex.errors import Errors
 from facedex.extractor.extract import make_extractor
-from facedex.http import create_app
+from facedex.http import create_app, direct_route
 from facedex.failover import FailoverClient
 from facedex.internal_auth import bearer
 from facedex.lifespan import faces_db, service_lifespan
@@ -50,6 +50,7 @@ def build_app(settings: Settings) -> FastAPI:
     )
     for module in (accounts, lists, faces, images, matching):
         app.include_router(module.router)
+    direct_route(app, "/1/matcher/faces", matching.match_faces_direct)  # every match crosses it: past FastAPI's layers
     base_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:

@@ -20,6 +20,7 @@ import asyncio
 import base64
 import time
 import uuid
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -238,22 +239,36 @@ def _hops_table(rows: list[dict[str, object]]) -> list[str]:
 
 
 def _floor_line(record: dict[str, object]) -> list[str]:
-    """The bare-hop floor measured in the same run, and how far the brute-force route at concurrency 1 is above it."""
-    floor: dict[str, float] | None = record.get("floor")  # type: ignore[assignment]
+    """The bare-hop floor measured in the same run: one request at a time, how far the brute-force route is above it;
+    at each concurrency level, what three bare hops alone get through this machine beside what each route got."""
+    floor: dict[str, Any] | None = record.get("floor")  # type: ignore[assignment]
     if not floor:
         return []
     if "error" in floor:
         return ["", f"Floor (`facedex/bench/hop_floor.py`): not measured in this run ({floor['error']})."]
     text = (f"Floor, same machine and run (`facedex/bench/hop_floor.py`: bare uvicorn servers that only forward the body "
-            f"with aiohttp, the same client, one request at a time): one HTTP hop p50 **{floor['1']:.2f} ms**, three chained "
-            f"**{floor['3']:.2f} ms**.")
-    exact = [r for r in record["rows"] if r["route_asked"] == "exact" and r["concurrency"] == 1]  # type: ignore[union-attr,index]
+            f"with aiohttp, the same client): one request at a time, one HTTP hop p50 **{floor['1']:.2f} ms**, three "
+            f"chained **{floor['3']:.2f} ms**.")
+    rows: list[dict[str, Any]] = record["rows"]  # type: ignore[assignment]
+    exact = [r for r in rows if r["route_asked"] == "exact" and r["concurrency"] == 1]
     if exact:
-        p50 = float(exact[0]["p50_ms"])  # type: ignore[arg-type]
+        p50 = float(exact[0]["p50_ms"])
         text += (f" The brute-force route crosses three such hops (client -> API -> proxy -> Matcher): its p50 at "
                  f"concurrency 1, {p50:.1f} ms, is {p50 - floor['3']:.1f} ms above them: facedex's own work in the three "
                  "services, the search and the change-head read.")
-    return ["", text]
+    chain: dict[str, dict[str, float]] = (floor.get("levels") or {}).get("3", {})
+    if not chain:
+        return ["", text]
+    lines = ["", text, "", "At each concurrency, the three bare hops alone (same closed loop of callers) beside each route "
+             "(p50 / p99 ms, requests/s):", "", "| concurrency | 3 bare hops | auto | exact |", "|---|---|---|---|"]
+
+    def cell(r: dict[str, Any] | None) -> str:
+        return "—" if r is None else f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} ms, {r['throughput_rps']:.0f}/s"
+
+    for c, bare in sorted(chain.items(), key=lambda kv: int(kv[0])):
+        by_route = {r["route_asked"]: r for r in rows if r["concurrency"] == int(c)}
+        lines.append(f"| {c} | {cell(bare)} | {cell(by_route.get('auto'))} | {cell(by_route.get('exact'))} |")
+    return lines
 
 
 def _opt(value: object) -> str:
@@ -286,7 +301,7 @@ def main(api: str, manager: str, admin_token: str, size: int, levels: list[int],
     """
     record, ds, exact_i, mates = asyncio.run(run(api, manager, admin_token, size, levels, requests, seed, data, msgpack))
     try:  # a failed floor must not cost the run it sits beside
-        record["floor"] = hop_floor.measure(requests=min(requests, 2000))
+        record["floor"] = hop_floor.measure(requests=min(requests, 2000), levels=tuple(levels))
         log(f"  bare HTTP hops on this machine: p50 {record['floor']['1']:.2f} ms for one, {record['floor']['3']:.2f} ms for three chained")
     except Exception as e:  # noqa: BLE001
         record["floor"] = {"error": f"{type(e).__name__}: {e}"}

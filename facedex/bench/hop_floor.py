@@ -5,7 +5,7 @@ Redis stream on the indexed one. How much of a hop is this machine (loopback TCP
 loop) and how much is facedex is only known against the same hop with nothing in it. Each server here is a raw
 ASGI app on uvicorn with the services' own settings (uvloop, httptools, no access log) that reads the body and
 forwards it with aiohttp over a keep-alive connection to the next one, or answers a small body; the client is
-the bench's (aiohttp, one request at a time).
+the bench's (aiohttp), one request at a time and in a closed loop at each of the run's concurrency levels.
 """
 
 from __future__ import annotations
@@ -81,34 +81,48 @@ async def _ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 20.
             await asyncio.sleep(0.1)
 
 
-async def _p50_ms(url: str, requests: int) -> float:
+async def _load(url: str, concurrency: int, requests: int) -> dict[str, float]:
+    """p50 / p99 ms and requests/s of ``requests`` POSTs from ``concurrency`` callers in a closed loop (as ``bench e2e``
+    drives the platform), after a tenth as many to warm up."""
     import aiohttp
 
     body = b"x" * BODY_BYTES
-    times = []
-    async with aiohttp.ClientSession() as http:
-        for i in range(requests + requests // 10):  # the first tenth warms up
-            started = time.perf_counter()
-            async with http.post(url, data=body) as r:
-                await r.read()
-            if i >= requests // 10:
-                times.append(time.perf_counter() - started)
-    return float(np.median(times)) * 1000
+    times: list[float] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as http:
+        async def caller(left: list[int], into: list[float] | None) -> None:
+            while left[0] > 0:
+                left[0] -= 1
+                started = time.perf_counter()
+                async with http.post(url, data=body) as r:
+                    await r.read()
+                if into is not None:
+                    into.append(time.perf_counter() - started)
+
+        warm = [max(requests // 10, concurrency)]
+        await asyncio.gather(*(caller(warm, None) for _ in range(concurrency)))
+        left = [requests]
+        started = time.perf_counter()
+        await asyncio.gather(*(caller(left, times) for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    ms = np.array(times) * 1000
+    return {"p50_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)), "throughput_rps": requests / wall}
 
 
-def measure(hops: tuple[int, ...] = (1, 3), requests: int = 2000) -> dict[str, float]:
-    """p50 ms of a request through a chain of ``n`` bare servers, for each ``n`` in ``hops`` (one chain at a time)."""
+def measure(hops: tuple[int, ...] = (1, 3), requests: int = 2000, levels: tuple[int, ...] = (1,)) -> dict[str, Any]:
+    """The floor of each chain of ``n`` bare servers (``n`` in ``hops``, one chain at a time): ``out[str(n)]`` is its
+    p50 ms one request at a time; ``out["levels"][str(n)][str(c)]`` its p50, p99 and requests/s at each concurrency
+    ``c`` in ``levels`` (what a closed loop of ``c`` callers can get through the hops alone on this machine)."""
 
     previous = _exit_on_sigterm()  # a plain kill still stops the servers (the finally below)
     try:
-        return _measure(hops, requests)
+        return _measure(hops, requests, levels)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _measure(hops: tuple[int, ...], requests: int) -> dict[str, float]:
-    out: dict[str, float] = {}
+def _measure(hops: tuple[int, ...], requests: int, levels: tuple[int, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {"levels": {}}
     for n in hops:
         ports = [_free_port() for _ in range(n)]
         procs = []
@@ -119,7 +133,10 @@ def _measure(hops: tuple[int, ...], requests: int) -> dict[str, float]:
                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ)))
             for port, proc in zip(ports, procs, strict=True):
                 asyncio.run(_ready(f"http://127.0.0.1:{port}/", proc))
-            out[str(n)] = asyncio.run(_p50_ms(f"http://127.0.0.1:{ports[0]}/", requests))
+            url = f"http://127.0.0.1:{ports[0]}/"
+            by_level = {str(c): asyncio.run(_load(url, c, requests)) for c in sorted({1, *levels})}
+            out[str(n)] = by_level["1"]["p50_ms"]
+            out["levels"][str(n)] = by_level
         finally:
             for p in procs:
                 interrupt(p, 10)

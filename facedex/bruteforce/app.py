@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 
 import msgspec
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 from facedex import descriptors, timing, wire
@@ -18,7 +18,7 @@ from facedex.bruteforce.batching import Batcher
 from facedex.bruteforce.cache import ListCache
 from facedex.config import MatchingSettings, Settings
 from facedex.errors import Errors, FacedexError
-from facedex.http import create_app, errors, msgpack_body
+from facedex.http import create_app, errors, msgpack_route
 from facedex.internal_auth import verify_request
 from facedex.lifespan import faces_db, service_lifespan
 from facedex.metrics import CACHED_LIST_BYTES
@@ -103,16 +103,16 @@ def build_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
 
-    @app.post(
-        "/1/match", tags=["matching"], summary="Exact top-k of references against one list (msgpack)",
-        openapi_extra=msgpack_body(wire.MatchRequest, wire.MatchResponse),
+    @msgpack_route(
+        app, "/1/match", wire.MatchRequest, wire.MatchResponse, tags=["matching"],
+        summary="Exact top-k of references against one list (msgpack)",
         responses=errors(Errors.DESCRIPTOR_VERSION_UNKNOWN, Errors.DESCRIPTOR_LENGTH, Errors.LIST_NOT_FOUND),
     )
-    async def match_route(request: Request) -> Response:
-        req = wire.decode(await request.body(), wire.MatchRequest)
+    async def match_route(body: bytes) -> bytes:
+        req = wire.decode(body, wire.MatchRequest)
         verify_request(settings.internal_token, req)
         resp = await match(state["cache"], state["batcher"], req, settings.matching)  # type: ignore[arg-type]
-        return Response(wire.encode(resp), media_type=wire.CONTENT_TYPE)
+        return wire.encode(resp)
 
     @app.get("/1/cache", tags=["service"], summary="Lists held in memory")
     async def cache_info() -> CacheOut:

@@ -15,13 +15,13 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
 import msgspec
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 from facedex import timing, wire
 from facedex.config import Settings
 from facedex.errors import Errors, FacedexError
-from facedex.http import create_app, errors, msgpack_body
+from facedex.http import create_app, errors, msgpack_route
 from facedex.internal_auth import verify_request
 from facedex.lifespan import service_lifespan
 from facedex.metrics import MATCH_ROUTE
@@ -136,13 +136,12 @@ def build_app(settings: Settings) -> FastAPI:
         if check is not None:
             app.state.health[f"plugin:{plugin.name}"] = check
 
-    @app.post(
-        "/1/match", tags=["matching"], summary="Match references against one list (msgpack)",
-        openapi_extra=msgpack_body(wire.MatchRequest, wire.MatchResponse),
+    @msgpack_route(
+        app, "/1/match", wire.MatchRequest, wire.MatchResponse, tags=["matching"],
+        summary="Match references against one list (msgpack)",
         responses=errors(Errors.DESCRIPTOR_VERSION_UNKNOWN, Errors.DESCRIPTOR_LENGTH, Errors.LIST_NOT_FOUND, Errors.MATCHER_UNAVAILABLE),
     )
-    async def match_route(request: Request) -> Response:
-        body = await request.body()
+    async def match_route(body: bytes) -> bytes:
         started = time.perf_counter()
         req = wire.decode(body, wire.MatchRequest)
         verify_request(settings.internal_token, req)  # before any route sees it: no plugin serves a forged or altered request
@@ -150,21 +149,21 @@ def build_app(settings: Settings) -> FastAPI:
         # this proxy's own part: all it spent on the request but the matcher's reported hops (facedex.timing)
         hops = resp.timings or {}
         hops = {**hops, timing.ROUTE: max(timing.since(started) - timing.downstream(hops), 0.0)}
-        return Response(wire.encode(msgspec.structs.replace(resp, timings=hops)), media_type=wire.CONTENT_TYPE)
+        return wire.encode(msgspec.structs.replace(resp, timings=hops))
 
-    @app.post(
-        "/1/match_sets", tags=["matching"], summary="Match references against several candidate sets (msgpack)",
-        openapi_extra=msgpack_body(wire.MatchSetsRequest, wire.MatchSetsResponse),
+    @msgpack_route(
+        app, "/1/match_sets", wire.MatchSetsRequest, wire.MatchSetsResponse, tags=["matching"],
+        summary="Match references against several candidate sets (msgpack)",
         responses=errors(Errors.DESCRIPTOR_VERSION_UNKNOWN, Errors.DESCRIPTOR_LENGTH, Errors.LIST_NOT_FOUND, Errors.MATCHER_UNAVAILABLE,
                          Errors.TOO_MANY_CANDIDATE_SETS, Errors.CANDIDATE_SET_INVALID, Errors.IDENTITY_UNVERIFIED),
     )
-    async def match_sets_route(request: Request) -> Response:
-        req = wire.decode(await request.body(), wire.MatchSetsRequest)
+    async def match_sets_route(body: bytes) -> bytes:
+        req = wire.decode(body, wire.MatchSetsRequest)
         check_sets(req, settings)
         for subs in req.sets:
             for sub in subs:
                 verify_request(settings.internal_token, sub)  # each sub-request as the API signed it
-        return Response(wire.encode(await router.match_sets(req)), media_type=wire.CONTENT_TYPE)
+        return wire.encode(await router.match_sets(req))
 
     @app.get("/1/plugins", tags=["service"], summary="Active matching plugins, in order")
     async def plugins() -> PluginsOut:
