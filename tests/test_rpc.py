@@ -12,6 +12,7 @@ import msgspec
 import pytest
 import uvicorn
 from fastapi import Request, Response
+from fastapi.responses import StreamingResponse
 
 from facedex import wire
 from facedex.config import Settings
@@ -24,6 +25,7 @@ from tests.conftest import free_port
 
 class Echo(msgspec.Struct):
     headers: dict[str, str]
+    peer: int = 0  # the caller's port: the same one on a reused connection
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,25 @@ def echo_url() -> Iterator[str]:
     @app.post("/1/echo")
     async def echo(request: Request) -> Response:
         await request.body()
-        return Response(wire.encode(Echo(dict(request.headers))), media_type=wire.CONTENT_TYPE)
+        return Response(wire.encode(Echo(dict(request.headers), request.client.port if request.client else 0)),
+                        media_type=wire.CONTENT_TYPE)
+
+    @app.post("/1/chunked")
+    async def chunked(request: Request) -> StreamingResponse:  # no length: the answer comes in chunks
+        await request.body()
+        data = wire.encode(Echo({"chunked": "yes"}))
+
+        async def pieces():  # type: ignore[no-untyped-def]
+            for i in range(0, len(data), 3):
+                yield data[i : i + 3]
+                await asyncio.sleep(0)
+
+        return StreamingResponse(pieces(), media_type=wire.CONTENT_TYPE)
+
+    @app.post("/1/close")
+    async def close(request: Request) -> Response:  # answers, then closes the connection
+        await request.body()
+        return Response(wire.encode(Echo({})), media_type=wire.CONTENT_TYPE, headers={"Connection": "close"})
 
     @app.post("/1/refuse")
     async def refuse() -> Response:
@@ -97,3 +117,23 @@ async def test_errors_are_relayed_by_code_and_failures_are_unavailable(echo_url:
     assert refused_connection.value.error is Errors.EXTRACTOR_UNAVAILABLE
     await dead.close()
     assert httpx.get(echo_url + "/healthcheck").headers["x-request-id"]
+
+
+async def test_connections_are_kept_alive_and_any_framing_is_read(echo_url: str) -> None:
+    """Plain-HTTP calls go over kept-alive connections (facedex.keepalive): one connection for calls in turn, a
+    chunked answer read whole, a connection the server closes (or a call cut short) never reused."""
+    client = ServiceClient(echo_url, timeout_s=10)
+    message = wire.ExtractRequest(image=b"x" * 100_000)  # a body larger than one read
+    try:
+        peers = {(await client.call("/1/echo", message, Echo)).peer for _ in range(5)}
+        assert len(peers) == 1, peers
+        assert (await client.call("/1/chunked", message, Echo)).headers == {"chunked": "yes"}
+        await client.call("/1/close", message, Echo)  # the server closed that connection: the next call opens one
+        after_close = (await client.call("/1/echo", message, Echo)).peer
+        assert after_close not in peers
+        with pytest.raises(FacedexError):
+            await client.call("/1/slow", message, Echo, timeout_s=0.2)  # cut short: that connection is dropped
+        results = await asyncio.gather(*(client.call("/1/echo", message, Echo) for _ in range(8)))  # in parallel
+        assert len({r.peer for r in results}) > 1 and all(r.headers["content-type"] == wire.CONTENT_TYPE for r in results)
+    finally:
+        await client.close()

@@ -1,0 +1,134 @@
+"""Plain HTTP/1.1 keep-alive connections for service-to-service calls (``http://`` URLs; :mod:`facedex.rpc`).
+
+Why: a match makes two such calls (API -> proxy -> brute-force Matcher), and aiohttp's client spent ~0.16 ms of CPU
+on each on this machine class, against ~0.02 ms for a request written to and read from a kept-alive asyncio stream
+(same bare server, in process; docs/benchmarks.md); in the API it was a third of the request's time (py-spy). These
+calls need little of a general client: one small POST or GET to a facedex service at a time per connection, no
+redirects, cookies, proxies or TLS. Responses are parsed by ``httptools`` (llhttp, what uvicorn parses requests
+with), so any framing a server may choose (length, chunked) is read correctly.
+
+Connections are reused while idle for less than ``keepalive_s`` (below the services' own keep-alive, 75 s), so a
+request is never written into a connection the server is about to close: a POST there could not be safely retried.
+A connection whose exchange did not end cleanly (an error, a timeout, a cancel) is closed, never reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+
+import httptools
+
+READ_BYTES = 1 << 16
+
+
+class ProtocolError(ConnectionError):
+    """The server's answer was not an HTTP/1.1 response, or the connection closed before it was whole."""
+
+
+class _Answer:
+    """httptools callbacks: the body of one response, whether it is whole, and whether the connection stays open
+    (known once the headers are read: llhttp forgets it when the message completes)."""
+
+    __slots__ = ("chunks", "complete", "keep_alive", "parser")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.complete = False
+        self.keep_alive = False
+        self.parser: httptools.HttpResponseParser | None = None
+
+    def on_headers_complete(self) -> None:
+        assert self.parser is not None
+        self.keep_alive = self.parser.should_keep_alive()
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+class _Connection:
+    __slots__ = ("idle_since", "reader", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.idle_since = time.monotonic()
+
+    def usable(self, keepalive_s: float) -> bool:
+        return (not self.writer.is_closing() and not self.reader.at_eof()
+                and time.monotonic() - self.idle_since < keepalive_s)
+
+    async def exchange(self, request: bytes) -> tuple[int, bytes, bool]:
+        """Write one request, read its response: (status, body, whether the connection may be reused)."""
+        self.writer.write(request)
+        answer = _Answer()
+        parser = answer.parser = httptools.HttpResponseParser(answer)
+        while not answer.complete:
+            data = await self.reader.read(READ_BYTES)
+            if not data:
+                raise ProtocolError("the connection closed before the answer was whole")
+            try:
+                parser.feed_data(data)
+            except httptools.HttpParserError as exc:
+                raise ProtocolError(f"not an HTTP answer: {exc}") from exc
+        return parser.get_status_code(), b"".join(answer.chunks), answer.keep_alive
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class KeepAlivePool:
+    """Up to ``limit`` connections to one ``host:port``, reused while idle for less than ``keepalive_s``.
+
+    Belongs to the event loop it is first used in (its connections do).
+    """
+
+    def __init__(self, host: str, port: int, limit: int, keepalive_s: float) -> None:
+        self.host = host
+        self.port = port
+        self.keepalive_s = keepalive_s
+        self._authority = f"{host}:{port}".encode()
+        self._idle: list[_Connection] = []
+        self._slots = asyncio.Semaphore(limit)
+
+    async def request(self, method: str, path: str, headers: Iterable[tuple[str, str]], body: bytes = b"") -> tuple[int, bytes]:
+        """(status, body) of one request. Raises ``OSError`` (``ConnectionError``, ``ProtocolError``) when the server
+        could not be reached or did not answer whole; the caller bounds the time (``asyncio.timeout``)."""
+        head = [f"{method} {path} HTTP/1.1\r\n".encode(), b"Host: ", self._authority, b"\r\n",
+                b"Content-Length: ", str(len(body)).encode(), b"\r\n"]
+        for name, value in headers:
+            if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+                raise ValueError(f"header {name!r} holds a line break")
+            head.append(f"{name}: {value}\r\n".encode("latin-1"))
+        head += [b"\r\n", body]
+        async with self._slots:
+            conn = self._take()
+            if conn is None:
+                reader, writer = await asyncio.open_connection(self.host, self.port, limit=READ_BYTES)
+                conn = _Connection(reader, writer)
+            reusable = False
+            try:
+                status, answer, reusable = await conn.exchange(b"".join(head))
+                return status, answer
+            finally:
+                if reusable:
+                    conn.idle_since = time.monotonic()
+                    self._idle.append(conn)
+                else:  # an error, a timeout or a cancel mid-exchange leaves the stream in an unknown state
+                    conn.close()
+
+    def _take(self) -> _Connection | None:
+        while self._idle:
+            conn = self._idle.pop()  # the most recently used: the least likely to have been closed meanwhile
+            if conn.usable(self.keepalive_s):
+                return conn
+            conn.close()
+        return None
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
