@@ -247,8 +247,8 @@ def _floor_line(record: dict[str, object]) -> list[str]:
     if "error" in floor:
         return ["", f"Floor (`facedex/bench/hop_floor.py`): not measured in this run ({floor['error']})."]
     text = (f"Floor, same machine and run (`facedex/bench/hop_floor.py`: bare uvicorn servers that only forward the body "
-            f"with aiohttp, the same client): one request at a time, one HTTP hop p50 **{floor['1']:.2f} ms**, three "
-            f"chained **{floor['3']:.2f} ms**.")
+            f"over the services' keep-alive connections, the same client): one request at a time, one HTTP hop p50 "
+            f"**{floor['1']:.2f} ms**, three chained **{floor['3']:.2f} ms**.")
     rows: list[dict[str, Any]] = record["rows"]  # type: ignore[assignment]
     exact = [r for r in rows if r["route_asked"] == "exact" and r["concurrency"] == 1]
     if exact:

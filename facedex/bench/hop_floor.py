@@ -4,8 +4,9 @@ Why: a match crosses three HTTP hops on the brute-force route (client -> API -> 
 Redis stream on the indexed one. How much of a hop is this machine (loopback TCP, process wake-ups, the event
 loop) and how much is facedex is only known against the same hop with nothing in it. Each server here is a raw
 ASGI app on uvicorn with the services' own settings (uvloop, httptools, no access log) that reads the body and
-forwards it with aiohttp over a keep-alive connection to the next one, or answers a small body; the client is
-the bench's (aiohttp), one request at a time and in a closed loop at each of the run's concurrency levels.
+forwards it over the services' own keep-alive connections (:mod:`facedex.keepalive`) to the next one, or answers
+a small body; the client is the bench's (aiohttp), one request at a time and in a closed loop at each of the run's
+concurrency levels.
 """
 
 from __future__ import annotations
@@ -28,21 +29,22 @@ ANSWER = b'{"matches":[]}' * 40  # about a JSON answer of ten results
 
 
 def _app(next_url: str | None) -> Any:
-    import aiohttp
+    from urllib.parse import urlsplit
 
-    state: dict[str, aiohttp.ClientSession] = {}
+    from facedex.keepalive import KeepAlivePool
+
+    state: dict[str, KeepAlivePool] = {}
+    nxt = urlsplit(next_url) if next_url else None
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             while True:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
-                    if next_url:
-                        state["http"] = aiohttp.ClientSession()
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
-                    if "http" in state:
-                        await state["http"].close()
+                    if "pool" in state:
+                        state["pool"].close()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         body = b""
@@ -51,9 +53,10 @@ def _app(next_url: str | None) -> Any:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        if next_url and scope["method"] == "POST":
-            async with state["http"].post(next_url, data=body) as r:
-                out = await r.read()
+        if nxt is not None and scope["method"] == "POST":
+            if "pool" not in state:  # made in the serving loop, as the services' own pools are
+                state["pool"] = KeepAlivePool(nxt.hostname or "127.0.0.1", nxt.port or 80, limit=256, keepalive_s=30.0)
+            _, out = await state["pool"].request("POST", "/", [("Content-Type", "application/msgpack")], body)
         else:
             out = ANSWER
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
