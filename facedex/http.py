@@ -238,7 +238,8 @@ class DirectRoutes:
 
 
 def direct_route(app: FastAPI, path: str, handler: RouteHandler, method: str = "POST") -> None:
-    """Answer ``method path`` with ``handler`` through :class:`DirectRoutes` (declare it to FastAPI as well)."""
+    """Answer ``method path`` with ``handler`` through :class:`DirectRoutes`; the caller also declares the route to
+    FastAPI (for the schema)."""
     app.state.direct_routes[(method, path)] = DirectRoute(path, handler)
 
 
@@ -252,6 +253,8 @@ def msgpack_route(
     def register(handler: MsgpackHandler) -> MsgpackHandler:
         async def answer(raw: Request) -> Response:
             return Response(await handler(await raw.body()), media_type=wire.CONTENT_TYPE)
+
+        answer.__name__ = handler.__name__  # the schema's operationId, as when FastAPI called the handler itself
 
         direct_route(app, path, answer)
         app.post(path, openapi_extra=msgpack_body(request, response), **route)(answer)

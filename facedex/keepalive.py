@@ -5,17 +5,20 @@ on each on this machine class, against ~0.02 ms for a request written to and rea
 (same bare server, in process; docs/benchmarks.md); in the API it was a third of the request's time (py-spy). These
 calls need little of a general client: one small POST or GET to a facedex service at a time per connection, no
 redirects, cookies, proxies or TLS. Responses are parsed by ``httptools`` (llhttp, what uvicorn parses requests
-with), so any framing a server may choose (length, chunked) is read correctly.
+with): a body framed by its length or chunked (what the services send) is read whole; one ended only by closing
+the connection is refused as incomplete.
 
 Connections are reused while idle for less than ``keepalive_s`` (below the services' own keep-alive, 75 s), so a
 request is never written into a connection the server is about to close: a POST there could not be safely retried.
-A connection whose exchange did not end cleanly (an error, a timeout, a cancel) is closed, never reused.
+A connection whose exchange did not end cleanly (an error, a timeout, a cancel) is closed, never reused; idle ones
+past ``keepalive_s`` are closed as soon as the pool is used again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Iterable
 
 import httptools
@@ -65,17 +68,19 @@ class _Connection:
     async def exchange(self, request: bytes) -> tuple[int, bytes, bool]:
         """Write one request, read its response: (status, body, whether the connection may be reused)."""
         self.writer.write(request)
-        answer = _Answer()
-        parser = answer.parser = httptools.HttpResponseParser(answer)
-        while not answer.complete:
-            data = await self.reader.read(READ_BYTES)
-            if not data:
-                raise ProtocolError("the connection closed before the answer was whole")
-            try:
-                parser.feed_data(data)
-            except httptools.HttpParserError as exc:
-                raise ProtocolError(f"not an HTTP answer: {exc}") from exc
-        return parser.get_status_code(), b"".join(answer.chunks), answer.keep_alive
+        while True:  # an interim (1xx) answer is followed by the real one
+            answer = _Answer()
+            parser = answer.parser = httptools.HttpResponseParser(answer)
+            while not answer.complete:
+                data = await self.reader.read(READ_BYTES)
+                if not data:
+                    raise ProtocolError("the connection closed before the answer was whole")
+                try:
+                    parser.feed_data(data)
+                except httptools.HttpParserError as exc:
+                    raise ProtocolError(f"not an HTTP answer: {exc}") from exc
+            if parser.get_status_code() >= 200:
+                return parser.get_status_code(), b"".join(answer.chunks), answer.keep_alive
 
     def close(self) -> None:
         self.writer.close()
@@ -91,8 +96,8 @@ class KeepAlivePool:
         self.host = host
         self.port = port
         self.keepalive_s = keepalive_s
-        self._authority = f"{host}:{port}".encode()
-        self._idle: list[_Connection] = []
+        self._authority = (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()  # an IPv6 literal in []
+        self._idle: deque[_Connection] = deque()  # the most recently used on the right
         self._slots = asyncio.Semaphore(limit)
 
     async def request(self, method: str, path: str, headers: Iterable[tuple[str, str]], body: bytes = b"") -> tuple[int, bytes]:
@@ -122,6 +127,8 @@ class KeepAlivePool:
                     conn.close()
 
     def _take(self) -> _Connection | None:
+        while self._idle and not self._idle[0].usable(self.keepalive_s):  # expired or closed by the server
+            self._idle.popleft().close()
         while self._idle:
             conn = self._idle.pop()  # the most recently used: the least likely to have been closed meanwhile
             if conn.usable(self.keepalive_s):

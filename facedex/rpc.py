@@ -19,8 +19,9 @@ T = TypeVar("T")
 
 # Plain HTTP goes over facedex.keepalive; aiohttp (not httpx) for anything else: with 32 calls in flight httpx's pool
 # scanned every connection (one poll() each) to place every request and spent 45 % of the API's CPU there (py-spy).
-# Idle connections are closed by us after 30 s, well before the services' own keep-alive (75 s, services.serve):
-# a POST is never written into a connection the server is closing (it cannot be safely retried).
+# Idle connections are not reused after 30 s (and closed when the pool is next used), well before the services' own
+# keep-alive (75 s, services.serve): a POST is never written into a connection the server is closing (it cannot be
+# safely retried).
 MAX_CONNECTIONS = 256
 KEEPALIVE_S = 30.0
 
@@ -90,7 +91,8 @@ class ServiceClient:
 
     async def check_health(self) -> None:
         """Raise unless the service's ``/healthcheck`` answers 200 (for the caller's own health check)."""
-        status, _ = await self._exchange("GET", "/healthcheck", self.headers)
+        async with asyncio.timeout(self.timeout_s):
+            status, _ = await self._exchange("GET", "/healthcheck", self.headers)
         if status != 200:
             raise RuntimeError(f"{self.base_url} answered {status}")
 

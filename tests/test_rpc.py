@@ -137,3 +137,50 @@ async def test_connections_are_kept_alive_and_any_framing_is_read(echo_url: str)
         assert len({r.peer for r in results}) > 1 and all(r.headers["content-type"] == wire.CONTENT_TYPE for r in results)
     finally:
         await client.close()
+
+
+async def test_keepalive_pool_reads_interim_answers_and_sweeps_expired_connections() -> None:
+    """facedex.keepalive against a raw server: a 1xx sent on its own is skipped for the real answer; an answer ended
+    only by closing is refused as incomplete; idle connections past ``keepalive_s`` are closed on the next use."""
+    from facedex.keepalive import KeepAlivePool, ProtocolError
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+            await reader.readexactly(length)
+            if head.startswith(b"POST /interim"):
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.05)  # the real answer in a later read
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal")
+            elif head.startswith(b"POST /unframed"):
+                writer.write(b"HTTP/1.1 200 OK\r\n\r\npartial")
+                await writer.drain()
+                writer.close()
+                return
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = KeepAlivePool("127.0.0.1", port, limit=16, keepalive_s=0.3)
+    try:
+        assert await pool.request("POST", "/interim", [], b"x") == (200, b"final")
+        assert await pool.request("POST", "/plain", [], b"x") == (200, b"ok")  # the same connection, nothing left over
+        with pytest.raises(ProtocolError):
+            await pool.request("POST", "/unframed", [], b"x")
+        await asyncio.gather(*(pool.request("POST", "/plain", [], b"x") for _ in range(8)))  # a burst opens several
+        assert len(pool._idle) > 1
+        await asyncio.sleep(0.4)  # all expired
+        assert await pool.request("POST", "/plain", [], b"x") == (200, b"ok")
+        assert len(pool._idle) == 1  # the expired ones were closed, the one just used is kept
+    finally:
+        pool.close()
+        server.close()
+        await server.wait_closed()

@@ -149,7 +149,8 @@ def _measure(hops: tuple[int, ...], requests: int, levels: tuple[int, ...]) -> d
 def _serve(port: int, next_url: str | None) -> None:
     import uvicorn
 
-    uvicorn.run(_app(next_url), host="127.0.0.1", port=port, log_config=None, access_log=False)
+    uvicorn.run(_app(next_url), host="127.0.0.1", port=port, log_config=None, access_log=False,
+                timeout_keep_alive=75)  # as the services (facedex.services): longer than the pools keep a connection
 
 
 if __name__ == "__main__":
