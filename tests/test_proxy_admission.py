@@ -143,3 +143,40 @@ async def test_what_is_kept_per_list_stream_expires_after_its_last_request(plugi
     await plugin.sync_labels()
     for per_stream in (plugin.used, plugin.entry_costs, plugin.sizes, plugin.backlogs):
         assert old not in per_stream and fresh in per_stream
+
+
+async def test_the_cost_estimate_learns_only_from_backlogs_read_for_the_request(plugin: IndexedPlugin) -> None:
+    """An answer's time is spread over the entries that were ahead of it; with a cached backlog count (up to 100 ms
+    old, often 0 in a burst) that split is unknown, so the answer does not move the estimate: it once grew many
+    times too high and shed a healthy index's requests to brute force."""
+    redis = plugin.redis
+    assert redis is not None
+    list_id = uuid.uuid4()
+    stream = plugin.keys.stream(plugin.keys.matching_label(str(list_id), 1))
+    await redis.xgroup_create(stream, Keys.MATCHER_GROUP, id="$", mkstream=True)
+
+    stop = asyncio.Event()
+
+    async def answer_after(delay: float) -> None:  # a matcher of the group that takes ``delay`` over each entry
+        while not stop.is_set():  # (a cancelled blocking XREADGROUP can hang redis-py: it stops on its own)
+            got = await redis.xreadgroup(Keys.MATCHER_GROUP, "m1", {stream: ">"}, count=1, block=100)
+            if got:
+                entry_id, fields = got[0][1][0]
+                entry = wire.decode(fields[b"m"], wire.IndexedRequest)
+                await asyncio.sleep(delay)
+                reply = wire.IndexedReply(entry.rid, wire.MatchResponse(results=[], route="indexed", list_size=10))
+                await redis.xack(stream, Keys.MATCHER_GROUP, entry_id)
+                await redis.publish(entry.reply_to, wire.encode(reply))
+
+    matcher = asyncio.create_task(answer_after(0.3))
+    try:
+        plugin.entry_costs[stream] = 0.002
+        plugin.backlogs[stream] = (time.monotonic() + 60, 0)  # a cached count ("0 ahead") that will not expire here
+        await plugin.match(request(list_id))
+        assert plugin.entry_costs[stream] == 0.002  # 0.3 s over a stale "0 ahead": not learnt
+        del plugin.backlogs[stream]  # read for the request: 0 ahead for real, so the 0.3 s is this entry's own
+        await plugin.match(request(list_id))
+        assert plugin.entry_costs[stream] == pytest.approx(0.8 * 0.002 + 0.2 * 0.3, rel=0.2)  # its moving average
+    finally:
+        stop.set()
+        await matcher
