@@ -31,7 +31,9 @@ ANSWER = b'{"matches":[]}' * 40  # about a JSON answer of ten results
 def _app(next_url: str | None) -> Any:
     from urllib.parse import urlsplit
 
+    from facedex import wire
     from facedex.keepalive import KeepAlivePool
+    from facedex.rpc import KEEPALIVE_S, MAX_CONNECTIONS
 
     state: dict[str, KeepAlivePool] = {}
     nxt = urlsplit(next_url) if next_url else None
@@ -55,8 +57,8 @@ def _app(next_url: str | None) -> Any:
                 break
         if nxt is not None and scope["method"] == "POST":
             if "pool" not in state:  # made in the serving loop, as the services' own pools are
-                state["pool"] = KeepAlivePool(nxt.hostname or "127.0.0.1", nxt.port or 80, limit=256, keepalive_s=30.0)
-            _, out = await state["pool"].request("POST", "/", [("Content-Type", "application/msgpack")], body)
+                state["pool"] = KeepAlivePool(nxt.hostname or "127.0.0.1", nxt.port or 80, MAX_CONNECTIONS, KEEPALIVE_S)
+            _, out = await state["pool"].request("POST", "/", [("Content-Type", wire.CONTENT_TYPE)], body)
         else:
             out = ANSWER
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
