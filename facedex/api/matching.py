@@ -17,7 +17,7 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 
 from facedex import descriptors, internal_auth, timing, wire
-from facedex.api import images, msgpack_body
+from facedex.api import deps, images, msgpack_body
 from facedex.api.auth import current_account
 from facedex.api.deps import Account, Store, parse_descriptor
 from facedex.api.match_body import openapi_body, read_match_request
@@ -131,7 +131,7 @@ async def match_faces_direct(request: Request) -> Response:
     """:func:`match_faces` as :class:`facedex.http.DirectRoutes` answers it: its two dependencies resolved here as
     FastAPI would (``tests/test_hops.py`` checks the route declares no others)."""
     account = await current_account(request, await bearer(request))
-    return await match_faces(request, account, request.app.state.store)
+    return await match_faces(request, account, await deps.store(request))
 
 
 def hops_of(request: Request) -> timing.Timings:
