@@ -157,8 +157,10 @@ async def test_delta_timeout_bounds_the_wait_for_a_connection_too(database_url: 
         await asyncio.wait_for(pool.close(), 10)
 
 
-async def test_cache_stays_exact_under_random_churn(store: FacesStore, account: uuid.UUID) -> None:
-    """Randomised churn: after every step the cached matrix answers exactly what the DB holds."""
+@pytest.mark.parametrize("half_scan", [False, True])
+async def test_cache_stays_exact_under_random_churn(store: FacesStore, account: uuid.UUID, half_scan: bool) -> None:
+    """Randomised churn: after every step the cached matrix answers exactly what the DB holds (with ``half_scan``,
+    one query at a time, so each search takes the fp16 scan, whose copy must follow every change)."""
     rng = np.random.default_rng(4)
     prng = random.Random(4)
     lst = await store.create_list(account)
@@ -166,7 +168,7 @@ async def test_cache_stays_exact_under_random_churn(store: FacesStore, account: 
     ids = await make_faces(store, account, pool_vecs)
     vec_of = {fid: v for fid, v in zip(ids, pool_vecs)}
     await store.attach(account, lst.list_id, ids[:100])
-    cache = ListCache(store, max_bytes=1 << 30)
+    cache = ListCache(store, max_bytes=1 << 30, half_scan=half_scan)
     queries = unit(rng, 4)
     for step in range(30):
         action = prng.choice(["attach", "detach", "update", "delete", "none"])
@@ -193,7 +195,12 @@ async def test_cache_stays_exact_under_random_churn(store: FacesStore, account: 
             continue
         truth = np.stack([vec_of[m] for m in members])
         k = min(10, len(members))
-        scores, got, _ = matrix.search(queries, k)
+        if half_scan:
+            assert matrix.half is not None and np.array_equal(matrix.half[: matrix.n], matrix.vectors[: matrix.n].astype(np.float16))
+            answers = [matrix.search(queries[q : q + 1], k) for q in range(len(queries))]
+            scores, got = np.vstack([a[0] for a in answers]), np.vstack([a[1] for a in answers])
+        else:
+            scores, got, _ = matrix.search(queries, k)
         want = np.argsort(-(queries @ truth.T), axis=1)[:, :k]
         for q in range(len(queries)):
             assert [uuid.UUID(bytes=g.tobytes()) for g in got[q]] == [members[i] for i in want[q]], step

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from facedex import descriptors, timing, wire
 from facedex.bruteforce.batching import Batcher
 from facedex.bruteforce.cache import ListCache
+from facedex.bruteforce.exact import half_scan_sound
 from facedex.config import MatchingSettings, Settings
 from facedex.errors import Errors, FacedexError
 from facedex.http import create_app, errors, msgpack_route
@@ -84,7 +85,11 @@ def build_app(settings: Settings) -> FastAPI:
 
     @service_lifespan
     async def lifespan(app: FastAPI, stack: AsyncExitStack) -> AsyncIterator[None]:
-        state["cache"] = ListCache(await faces_db(app, stack, max_size=20), settings.bruteforce_engine.cache_max_bytes)
+        # checked once here, not on the first request: a CPU whose fp16 kernel is not within the bound scans fp32 only
+        half_scan = settings.bruteforce_engine.half_scan and await asyncio.to_thread(half_scan_sound)
+        state["cache"] = ListCache(
+            await faces_db(app, stack, max_size=20), settings.bruteforce_engine.cache_max_bytes, half_scan=half_scan,
+        )
         executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="exact")  # BLAS threads use the cores
         stack.callback(executor.shutdown, wait=False)
         state["batcher"] = Batcher(executor, settings.matching.max_references)

@@ -40,14 +40,19 @@ log = logging.getLogger(__name__)
 
 
 class ListMatrix:
-    """Descriptors of one list and one version: rows [0, n) are live, ids[i] is row i's face id."""
+    """Descriptors of one list and one version: rows [0, n) are live, ids[i] is row i's face id.
 
-    def __init__(self, list_id: uuid.UUID, account_id: uuid.UUID, version: int) -> None:
+    ``half_scan``: also hold the rows in fp16 (``half``, half as many bytes again), which a search of one or two
+    references scans instead of the fp32 rows, exactly (:func:`facedex.bruteforce.exact.half_topk`)."""
+
+    def __init__(self, list_id: uuid.UUID, account_id: uuid.UUID, version: int, half_scan: bool = False) -> None:
         self.list_id = list_id
         self.account_id = account_id
         self.version = version
         self.dim = descriptors.get_version(version).dim
         self.vectors = np.empty((0, self.dim), np.float32)
+        self.half = np.empty((0, self.dim), np.float16) if half_scan else None
+        self.max_norm = 0.0  # of every row ever held: the fp16 scan's error bound scales with it
         self.ids = np.empty((0, 16), np.uint8)
         self.meta = MetaColumns()
         self.pos: dict[bytes, int] = {}
@@ -58,7 +63,7 @@ class ListMatrix:
 
     @property
     def nbytes(self) -> int:
-        return self.vectors.nbytes + self.ids.nbytes + self.meta.nbytes
+        return self.vectors.nbytes + self.ids.nbytes + self.meta.nbytes + (0 if self.half is None else self.half.nbytes)
 
     def reserve(self, extra: int) -> None:
         need = self.n + extra
@@ -69,8 +74,21 @@ class ListMatrix:
         vectors[: self.n] = self.vectors[: self.n]
         ids = np.empty((cap, 16), np.uint8)
         ids[: self.n] = self.ids[: self.n]
+        if self.half is not None:
+            half = np.empty((cap, self.dim), np.float16)
+            half[: self.n] = self.half[: self.n]
+            self.half = half
         self.meta.grow(cap, self.n)
         self.vectors, self.ids = vectors, ids
+
+    def _put(self, rows: slice | int, vecs: np.ndarray) -> None:
+        """Write rows of descriptors (and their fp16 copies)."""
+        self.vectors[rows] = vecs
+        if self.half is not None:
+            self.half[rows] = self.vectors[rows]
+        if len(vecs):
+            v = np.atleast_2d(vecs)
+            self.max_norm = max(self.max_norm, float(np.sqrt(np.einsum("ij,ij->i", v, v).max())))
 
     def append(self, face_ids: np.ndarray, vecs: np.ndarray, meta: FaceMeta | None = None,
                picked: list[int] | None = None) -> None:
@@ -79,7 +97,7 @@ class ListMatrix:
         n = face_ids.shape[0]
         self.reserve(n)
         start = self.n
-        self.vectors[start : start + n] = vecs
+        self._put(slice(start, start + n), vecs)
         self.ids[start : start + n] = face_ids
         self.meta.put(slice(start, start + n), meta, picked)
         raw = face_ids.tobytes()
@@ -93,6 +111,8 @@ class ListMatrix:
         last = self.n - 1
         if row != last:
             self.vectors[row] = self.vectors[last]
+            if self.half is not None:
+                self.half[row] = self.half[last]
             self.ids[row] = self.ids[last]
             self.meta.move(last, row)
             self.pos[self.ids[row].tobytes()] = row
@@ -109,7 +129,7 @@ class ListMatrix:
                 new_ids.append(fid)
                 new_rows.append(i)
             else:
-                self.vectors[row] = delta.upserted[i]
+                self._put(row, delta.upserted[i])
                 self.meta.put(np.array([row]), delta.meta, [i])  # a metadata change (or a new descriptor)
         if new_ids:
             block = np.frombuffer(b"".join(new_ids), np.uint8).reshape(-1, 16)
@@ -131,9 +151,12 @@ class ListMatrix:
         self, queries: np.ndarray, k: int, face_ids: list[bytes] | None = None, filters: wire.MatchFilters | None = None
     ) -> tuple[np.ndarray, np.ndarray, int]:
         """Exact top-k; returns (scores, face ids as (m, k, 16) uint8, faces searched). Run it under the read lock."""
-        from facedex.bruteforce.exact import topk
+        from facedex.bruteforce.exact import HALF_MAX_QUERIES, half_scan_sound, half_topk, topk
 
         subset = self.select(face_ids, filters)
+        if subset is None and self.half is not None and queries.shape[0] <= HALF_MAX_QUERIES and half_scan_sound():
+            scores, rows = half_topk(queries, self.vectors[: self.n], self.half[: self.n], self.max_norm, k)
+            return scores, self.ids[rows], self.n
         if subset is None:
             scores, rows = topk(queries, self.vectors[: self.n], k)
             return scores, self.ids[rows], self.n
@@ -165,9 +188,10 @@ class HeadReads:
 class ListCache:
     """Cached :class:`ListMatrix` per (list, version), least recently used evicted over a byte budget."""
 
-    def __init__(self, store: FacesStore, max_bytes: int) -> None:
+    def __init__(self, store: FacesStore, max_bytes: int, half_scan: bool = False) -> None:
         self.store = store
         self.max_bytes = max_bytes
+        self.half_scan = half_scan  # lists also held in fp16 for one-reference scans (ListMatrix)
         self._entries: OrderedDict[tuple[uuid.UUID, int], ListMatrix] = OrderedDict()
         self._loading: dict[tuple[uuid.UUID, int], asyncio.Lock] = {}
         self._heads: dict[uuid.UUID, HeadReads] = {}
@@ -279,7 +303,7 @@ class ListCache:
 
     async def _load(self, list_id: uuid.UUID, account_id: uuid.UUID, version: int, size_hint: int) -> ListMatrix:
         started = time.perf_counter()
-        matrix = ListMatrix(list_id, account_id, version)
+        matrix = ListMatrix(list_id, account_id, version, self.half_scan)
         matrix.reserve(size_hint)  # one allocation, not a regrowth per page
         loop = asyncio.get_running_loop()
         copying: asyncio.Future[None] | None = None
