@@ -52,6 +52,15 @@ def test_half_scan_breaks_ties_by_row_and_handles_small_lists() -> None:
     assert rows.shape == (1, 3) and set(rows[0].tolist()) == {0, 1, 2}
 
 
+def test_values_fp16_cannot_hold_scan_fp32() -> None:
+    rng = np.random.default_rng(4)
+    gallery = _unit(rng.standard_normal((300, 128)))
+    big = gallery[:1] * 1e5  # beyond fp16's range: its fp16 products would be inf
+    want = topk(big, gallery, 5)
+    got = half_topk(big, gallery, gallery.astype(np.float16), 1.0, 5)
+    assert np.array_equal(got[1], want[1]) and np.allclose(got[0], want[0], rtol=1e-6)
+
+
 def test_an_unsound_fp16_kernel_turns_the_half_scan_off(monkeypatch: pytest.MonkeyPatch) -> None:
     """A kernel outside the proven error bound (one accumulating in fp16, say) must not be used."""
     exact.half_scan_sound.cache_clear()

@@ -283,3 +283,34 @@ def test_matching_labels_are_per_list_and_version() -> None:
     assert label == meta("i", "L", 1, "t").label.replace(":1", ":2") and label != Keys.matching_label("L", 1)
     member = keys.labels_member(label, "host:5200")  # matcher ids may hold ':'
     assert keys.labels_member_label(member) == label and keys.stream(label) == "p:stream:{L:2}"
+
+
+def _mapped_kb(path: Path) -> int:
+    """Resident kB of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if line[:1].isdigit() or line[:1] in "abcdef" and "-" in line.split(" ")[0]:
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads /proc/self/smaps")
+def test_a_loaded_index_maps_its_re_score_rows_before_serving(tmp_path: Path) -> None:
+    """A freshly loaded index has touched none of its fp16 rows; after the matcher's warm-up every page is mapped,
+    so its first queries do not pay a page fault (or a disk read) per re-scored row."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((10_000, 512)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = uuid7_block(len(x))
+    built = FaceIndex.build("sign", {"bits": 512}, ids, x, rescore_n=64)
+    built.save(tmp_path)
+    loaded = FaceIndex.load(tmp_path, 512, "sign", built.describe(), False)
+    rows16 = tmp_path / "vectors16.npy"
+    size_kb = rows16.stat().st_size // 1024
+    assert _mapped_kb(rows16) < size_kb // 4
+    loaded.map_vectors()
+    assert _mapped_kb(rows16) >= size_kb * 0.95
+    got, _ = loaded.search(x[:5], 1)
+    assert [g[0].tobytes() for g in got] == [i.tobytes() for i in ids[:5]]

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 class ListMatrix:
     """Descriptors of one list and one version: rows [0, n) are live, ids[i] is row i's face id.
 
-    ``half_scan``: also hold the rows in fp16 (``half``, half as many bytes again), which a search of one or two
+    ``half_scan``: also hold the rows in fp16 (``half``, half as many bytes again), which a search of a few
     references scans instead of the fp32 rows, exactly (:func:`facedex.bruteforce.exact.half_topk`)."""
 
     def __init__(self, list_id: uuid.UUID, account_id: uuid.UUID, version: int, half_scan: bool = False) -> None:
@@ -151,10 +151,10 @@ class ListMatrix:
         self, queries: np.ndarray, k: int, face_ids: list[bytes] | None = None, filters: wire.MatchFilters | None = None
     ) -> tuple[np.ndarray, np.ndarray, int]:
         """Exact top-k; returns (scores, face ids as (m, k, 16) uint8, faces searched). Run it under the read lock."""
-        from facedex.bruteforce.exact import HALF_MAX_QUERIES, half_scan_sound, half_topk, topk
+        from facedex.bruteforce.exact import half_scan_pays, half_scan_sound, half_topk, topk
 
         subset = self.select(face_ids, filters)
-        if subset is None and self.half is not None and queries.shape[0] <= HALF_MAX_QUERIES and half_scan_sound():
+        if subset is None and self.half is not None and half_scan_pays(self.n, queries.shape[0]) and half_scan_sound():
             scores, rows = half_topk(queries, self.vectors[: self.n], self.half[: self.n], self.max_norm, k)
             return scores, self.ids[rows], self.n
         if subset is None:

@@ -34,13 +34,17 @@ _GATHER_ROWS = 512
 # a gathered row costs ~3x a streamed one (bench filters at 1M: 0.28 against 0.095 us): where the kept rows are
 # at least a third of the span they lie in, scoring the whole span and picking their columns is cheaper
 _DENSE = 1 / 3
-# up to this many references scan the fp16 copy; more go to one fp32 GEMM, which reads the matrix once for all of
-# them (1M x 512, 32 references: GEMM 411 ms, fp16 products 1,523 ms, ad hoc)
-HALF_MAX_QUERIES = 2
 HALF_SPLIT_ROWS = 65_536  # from this many rows an fp16 scan is split over the cores (below, the hand-off costs more)
+# Up to this many references scan the fp16 copy (one pass per reference); more go to one fp32 GEMM, which reads the
+# matrix once for all of them. Measured (ad hoc, AMD EPYC 2-core VM, 512-d, interleaved medians), fp32 / fp16 time:
+# 10k rows: 1 ref 1.11, 6 refs 1.29, 8 refs 0.95; 100k: 1 ref 2.29, 12 refs 1.17, 16 refs 0.97; 1M: 1 ref 2.46,
+# 2 refs 3.94 (a GEMM of a few rows is far slower than a GEMV), 12 refs 1.16, 16 refs 0.78.
+HALF_MAX_QUERIES_SMALL = 6
+HALF_MAX_QUERIES_SPLIT = 12
 # |fp16 score - fp32 score| <= HALF_ERROR * |q| * |x|: rounding both operands to fp16 costs (1 + 2^-11)^2 - 1 < 2^-10
 # of |q|.|x|, fp32 accumulation of d products at most d * 2^-24 of it (< 2^-10 up to d = 16,384); the rest is margin
 HALF_ERROR = 2.0**-9
+HALF_RANGE = 60_000.0  # fp16 holds magnitudes up to 65,504 (descriptors are unit vectors; anything else scans fp32)
 
 
 def topk(queries: np.ndarray, matrix: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -87,6 +91,11 @@ def _gathered(queries: np.ndarray, matrix: np.ndarray, rows: np.ndarray) -> np.n
     return out
 
 
+def half_scan_pays(rows: int, queries: int) -> bool:
+    """Whether scanning the fp16 copy beats the fp32 product for this many references (HALF_MAX_QUERIES_*)."""
+    return queries <= (HALF_MAX_QUERIES_SPLIT if rows >= HALF_SPLIT_ROWS else HALF_MAX_QUERIES_SMALL)
+
+
 def half_topk(queries: np.ndarray, matrix: np.ndarray, half: np.ndarray, max_norm: float, k: int
               ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`topk` over every row, ranked by an fp16 scan of ``half`` (``matrix`` in fp16, rows of norm at most
@@ -98,6 +107,8 @@ def half_topk(queries: np.ndarray, matrix: np.ndarray, half: np.ndarray, max_nor
     k = min(k, n)
     if k == 0 or m == 0:
         return np.zeros((m, 0), np.float32), np.zeros((m, 0), np.int64)
+    if not (max_norm < HALF_RANGE and np.all(np.abs(queries) < HALF_RANGE)):  # NaN fails too: fp16 cannot hold it
+        return topk(queries, matrix, k)
     approx = _half_scores(half, queries)  # (n, m)
     eps = HALF_ERROR * np.linalg.norm(queries, axis=1) * max_norm + 1e-6
     best_s = np.empty((m, k), np.float32)

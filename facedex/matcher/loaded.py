@@ -51,7 +51,8 @@ class LoadedIndex:
         return len(self.index)
 
     def warm_up(self, n: int = 16) -> None:
-        """Touch the scan and vectors once so the first real request does not pay for page faults."""
+        """Map the re-score rows and run a few searches, so the first real requests do not pay for page faults."""
+        self.index.map_vectors()
         if self.size:
             rng = np.random.default_rng(0)
             q = rng.standard_normal((n, self.dim)).astype(np.float32)
