@@ -290,7 +290,7 @@ def _mapped_kb(path: Path) -> int:
     total, inside = 0, False
     for line in Path("/proc/self/smaps").read_text().splitlines():
         if line[:1].isdigit() or line[:1] in "abcdef" and "-" in line.split(" ")[0]:
-            inside = line.rstrip().endswith(str(path))
+            inside = line.rstrip().endswith(str(path.resolve()))
         elif inside and line.startswith("Rss:"):
             total += int(line.split()[1])
     return total

@@ -88,7 +88,9 @@ class ListMatrix:
             self.half[rows] = self.vectors[rows]
         if len(vecs):
             v = np.atleast_2d(vecs)
-            self.max_norm = max(self.max_norm, float(np.sqrt(np.einsum("ij,ij->i", v, v).max())))
+            norm = float(np.sqrt(np.einsum("ij,ij->i", v, v).max()))
+            if not norm <= self.max_norm:  # NaN too: it stays NaN, and the fp16 scan is never used on this matrix
+                self.max_norm = norm
 
     def append(self, face_ids: np.ndarray, vecs: np.ndarray, meta: FaceMeta | None = None,
                picked: list[int] | None = None) -> None:
