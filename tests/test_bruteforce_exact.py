@@ -89,6 +89,10 @@ def test_the_fp16_copy_follows_every_change_of_a_list_matrix() -> None:
     scores, got, _ = m.search(q, 10)
     want_s, want_rows = topk(q, live, 10)
     assert got[0].tolist() == m.ids[want_rows[0]].tolist() and np.allclose(scores[0], want_s[0], atol=1e-6)
+    nan_row = np.full((1, 512), np.nan, np.float32)  # never admitted by the API (14xxx), but if it were: fp32 from then on
+    m.append(rng.integers(0, 256, (1, 16), dtype=np.uint8), nan_row)
+    m.append(rng.integers(0, 256, (1, 16), dtype=np.uint8), _unit(rng.standard_normal((1, 512))))
+    assert m.max_norm != m.max_norm
 
 
 def _fp16_accumulating(half: np.ndarray, queries: np.ndarray) -> np.ndarray:

@@ -89,7 +89,7 @@ class ListMatrix:
         if len(vecs):
             v = np.atleast_2d(vecs)
             norm = float(np.sqrt(np.einsum("ij,ij->i", v, v).max()))
-            if not norm <= self.max_norm:  # NaN too: it stays NaN, and the fp16 scan is never used on this matrix
+            if norm != norm or norm > self.max_norm:  # a NaN stays (NaN > x is never true): no fp16 scan here again
                 self.max_norm = norm
 
     def append(self, face_ids: np.ndarray, vecs: np.ndarray, meta: FaceMeta | None = None,
