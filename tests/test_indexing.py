@@ -98,7 +98,7 @@ async def test_background_dynamic_indexing(services: Services, own_store, big) -
         assert time.monotonic() < deadline, "a change was not picked up"
         time.sleep(0.2)
     second = wait_task(manager, tasks[0]["task_id"])
-    assert second["status"] == "success" and second["count"] == 12_499
+    assert second["status"] == "success" and second["count"] == 12_499, tasks  # every task, should this ever fail
     relevant = httpx.get(f"{manager}/1/indexes/relevant", headers=services.internal).json()
     assert [m["index_id"] for m in relevant] == [second["index_id"]]
     services.stop("manager-dyn")

@@ -1,11 +1,13 @@
-"""Index Manager tasks: a cancel through the API wins against a master that is dispatching the task.
+"""Index Manager tasks: a cancel through the API wins against a master that is dispatching the task; planning does
+not queue a second build of a list whose build ends while it plans.
 
-The master runs its real lookup round against real Redis; the Indexer is an in-process HTTP double, so the cancel
-can be made at the exact moment of the race (while the master hands the task over), not by timing.
+The master runs its real lookup and planning rounds against real Redis; the Indexer, the Faces DB and the index
+storage are in-process doubles, so each race is made at its exact moment, not by timing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,8 +20,9 @@ import redis.asyncio as aredis
 from facedex.config import ManagerSettings, Settings
 from facedex.errors import Errors
 from facedex.manager.master import Master
-from facedex.manager.tasks import CANCELLED, PENDING, TaskRepo
+from facedex.manager.tasks import CANCELLED, INDEXING, PENDING, SUCCESS, TaskRepo
 from facedex.redis.keys import Keys
+from facedex.storage.base import IndexMeta
 
 INDEXER = "http://indexer.test"
 
@@ -126,3 +129,51 @@ async def test_a_pending_task_queued_behind_a_cancelled_one_is_dispatched(rig: R
     assert (await rig.repo.get(second.task_id)).status == "indexing"
     assert not await rig.repo.cancel_pending(await rig.repo.get(second.task_id))  # no longer pending: not cancelled here
     assert (await rig.repo.get(second.task_id)).status == "indexing"
+
+
+@dataclass
+class OneList:
+    """The Faces DB (one list at change ``seq``) and the index storage, as planning reads them; ``on_list`` runs right
+    after a storage listing was taken (in planning's worker thread)."""
+
+    list_id: uuid.UUID
+    seq: int
+    metas: list[IndexMeta] = field(default_factory=list)
+    on_list: Callable[[], None] | None = None
+
+    async def lists_at_least(self, min_faces: int) -> list[tuple[uuid.UUID, int, int]]:
+        return [(self.list_id, self.seq, 12_500)]
+
+    def list(self) -> list[IndexMeta]:
+        seen = list(self.metas)
+        hook, self.on_list = self.on_list, None
+        if hook is not None:
+            hook()
+        return seen
+
+
+async def test_a_build_that_ends_while_planning_reads_storage_is_not_planned_again(rig: Rig) -> None:
+    """The list's build stores its index and its task ends just after planning listed the storage: the list is not
+    behind its index, so no second build of unchanged faces is queued (nor listed as if it were the next change's)."""
+    lst = OneList(uuid.uuid4(), seq=12_500)
+    master = rig.master
+    master.store, master.storage = lst, lst  # type: ignore[assignment]
+    master.s = master.s.model_copy(update={"indexing_lists": ["dynamic"], "min_indexing_list_size": 1})
+    running = await rig.repo.create(str(lst.list_id), 1, "background")
+    assert await rig.repo.take_next(master.lock) == running.task_id
+    index_id = str(uuid.uuid4())
+    await rig.repo.dispatched(master.lock, running, INDEXER, index_id)
+    loop = asyncio.get_running_loop()
+
+    async def build_ends() -> None:  # what the Indexer and the lookup round do: the index is stored, then the task ends
+        lst.metas.append(IndexMeta(index_id, str(lst.list_id), str(uuid.uuid4()), 1, 12_500, lst.seq, {},
+                                   task_id=running.task_id))
+        task = await rig.repo.get(running.task_id)
+        assert task.status == INDEXING
+        await rig.repo.master_finish(master.lock, task, SUCCESS, count=12_500)
+
+    lst.on_list = lambda: asyncio.run_coroutine_threadsafe(build_ends(), loop).result(10)
+    assert await master.plan() == [], "a build of a list its newest index already covers was queued"
+    assert lst.on_list is None and (await rig.repo.get(running.task_id)).status == SUCCESS  # the race did happen
+    assert await master.plan() == []  # the next round sees the index: nothing to do either
+    assert [t.task_id for t in await rig.repo.list(None, str(lst.list_id), 1, 10)] == [running.task_id]

@@ -250,12 +250,16 @@ class Master:
             candidates = await self.store.lists_at_least(self.s.min_indexing_list_size)
         else:
             candidates = await self.store.lists_by_id([uuid.UUID(i) for i in self.s.indexing_lists])
+        # lists with a running or queued build first, storage second: a task ends (and frees its list) only after its
+        # index is stored, so a list seen free here has its newest index in the listing below. The other way round, a
+        # build ending between the two reads looked behind and was queued again (unchanged faces, built twice).
+        busy = await self.repo.live_lists([str(c[0]) for c in candidates])
         relevant = newest_per_list(await asyncio.to_thread(self.storage.list), self.version)
         created = []
         for list_id, change_seq, face_count in candidates:
             meta = relevant.get(str(list_id))
-            if face_count == 0 or (meta is not None and meta.change_seq >= change_seq):
-                continue  # nothing to index, or nothing changed since the newest index
+            if str(list_id) in busy or face_count == 0 or (meta is not None and meta.change_seq >= change_seq):
+                continue  # being built, nothing to index, or nothing changed since the newest index
             try:
                 created.append(await self.repo.create(str(list_id), self.version, "background"))
             except FacedexError:

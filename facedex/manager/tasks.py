@@ -180,6 +180,19 @@ class TaskRepo:
         tasks = [await self.get_or_none(i) for i in ids]
         return [t for t in tasks if t is not None]
 
+    async def live_lists(self, list_ids: list[str]) -> set[str]:
+        """The lists among ``list_ids`` with a pending or indexing task (a stale marker, of a task that ended or
+        vanished, does not count: :meth:`create` takes it over)."""
+        if not list_ids:
+            return set()
+        markers = await self.r.mget([self.k.active(i) for i in list_ids])
+        held = [(list_id, task_id) for list_id, task_id in zip(list_ids, markers) if task_id]
+        async with self.r.pipeline(transaction=False) as p:
+            for _, task_id in held:
+                p.hget(self.k.task(task_id), "status")
+            statuses = await p.execute()
+        return {list_id for (list_id, _), status in zip(held, statuses) if status is not None and status not in FINAL}
+
     # ---- master-only operations: fenced by the lock, guarded by the status the master read
     def _hset(self, task_id: str, changes: dict[str, object]) -> list[object]:
         cmd: list[object] = ["HSET", self.k.task(task_id)]
