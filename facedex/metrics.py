@@ -20,6 +20,9 @@ REQUEST_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 MATCH_ROUTE = Counter("facedex_match_route_total", "Matching requests by the route that answered.", ["route", "fallback"])
+BRUTEFORCE_SCANS = Counter(
+    "facedex_bruteforce_scans_total", "Unfiltered brute-force searches by the rows scanned (fp16 copy or fp32).", ["scan"]
+)
 CACHED_LIST_BYTES = Gauge("facedex_bruteforce_cache_bytes", "Bytes of list matrices held by the brute-force Matcher.")
 INDEX_FACES = Gauge("facedex_index_faces", "Faces in each loaded index.", ["list_id"])
 INDEX_REFRESH_LAG = Gauge("facedex_index_refresh_lag_changes", "List changes not yet applied to the loaded index.", ["list_id"])

@@ -29,6 +29,7 @@ from facedex.bench.regimes import DESCRIPTION, make
 from facedex.bruteforce.app import match
 from facedex.bruteforce.batching import Batcher
 from facedex.bruteforce.cache import ListCache
+from facedex.bruteforce.scans import SAMPLES, ScanChoice
 from facedex.faces.store import FacesStore, create_pool
 from facedex.services import prepare_database
 
@@ -74,6 +75,7 @@ async def run_size(store: FacesStore, n: int, dim: int, repeat: int, batch: int,
     matrix = await cache.fresh(lst.list_id, 1)
     load_s = time.perf_counter() - started
     assert matrix is not None and matrix.n == n
+    matrix.scans = ScanChoice(only=True)  # the fp16 scan on every search (the service measures which one serves)
     cache32 = ListCache(store, max_bytes=1 << 40)  # the same list in fp32 only
     await cache32.fresh(lst.list_id, 1)
     x = matrix.vectors[: matrix.n]
@@ -110,6 +112,11 @@ async def run_size(store: FacesStore, n: int, dim: int, repeat: int, batch: int,
         passes["fp16"].append(await amedian(engine_single, max(3, repeat // 3)))
         passes["fp32"].append(await amedian(engine_single_fp32, max(3, repeat // 3)))
     engine_1, engine_1_fp32 = float(np.median(passes["fp16"])), float(np.median(passes["fp32"]))
+    matrix.scans = ScanChoice()  # what the service would choose here, after learning from as many searches
+    for _ in range(4 * SAMPLES):
+        await engine_single()
+    chosen = matrix.scans.chosen(1)
+    matrix.scans = ScanChoice(only=True)
     # what was timed answers exactly: each probe's top 10 from the fp16 scan equals the fp32 scan's
     same = 0
     for req in singles:
@@ -139,6 +146,7 @@ async def run_size(store: FacesStore, n: int, dim: int, repeat: int, batch: int,
         "single_ms": engine_1 * 1000,
         "single_fp32_ms": engine_1_fp32 * 1000,
         "half_top10_identical": same / len(singles),
+        "chosen_scan": chosen,
         "numpy_single_ms": numpy_1 * 1000,
         "single_ratio_to_numpy": engine_1 / numpy_1,
         "stream_bound_ms": bound_1 * 1000,
@@ -185,25 +193,27 @@ def markdown(record: dict[str, object], command: str) -> str:
         f"Command: `{command}`  ",
         f"Medians of {record['repeat']} single-reference runs (fewer for batches), all numbers from one run.",
         "",
-        "| faces × dim | import (descriptors/s) | cache load (s) | 1 reference (ms) | 1 reference, fp32 scan (ms) | top 10 = fp32's | plain numpy `X @ q` (ms) | ratio to numpy | streaming read bound (ms) | ratio to bound | batch of "
+        "| faces × dim | import (descriptors/s) | cache load (s) | 1 reference, fp16 scan (ms) | 1 reference, fp32 scan (ms) | top 10 = fp32's | chosen | plain numpy `X @ q` (ms) | ratio to numpy | streaming read bound (ms) | ratio to bound | batch of "
         f"{rows[0]['batch']} (QPS) | numpy GEMM (QPS) | ratio to numpy | top-1 = numpy |",  # type: ignore[index]
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:  # type: ignore[union-attr]
         lines.append(
             f"| {r['n']:,} × {r['dim']} | {r['import_rate']:,.0f} | {r['load_s']:.1f} | {r['single_ms']:.2f} | "
-            f"{_opt_ms(r.get('single_fp32_ms'))} | {_opt_share(r.get('half_top10_identical'))} | {r['numpy_single_ms']:.2f} | {r['single_ratio_to_numpy']:.2f} | {r['stream_bound_ms']:.1f} "
+            f"{_opt_ms(r.get('single_fp32_ms'))} | {_opt_share(r.get('half_top10_identical'))} | {r.get('chosen_scan') or '—'} | {r['numpy_single_ms']:.2f} | {r['single_ratio_to_numpy']:.2f} | {r['stream_bound_ms']:.1f} "
             f"({r['stream_gbps']:.1f} GB/s) | {r['single_ratio_to_bound']:.2f} | {r['batch_qps']:.1f} | "
             f"{r['numpy_batch_qps']:.1f} | {r['batch_ratio_to_numpy']:.2f} | {r['top1_agreement']:.2f} |"
         )
     lines += [
         "",
         "\"1 reference\" is the Matcher's own path (`facedex.bruteforce.app.match`): the change-head query to "
-        "PostgreSQL, the read lock, exact top-k and the similarity mapping; no HTTP. It scans the list's fp16 copy and "
-        "re-scores in fp32 the rows a proven error bound cannot rule out (`facedex.bruteforce.exact.half_topk`, the "
-        "default); \"fp32 scan\" is the same path with `bruteforce_engine.half_scan` off, timed in interleaved passes "
+        "PostgreSQL, the read lock, exact top-k and the similarity mapping; no HTTP. \"fp16 scan\" scans the list's fp16 "
+        "copy and re-scores in fp32 the rows a proven error bound cannot rule out (`facedex.bruteforce.exact.half_topk`); "
+        "\"fp32 scan\" is the same path with `bruteforce_engine.half_scan` off, timed in interleaved passes "
         "(medians of 3), and \"top 10 = fp32's\" the share of probes whose ten answers were the same faces in the same "
-        "order with similarities within 1e-6 (two BLAS calls of different shapes may differ in the last bit). Cache load includes the fp16 copy. \"Ratio to numpy\" > 1 means "
+        "order with similarities within 1e-6 (two BLAS calls of different shapes may differ in the last bit). \"Chosen\": "
+        "the scan the service settles on for one reference after trying both on this list (`facedex.bruteforce.scans`, "
+        "learned on 20 more searches). Cache load includes the fp16 copy. \"Ratio to numpy\" > 1 means "
         "slower than a bare `argpartition(X @ q)`. The streaming read bound is the fastest full read of the same "
         "fp32 matrix (the fp16 copy is half its bytes) measured in the same run (" + str(rows[0]["stream_bound_how"]) + "). Import goes through the "  # type: ignore[index]
         "same COPY path as `facedex import` (faces, descriptors, list membership and change log, one transaction "

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
+from typing import Literal
 
 import msgspec
 from fastapi import FastAPI
@@ -31,6 +32,9 @@ class CachedList(BaseModel):
     faces: int
     change_seq: int
     bytes: int
+    scan: Literal["fp16", "fp32"] | None = Field(
+        None, description="What a one-reference search scans here, as measured on this list's searches; null while it learns.",
+    )
 
 
 class CacheOut(BaseModel):
@@ -126,7 +130,8 @@ def build_app(settings: Settings) -> FastAPI:
             bytes=cache.nbytes,
             max_bytes=cache.max_bytes,
             lists=[
-                CachedList(list_id=m.list_id, version=m.version, faces=m.n, change_seq=m.head, bytes=m.nbytes)
+                CachedList(list_id=m.list_id, version=m.version, faces=m.n, change_seq=m.head, bytes=m.nbytes,
+                           scan=m.scans.chosen(1) if m.half is not None else "fp32")
                 for m in cache.entries()
             ],
         )

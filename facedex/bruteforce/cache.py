@@ -32,8 +32,9 @@ import numpy as np
 
 from facedex import descriptors, wire
 from facedex.bruteforce.columns import MetaColumns
+from facedex.bruteforce.scans import ScanChoice
 from facedex.errors import Errors, FacedexError
-from facedex.faces.store import UNREACHABLE, FaceMeta, FacesStore, ListDelta, bounded, delta_timeout
+from facedex.faces.store import UNREACHABLE, FaceMeta, FacesStore, ListDelta, delta_timeout
 from facedex.rwlock import RWLock
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ class ListMatrix:
     """Descriptors of one list and one version: rows [0, n) are live, ids[i] is row i's face id.
 
     ``half_scan``: also hold the rows in fp16 (``half``, half as many bytes again), which a search of a few
-    references scans instead of the fp32 rows, exactly (:func:`facedex.bruteforce.exact.half_topk`)."""
+    references may scan instead of the fp32 rows, exactly (:func:`facedex.bruteforce.exact.half_topk`), where it is
+    measured faster (:mod:`facedex.bruteforce.scans`)."""
 
     def __init__(self, list_id: uuid.UUID, account_id: uuid.UUID, version: int, half_scan: bool = False) -> None:
         self.list_id = list_id
@@ -58,6 +60,7 @@ class ListMatrix:
         self.pos: dict[bytes, int] = {}
         self.n = 0
         self.head = 0
+        self.scans = ScanChoice()  # fp16 copy or fp32 rows: which is faster here, measured on this list's searches
         self.lock = RWLock()
         self.last_used = time.monotonic()
 
@@ -153,15 +156,19 @@ class ListMatrix:
         self, queries: np.ndarray, k: int, face_ids: list[bytes] | None = None, filters: wire.MatchFilters | None = None
     ) -> tuple[np.ndarray, np.ndarray, int]:
         """Exact top-k; returns (scores, face ids as (m, k, 16) uint8, faces searched). Run it under the read lock."""
-        from facedex.bruteforce.exact import half_scan_pays, half_scan_sound, half_topk, topk
+        from facedex.bruteforce.exact import half_scan_sound, half_topk, topk
 
         subset = self.select(face_ids, filters)
-        if subset is None and self.half is not None and half_scan_pays(self.n, queries.shape[0]) and half_scan_sound():
-            scores, rows = half_topk(queries, self.vectors[: self.n], self.half[: self.n], self.max_norm, k)
-            return scores, self.ids[rows], self.n
         if subset is None:
-            scores, rows = topk(queries, self.vectors[: self.n], k)
-            return scores, self.ids[rows], self.n
+            m, n = queries.shape[0], self.n
+            half = self.half is not None and self.scans.use_half(m, n) and half_scan_sound()
+            started = time.perf_counter()
+            if half:
+                scores, rows = half_topk(queries, self.vectors[:n], self.half[:n], self.max_norm, k)  # type: ignore[index]
+            else:
+                scores, rows = topk(queries, self.vectors[:n], k)
+            self.scans.record(m, n, half, time.perf_counter() - started)
+            return scores, self.ids[rows], n
         scores, sub_rows = topk(queries, self.vectors, k, rows=subset)  # the kept rows only, gathered in cache-sized blocks
         return scores, self.ids[subset[sub_rows]], len(subset)
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numkong
 import numpy as np
+
+from facedex.index.parts import default_ways
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,10 @@ _GATHER_ROWS = 512
 # at least a third of the span they lie in, scoring the whole span and picking their columns is cheaper
 _DENSE = 1 / 3
 HALF_SPLIT_ROWS = 65_536  # from this many rows an fp16 scan is split over the cores (below, the hand-off costs more)
-# Up to this many references scan the fp16 copy (one pass per reference); more go to one fp32 GEMM, which reads the
-# matrix once for all of them. Measured (ad hoc, AMD EPYC 2-core VM, 512-d, interleaved medians), fp32 / fp16 time:
-# 10k rows: 1 ref 1.11, 6 refs 1.29, 8 refs 0.95; 100k: 1 ref 2.29, 12 refs 1.17, 16 refs 0.97; 1M: 1 ref 2.46,
-# 2 refs 3.94 (a GEMM of a few rows is far slower than a GEMV), 12 refs 1.16, 16 refs 0.78.
-HALF_MAX_QUERIES_SMALL = 6
-HALF_MAX_QUERIES_SPLIT = 12
+# Up to this many references may scan the fp16 copy (one pass per reference; whether it does is measured per list:
+# facedex.bruteforce.scans); more go to one fp32 GEMM, which reads the matrix once for all of them. Measured (ad hoc,
+# AMD EPYC 2-core VM, 1M x 512, interleaved medians), fp32 / fp16 time: 1 ref 2.46, 12 refs 1.16, 16 refs 0.78.
+HALF_MAX_QUERIES = 16
 # |fp16 score - exact score| <= HALF_ERROR * |q| * |x| for rows and queries of unit scale: rounding both operands to
 # fp16 costs (1 + 2^-11)^2 - 1 = 2^-10 + 2^-22 of |q|.|x| (subnormals add at most 2^-25 sqrt(d) (|q| + |x|)), fp32
 # accumulation of d products at most d * 2^-24 of it (2^-15 at d = 512); all together < 2^-9 up to d = 4,096
@@ -92,11 +91,6 @@ def _gathered(queries: np.ndarray, matrix: np.ndarray, rows: np.ndarray) -> np.n
     return out
 
 
-def half_scan_pays(rows: int, queries: int) -> bool:
-    """Whether scanning the fp16 copy beats the fp32 product for this many references (HALF_MAX_QUERIES_*)."""
-    return queries <= (HALF_MAX_QUERIES_SPLIT if rows >= HALF_SPLIT_ROWS else HALF_MAX_QUERIES_SMALL)
-
-
 def half_topk(queries: np.ndarray, matrix: np.ndarray, half: np.ndarray, max_norm: float, k: int
               ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`topk` over every row, ranked by an fp16 scan of ``half`` (``matrix`` in fp16, rows of norm at most
@@ -130,17 +124,13 @@ def _half_scores(half: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """(n, m) fp16 products (fp32 results), a large matrix split over the cores (numkong releases the GIL)."""
     q16 = queries.astype(np.float16)
     n = half.shape[0]
-    ways = _ways() if n >= HALF_SPLIT_ROWS else 1
+    ways = default_ways() if n >= HALF_SPLIT_ROWS else 1
     if ways == 1:
         return np.asarray(numkong.cdist(half, q16, metric="dot"), np.float32)
     bounds = np.linspace(0, n, ways + 1).astype(int)
     parts = _pool(ways).map(lambda lo_hi: np.asarray(numkong.cdist(half[lo_hi[0] : lo_hi[1]], q16, metric="dot"), np.float32),
                             itertools.pairwise(bounds))
     return np.concatenate(list(parts))
-
-
-def _ways() -> int:
-    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1), 4))
 
 
 @functools.cache
@@ -160,7 +150,7 @@ def half_scan_sound() -> bool:
     for dim in (128, 512):
         x = np.abs(rng.standard_normal((4096, dim))).astype(np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
-        for m in (1, HALF_MAX_QUERIES_SPLIT):
+        for m in (1, HALF_MAX_QUERIES):
             q = np.abs(rng.standard_normal((m, dim))).astype(np.float32)
             q /= np.linalg.norm(q, axis=1, keepdims=True)
             err = np.abs(_half_scores(x.astype(np.float16), q) - x.astype(np.float64) @ q.T.astype(np.float64))

@@ -1,0 +1,102 @@
+"""The brute-force Matcher's choice between its fp16 and fp32 scans, made per list from its own searches'
+timings (facedex.bruteforce.scans): both are tried, the faster serves, the other is still probed now and then,
+and every answer stays exact whichever scan gave it."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from facedex.bruteforce import exact, scans
+from facedex.bruteforce.cache import ListMatrix
+from facedex.bruteforce.scans import PROBE_EVERY, SAMPLES, ScanChoice
+
+
+def _learn(choice: ScanChoice, refs: int, rows: int, half_s: float, full_s: float) -> list[bool]:
+    """Searches until the class has decided, each timed as given; returns which scan each one used."""
+    used: list[bool] = []
+    while not used or choice.chosen(refs) is None:
+        half = choice.use_half(refs, rows)
+        used.append(half)
+        choice.record(refs, rows, half, half_s if half else full_s)
+        assert len(used) <= 2 * SAMPLES, "still learning after both scans had their samples"
+    return used
+
+
+def test_both_scans_are_tried_in_turn_then_the_faster_one_serves() -> None:
+    choice = ScanChoice()
+    used = _learn(choice, 1, 10_000, half_s=0.002, full_s=0.001)
+    assert used.count(True) == used.count(False) == SAMPLES
+    assert choice.chosen(1) == "fp32"
+    assert not any(choice.use_half(1, 10_000) for _ in range(PROBE_EVERY - 1))
+    assert choice.use_half(1, 10_000)  # the probe: the slower scan once in PROBE_EVERY searches
+    assert len(_learn(choice, 1, 1_000_000, half_s=0.04, full_s=0.09)) == 2 * SAMPLES  # 100x the rows: learnt anew
+    assert choice.chosen(1) == "fp16" and choice.use_half(1, 1_000_000)
+
+
+def test_each_class_of_reference_count_decides_on_its_own() -> None:
+    choice = ScanChoice()
+    _learn(choice, 1, 50_000, half_s=0.001, full_s=0.003)
+    _learn(choice, 12, 50_000, half_s=0.012, full_s=0.009)
+    assert (choice.chosen(1), choice.chosen(12), choice.chosen(9)) == ("fp16", "fp32", "fp32")  # 9 and 12: 8-15
+    assert choice.chosen(3) is None  # not yet seen: learning
+    assert not choice.use_half(exact.HALF_MAX_QUERIES + 1, 50_000) and choice.chosen(exact.HALF_MAX_QUERIES + 1) == "fp32"
+
+
+def test_the_choice_follows_a_machine_whose_speed_changed() -> None:
+    """The serving scan's own timings move the choice at once; the other scan, probed once in PROBE_EVERY searches,
+    takes over after enough of its probes (a median of SAMPLES), within a few hundred searches per probe."""
+    choice = ScanChoice()
+    _learn(choice, 1, 10_000, half_s=0.002, full_s=0.001)
+    probes = 0
+    for searches in range(1, (SAMPLES // 2 + 1) * PROBE_EVERY + 1):
+        half = choice.use_half(1, 10_000)
+        probes += half
+        choice.record(1, 10_000, half, 0.0005 if half else 0.001)  # fp16 got faster
+        if probes < SAMPLES // 2 + 1:
+            assert choice.chosen(1) == "fp32", searches
+    assert probes == SAMPLES // 2 + 1 and choice.chosen(1) == "fp16"
+    for _ in range(SAMPLES // 2 + 1):  # and now fp16 slows: its own searches say so
+        choice.record(1, 10_000, choice.use_half(1, 10_000), 0.003)
+    assert choice.chosen(1) == "fp32"
+
+
+def test_forced_scans_for_benchmarks() -> None:
+    assert ScanChoice(only=True).use_half(1, 10) and ScanChoice(only=True).chosen(1) == "fp16"
+    assert not ScanChoice(only=False).use_half(1, 10) and ScanChoice(only=False).chosen(1) == "fp32"
+
+
+@pytest.mark.parametrize("slow", ["fp16", "fp32"])
+def test_a_list_matrix_settles_on_its_faster_scan_and_stays_exact(monkeypatch: pytest.MonkeyPatch, slow: str) -> None:
+    """Through ListMatrix.search: whichever scan is made slow, the list ends up on the other one, and every answer
+    along the way (learning, probes, settled) equals the fp32 exact top 10."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3000, 128)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    m = ListMatrix(uuid.uuid4(), uuid.uuid4(), 2, half_scan=True)  # version 2: 128-d
+    m.append(rng.integers(0, 256, (3000, 16), dtype=np.uint8), x)
+    real_half, real_full = exact.half_topk, exact.topk
+
+    def delayed(fn, scan):  # type: ignore[no-untyped-def]
+        def run(*args, **kwargs):  # type: ignore[no-untyped-def]
+            if scan == slow:
+                time.sleep(0.003)
+            return fn(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(exact, "half_topk", delayed(real_half, "fp16"))
+    monkeypatch.setattr(exact, "topk", delayed(real_full, "fp32"))
+    before = {s: scans._SERIES[s == "fp16"]._value.get() for s in ("fp16", "fp32")}
+    for i in range(2 * SAMPLES + 20):
+        q = x[i : i + 1] + 0.2 * rng.standard_normal((1, 128)).astype(np.float32)
+        scores, ids, size = m.search(q, 10)
+        want_s, want_rows = real_full(q, x, 10)
+        assert size == 3000 and ids[0].tolist() == m.ids[want_rows[0]].tolist()
+        assert np.allclose(scores[0], want_s[0], atol=1e-6)
+    faster = "fp32" if slow == "fp16" else "fp16"
+    assert m.scans.chosen(1) == faster
+    counted = {s: scans._SERIES[s == "fp16"]._value.get() - before[s] for s in ("fp16", "fp32")}
+    assert counted[slow] == SAMPLES and counted[faster] == SAMPLES + 20
