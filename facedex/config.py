@@ -55,7 +55,6 @@ class MatchingSettings(BaseModel):
 
 
 class BruteForceSettings(BaseModel):
-    threads: int = Field(0, description="Threads for exact search; 0 = all cores.")
     cache_max_bytes: int = Field(8 << 30, description="Budget for cached list matrices; least recently used lists go first.")
     half_scan: bool = Field(
         True, description="Also hold each cached list in fp16 (+50% memory) and scan that for requests of up to 16 "
