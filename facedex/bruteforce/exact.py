@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numkong
 import numpy as np
 
-from facedex.index.parts import default_ways
+from facedex.cores import default_ways
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def half_scan_sound() -> bool:
     A sampled check, not a proof: on unit rows with positive components (no cancellation: the largest partial sums)
     a kernel accumulating in fp32 errs by at most 1.2e-4 here (numkong 7, AMD EPYC), one accumulating in fp16 (32
     lanes, then a tree) by 6.6e-4 to 7.7e-4 (simulated); the threshold, HALF_ERROR / 8 = 2.4e-4, sits between. Each
-    reference count the scan serves goes through the same kernel, checked with 1 and 12 references."""
+    reference count the scan serves goes through the same kernel, checked with 1 and 16 references."""
     rng = np.random.default_rng(12345)
     for dim in (128, 512):
         x = np.abs(rng.standard_normal((4096, dim))).astype(np.float32)

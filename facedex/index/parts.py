@@ -17,27 +17,22 @@ from __future__ import annotations
 
 import functools
 import itertools
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
 
+from facedex.cores import MAX_WAYS, default_ways
+
 SPLIT_FROM = 131_072  # faces from which a lone query's scan is split: below, a scan is ~0.2 ms and a thread hand-off eats the gain
-MAX_PARTS = 4
+MAX_PARTS = MAX_WAYS
 FEW_QUERIES = 4  # up to this many queries per call go over the parts side by side; more are faiss's to spread
 
 
 @functools.cache
 def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scan-part")
-
-
-def default_ways() -> int:
-    """One part per core this process may run on (its CPU affinity, e.g. a container's cpuset), at most MAX_PARTS."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, MAX_PARTS))
 
 
 class Parts:
