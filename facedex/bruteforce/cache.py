@@ -167,10 +167,19 @@ class ListMatrix:
                 scores, rows = half_topk(queries, self.vectors[:n], self.half[:n], self.max_norm, k)  # type: ignore[index]
             else:
                 scores, rows = topk(queries, self.vectors[:n], k)
+                scores, rows = _exact_scores(queries, self.vectors, rows)
             self.scans.record(m, n, half, time.perf_counter() - started)
             return scores, self.ids[rows], n
         scores, sub_rows = topk(queries, self.vectors, k, rows=subset)  # the kept rows only, gathered in cache-sized blocks
         return scores, self.ids[subset[sub_rows]], len(subset)
+
+
+def _exact_scores(queries: np.ndarray, vectors: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The top rows' scores as :func:`facedex.bruteforce.exact.half_topk` gives them (float64 products rounded once,
+    best first, equal scores by row), so an answer does not depend on which scan the list chose."""
+    scores = np.einsum("mkd,md->mk", vectors[rows].astype(np.float64), queries.astype(np.float64)).astype(np.float32)
+    order = np.lexsort((rows, -scores), axis=1)
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
 
 
 Head = tuple[uuid.UUID, int, int] | None  # FacesStore.list_head: (account id, change head, face count), None if gone
