@@ -156,7 +156,7 @@ class ListMatrix:
         self, queries: np.ndarray, k: int, face_ids: list[bytes] | None = None, filters: wire.MatchFilters | None = None
     ) -> tuple[np.ndarray, np.ndarray, int]:
         """Exact top-k; returns (scores, face ids as (m, k, 16) uint8, faces searched). Run it under the read lock."""
-        from facedex.bruteforce.exact import half_scan_sound, half_topk, topk
+        from facedex.bruteforce.exact import half_scan_sound, half_topk, ranked, topk
 
         subset = self.select(face_ids, filters)
         if subset is None:
@@ -167,19 +167,13 @@ class ListMatrix:
                 scores, rows = half_topk(queries, self.vectors[:n], self.half[:n], self.max_norm, k)  # type: ignore[index]
             else:
                 scores, rows = topk(queries, self.vectors[:n], k)
-                scores, rows = _exact_scores(queries, self.vectors, rows)
+                # scored like the fp16 scan's answer (float64, ties by row): it must not depend on the scan chosen
+                for j in range(m):
+                    scores[j], rows[j] = ranked(queries[j], self.vectors, rows[j], rows.shape[1])
             self.scans.record(m, n, half, time.perf_counter() - started)
             return scores, self.ids[rows], n
         scores, sub_rows = topk(queries, self.vectors, k, rows=subset)  # the kept rows only, gathered in cache-sized blocks
         return scores, self.ids[subset[sub_rows]], len(subset)
-
-
-def _exact_scores(queries: np.ndarray, vectors: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The top rows' scores as :func:`facedex.bruteforce.exact.half_topk` gives them (float64 products rounded once,
-    best first, equal scores by row), so an answer does not depend on which scan the list chose."""
-    scores = np.einsum("mkd,md->mk", vectors[rows].astype(np.float64), queries.astype(np.float64)).astype(np.float32)
-    order = np.lexsort((rows, -scores), axis=1)
-    return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
 
 
 Head = tuple[uuid.UUID, int, int] | None  # FacesStore.list_head: (account id, change head, face count), None if gone

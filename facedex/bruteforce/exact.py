@@ -111,13 +111,19 @@ def half_topk(queries: np.ndarray, matrix: np.ndarray, half: np.ndarray, max_nor
     for j in range(m):
         col = approx[:, j]
         kth = np.partition(col, n - k)[n - k]
-        rows = np.flatnonzero(col >= kth - 2 * eps[j])
-        # the answer's scores: the stored fp32 rows' products in float64, rounded once to float32, so equal rows
-        # score equal wherever they sit (a BLAS product's last bit depends on the row's place in its block)
-        exact = (matrix[rows].astype(np.float64) @ queries[j].astype(np.float64)).astype(np.float32)
-        order = np.lexsort((rows, -exact))[:k]
-        best_s[j], best_i[j] = exact[order], rows[order]
+        best_s[j], best_i[j] = ranked(queries[j], matrix, np.flatnonzero(col >= kth - 2 * eps[j]), k)
     return best_s, best_i
+
+
+def ranked(query: np.ndarray, matrix: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` of ``rows`` for one query: (scores, rows), best first, equal scores by row.
+
+    Scores are the stored fp32 rows' products in float64, rounded once to float32, so equal rows score equal
+    wherever they sit (a BLAS product's last bit depends on the row's place in its block) and an answer does not
+    depend on which scan found its rows."""
+    exact = (matrix[rows].astype(np.float64) @ query.astype(np.float64)).astype(np.float32)
+    order = np.lexsort((rows, -exact))[:k]
+    return exact[order], rows[order]
 
 
 def _half_scores(half: np.ndarray, queries: np.ndarray) -> np.ndarray:

@@ -53,10 +53,10 @@ class ScanChoice:
         c = self._classes.get(queries.bit_length())
         if c is None or not 0.5 <= rows / max(c.rows, 1) <= 2.0:
             c = self._classes[queries.bit_length()] = _Class(rows)
-        if len(c.half) < SAMPLES or len(c.full) < SAMPLES:
+        faster_half = _faster_half(c)
+        if faster_half is None:
             return len(c.half) <= len(c.full)  # learning: in turn
         c.searches += 1
-        faster_half = statistics.median(c.half) <= statistics.median(c.full)
         return faster_half != (c.searches % PROBE_EVERY == 0)
 
     def record(self, queries: int, rows: int, half: bool, seconds: float) -> None:
@@ -71,6 +71,12 @@ class ScanChoice:
         if queries > HALF_MAX_QUERIES or self.only is not None:
             return "fp16" if self.only and queries <= HALF_MAX_QUERIES else "fp32"
         c = self._classes.get(queries.bit_length())
-        if c is None or len(c.half) < SAMPLES or len(c.full) < SAMPLES:
-            return None
-        return "fp16" if statistics.median(c.half) <= statistics.median(c.full) else "fp32"
+        faster_half = None if c is None else _faster_half(c)
+        return None if faster_half is None else "fp16" if faster_half else "fp32"
+
+
+def _faster_half(c: _Class) -> bool | None:
+    """Whether the fp16 scan is the faster in this class, None while either scan has fewer than SAMPLES timings."""
+    if len(c.half) < SAMPLES or len(c.full) < SAMPLES:
+        return None
+    return statistics.median(c.half) <= statistics.median(c.full)
