@@ -177,3 +177,25 @@ async def test_a_build_that_ends_while_planning_reads_storage_is_not_planned_aga
     assert lst.on_list is None and (await rig.repo.get(running.task_id)).status == SUCCESS  # the race did happen
     assert await master.plan() == []  # the next round sees the index: nothing to do either
     assert [t.task_id for t in await rig.repo.list(None, str(lst.list_id), 1, 10)] == [running.task_id]
+
+
+@pytest.mark.parametrize("marker", ["ended", "vanished"])
+async def test_a_stale_task_marker_does_not_keep_a_changed_list_from_being_planned(rig: Rig, marker: str) -> None:
+    """The list's marker still names a task that ended (or whose record expired): planning reads the list as free
+    and queues the build its change needs, taking the marker over."""
+    lst = OneList(uuid.uuid4(), seq=12_500)
+    master = rig.master
+    master.store, master.storage = lst, lst  # type: ignore[assignment]
+    master.s = master.s.model_copy(update={"indexing_lists": ["dynamic"], "min_indexing_list_size": 1})
+    old = await rig.repo.create(str(lst.list_id), 1, "background")
+    assert await rig.repo.take_next(master.lock) == old.task_id
+    if marker == "ended":  # finishing releases the marker; one left behind anyway (a writer that died between)
+        await rig.repo.master_finish(master.lock, await rig.repo.get(old.task_id), SUCCESS, count=10)
+        await rig.redis.set(rig.keys.active(str(lst.list_id)), old.task_id)
+    else:
+        await rig.redis.delete(rig.keys.task(old.task_id))
+    assert await rig.redis.get(rig.keys.active(str(lst.list_id))) == old.task_id
+    assert await rig.repo.live_lists([str(lst.list_id)]) == set()
+    planned = await master.plan()
+    assert [t.list_id for t in planned] == [str(lst.list_id)] and planned[0].task_id != old.task_id
+    assert await rig.redis.get(rig.keys.active(str(lst.list_id))) == planned[0].task_id

@@ -32,6 +32,7 @@ import numpy as np
 
 from facedex import descriptors, wire
 from facedex.bruteforce.columns import MetaColumns
+from facedex.bruteforce.exact import half_scan_sound
 from facedex.bruteforce.scans import ScanChoice
 from facedex.errors import Errors, FacedexError
 from facedex.faces.store import UNREACHABLE, FaceMeta, FacesStore, ListDelta, delta_timeout
@@ -53,7 +54,8 @@ class ListMatrix:
         self.version = version
         self.dim = descriptors.get_version(version).dim
         self.vectors = np.empty((0, self.dim), np.float32)
-        self.half = np.empty((0, self.dim), np.float16) if half_scan else None
+        # not on a CPU whose fp16 kernel is outside the scan's error bound (checked once per process)
+        self.half = np.empty((0, self.dim), np.float16) if half_scan and half_scan_sound() else None
         self.max_norm = 0.0  # of every row ever held: the fp16 scan's error bound scales with it
         self.ids = np.empty((0, 16), np.uint8)
         self.meta = MetaColumns()
@@ -156,12 +158,12 @@ class ListMatrix:
         self, queries: np.ndarray, k: int, face_ids: list[bytes] | None = None, filters: wire.MatchFilters | None = None
     ) -> tuple[np.ndarray, np.ndarray, int]:
         """Exact top-k; returns (scores, face ids as (m, k, 16) uint8, faces searched). Run it under the read lock."""
-        from facedex.bruteforce.exact import half_scan_sound, half_topk, ranked, topk
+        from facedex.bruteforce.exact import half_fits, half_topk, ranked, topk
 
         subset = self.select(face_ids, filters)
         if subset is None:
             m, n = queries.shape[0], self.n
-            half = self.half is not None and self.scans.use_half(m, n) and half_scan_sound()
+            half = self.half is not None and half_fits(queries, self.max_norm) and self.scans.use_half(m, n)
             started = time.perf_counter()
             if half:
                 scores, rows = half_topk(queries, self.vectors[:n], self.half[:n], self.max_norm, k)  # type: ignore[index]

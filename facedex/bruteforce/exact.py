@@ -102,7 +102,7 @@ def half_topk(queries: np.ndarray, matrix: np.ndarray, half: np.ndarray, max_nor
     k = min(k, n)
     if k == 0 or m == 0:
         return np.zeros((m, 0), np.float32), np.zeros((m, 0), np.int64)
-    if not (max_norm < HALF_RANGE and np.all(np.abs(queries) < HALF_RANGE)):  # NaN fails too: fp16 cannot hold it
+    if not half_fits(queries, max_norm):
         return topk(queries, matrix, k)
     approx = _half_scores(half, queries)  # (n, m)
     eps = HALF_ERROR * np.linalg.norm(queries, axis=1) * max_norm + 1e-6
@@ -113,6 +113,11 @@ def half_topk(queries: np.ndarray, matrix: np.ndarray, half: np.ndarray, max_nor
         kth = np.partition(col, n - k)[n - k]
         best_s[j], best_i[j] = ranked(queries[j], matrix, np.flatnonzero(col >= kth - 2 * eps[j]), k)
     return best_s, best_i
+
+
+def half_fits(queries: np.ndarray, max_norm: float) -> bool:
+    """Whether fp16 holds the queries and rows (of norm at most ``max_norm``); NaN fails too."""
+    return bool(max_norm < HALF_RANGE and np.all(np.abs(queries) < HALF_RANGE))
 
 
 def ranked(query: np.ndarray, matrix: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -7,11 +7,17 @@ bound by its arithmetic and the fp32 rows are read from the L3 cache. Both scans
 (:mod:`facedex.bruteforce.exact`), so a list can try both on its real requests and keep the faster one.
 
 Per list and per class of reference count (1, 2-3, 4-7, 8-15, 16: the cost per reference changes with it), the
-two scans are tried in turn until each has :data:`SAMPLES` timings, then the one with the lower median answers;
+two scans are tried in turn until each has :data:`SAMPLES` timings, then the one with the lower median serves;
 one search in :data:`PROBE_EVERY` runs the other, so a machine whose speed drifts is followed without putting a
-slow search in every hundred. Timings are per row, and a class starts over when the list has doubled or halved
-since it learned. More than :data:`~facedex.bruteforce.exact.HALF_MAX_QUERIES` references always scan fp32: one
-GEMM reads the rows once for all of them.
+slow search in every hundred. Timings are per row and reference, and a class starts over when the list has
+doubled or halved since it learned.
+
+A choice is not overturned by a comparison of unequal evidence: the serving scan's timings are its latest
+searches, the other's are probes up to :data:`SAMPLES` x :data:`PROBE_EVERY` searches old. So when the other scan
+looks faster by more than :data:`MARGIN` (a slow stretch of the machine during the serving scan's latest searches, or
+a real change), both are measured afresh, in turn, and the fresh medians decide. More than
+:data:`~facedex.bruteforce.exact.HALF_MAX_QUERIES` references always scan fp32: one GEMM reads the rows once for
+all of them.
 """
 
 from __future__ import annotations
@@ -25,15 +31,22 @@ from facedex.metrics import BRUTEFORCE_SCANS
 
 SAMPLES = 5  # timings kept per scan and class; the median of them decides
 PROBE_EVERY = 256  # once decided, one search in this many runs the other scan (< 0.4 % of searches, plus learning)
+MARGIN = 0.10  # the other scan must look this much faster before both are measured again (no flapping on a tie)
 _SERIES = {True: BRUTEFORCE_SCANS.labels("fp16"), False: BRUTEFORCE_SCANS.labels("fp32")}
 
 
 @dataclass
 class _Class:
     rows: int  # list size when this class began learning
-    half: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))  # seconds per row, fp16 scan
+    half: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))  # seconds per row and reference, fp16
     full: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES))  # the same, fp32 scan
-    searches: int = 0  # since both were measured
+    serving: bool | None = None  # the scan chosen (True: fp16), None while learning
+    searches: int = 0  # since the choice was made
+
+    def relearn(self) -> None:
+        self.half.clear()
+        self.full.clear()
+        self.serving = None
 
 
 class ScanChoice:
@@ -53,30 +66,29 @@ class ScanChoice:
         c = self._classes.get(queries.bit_length())
         if c is None or not 0.5 <= rows / max(c.rows, 1) <= 2.0:
             c = self._classes[queries.bit_length()] = _Class(rows)
-        faster_half = _faster_half(c)
-        if faster_half is None:
+        if c.serving is None:
             return len(c.half) <= len(c.full)  # learning: in turn
         c.searches += 1
-        return faster_half != (c.searches % PROBE_EVERY == 0)
+        return c.serving != (c.searches % PROBE_EVERY == 0)
 
     def record(self, queries: int, rows: int, half: bool, seconds: float) -> None:
         """A search's scan time (``half``: it scanned the fp16 copy)."""
         _SERIES[half].inc()
         c = self._classes.get(queries.bit_length())
-        if c is not None and self.only is None and rows:
-            (c.half if half else c.full).append(seconds / rows)
+        if c is None or self.only is not None or not rows:
+            return
+        (c.half if half else c.full).append(seconds / (rows * queries))
+        if len(c.half) < SAMPLES or len(c.full) < SAMPLES:
+            return
+        half_s, full_s = statistics.median(c.half), statistics.median(c.full)
+        if c.serving is None:  # both measured in turn: the faster serves
+            c.serving, c.searches = half_s <= full_s, 0
+        elif (full_s if c.serving else half_s) < (1 - MARGIN) * (half_s if c.serving else full_s):
+            c.relearn()  # the other looks faster, on older timings: measure both afresh before changing
 
     def chosen(self, queries: int = 1) -> str | None:
         """Either "fp16" or "fp32": what a search of ``queries`` references scans once its class has decided, else None."""
         if queries > HALF_MAX_QUERIES or self.only is not None:
             return "fp16" if self.only and queries <= HALF_MAX_QUERIES else "fp32"
         c = self._classes.get(queries.bit_length())
-        faster_half = None if c is None else _faster_half(c)
-        return None if faster_half is None else "fp16" if faster_half else "fp32"
-
-
-def _faster_half(c: _Class) -> bool | None:
-    """Whether the fp16 scan is the faster in this class, None while either scan has fewer than SAMPLES timings."""
-    if len(c.half) < SAMPLES or len(c.full) < SAMPLES:
-        return None
-    return statistics.median(c.half) <= statistics.median(c.full)
+        return None if c is None or c.serving is None else "fp16" if c.serving else "fp32"
