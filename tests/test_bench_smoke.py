@@ -98,6 +98,15 @@ def test_bench_e2e_on_its_own_platform(tmp_path: Path) -> None:
     assert all(0 < v["p50_ms"] <= v["p99_ms"] and v["throughput_rps"] > 0 for v in floor["levels"]["3"].values())
     floor_rows = [line for line in table.split("3 bare hops")[1].splitlines() if line.startswith("| 1 |") or line.startswith("| 4 |")]
     assert len(floor_rows) == 2 and all(row.count(" ms, ") == 3 for row in floor_rows), floor_rows
+    # CPU per request of each process on the path: the services the route crosses spent some, the other matcher none
+    assert "| route asked | concurrency | api | proxy | matcher | bruteforce |" in table
+    cpu = {(r["route_asked"], r["concurrency"]): r["cpu_ms"] for r in json.loads(
+        next((tmp_path / "bench-results").glob("e2e-*.json")).read_text())["rows"]}
+    assert set(cpu) == {("auto", 1), ("auto", 4), ("exact", 1), ("exact", 4)}, cpu
+    for (route, _), spent in cpu.items():
+        searcher, idle = ("matcher", "bruteforce") if route == "auto" else ("bruteforce", "matcher")
+        assert min(spent["api"], spent["proxy"], spent[searcher], spent["client"]) > 0, spent
+        assert spent[idle] < spent[searcher], spent
     if not MILVUS_INSTALLED:  # the HTTP rows are published, the milvus-lite arm's failure is named and fails the command
         assert out.returncode == 1 and "**milvus-lite arm failed**" in table and MILVUS_MISSING in table
         return

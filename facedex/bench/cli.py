@@ -181,7 +181,7 @@ def e2e(
         from facedex.bench.platform import own_platform as start
 
         with start(log=console.print) as p:
-            record = be.main(p.api, p.manager, p.admin_token, size, levels, requests, seed, **arm)  # type: ignore[arg-type]
+            record = be.main(p.api, p.manager, p.admin_token, size, levels, requests, seed, platform_pid=p.pid, **arm)  # type: ignore[arg-type]
     else:
         if not admin_token:
             raise typer.BadParameter("give --admin-token (or FACEDEX_ADMIN_TOKEN), or use --own-platform")

@@ -27,11 +27,12 @@ import msgspec
 import numpy as np
 
 from facedex import timing
-from facedex.bench import hop_floor, milvus_e2e
+from facedex.bench import hop_floor, milvus_e2e, service_cpu
 from facedex.bench.common import machine, machine_line
 from facedex.bench.peers import MilvusUnavailable
 from facedex.bench.regimes import make
 from facedex.bruteforce.exact import topk
+from facedex.services import SERVICES
 
 MSGPACK = "application/msgpack"
 
@@ -105,7 +106,7 @@ def _hop_medians(hops: list[dict[str, float]]) -> dict[str, float]:
 
 
 async def _run_level(http, api, auth, list_id, probes, exact: bool, concurrency: int, requests: int,  # type: ignore[no-untyped-def]
-                     msgpack: bool = False):
+                     msgpack: bool = False, meter: service_cpu.CpuMeter | None = None):
     latencies: list[float] = []
     routes: dict[str, int] = {}
     fallbacks: dict[str, int] = {}
@@ -132,20 +133,31 @@ async def _run_level(http, api, auth, list_id, probes, exact: bool, concurrency:
                 fallbacks[kind] = fallbacks.get(kind, 0) + 1
             results[i % len(probes)] = [m["face_id"] for m in payload["matches"][0]["results"]]
 
+    if meter is not None:
+        meter.start()
     cpu, started = milvus_e2e.cpu_seconds(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall = time.perf_counter() - started
     cpu = milvus_e2e.cpu_seconds() - cpu
     lat = np.array(latencies) * 1000
-    return {"concurrency": concurrency, "requests": requests, "p50_ms": float(np.percentile(lat, 50)),
-            "p95_ms": float(np.percentile(lat, 95)), "p99_ms": float(np.percentile(lat, 99)),
-            "throughput_rps": requests / wall, "routes": routes, "fallbacks": fallbacks, "client_cpu_s": cpu, "client_cpu_share": cpu / wall,
-            "hops_ms": _hop_medians(hops)}, results
+    level = {"concurrency": concurrency, "requests": requests, "p50_ms": float(np.percentile(lat, 50)),
+             "p95_ms": float(np.percentile(lat, 95)), "p99_ms": float(np.percentile(lat, 99)),
+             "throughput_rps": requests / wall, "routes": routes, "fallbacks": fallbacks, "client_cpu_s": cpu, "client_cpu_share": cpu / wall,
+             "hops_ms": _hop_medians(hops)}
+    if meter is not None:  # CPU per request of every process on the path (service_cpu), the client's beside it
+        services, system = meter.per_request(requests)
+        level["cpu_ms"] = {**services, "client": cpu * 1000 / requests}
+        level["cpu_system_ms"] = system  # of the services and engines (the client's own split is not kept)
+    return level, results
 
 
 async def run(api: str, manager: str, admin_token: str, size: int, levels: list[int], requests: int, seed: int,
-              data_name: str = "face-like", msgpack: bool = False) -> tuple[dict[str, object], object, np.ndarray, list[set[int]]]:
-    """The HTTP arm; returns the record, the dataset, exact top 10s and each probe's mates (for the milvus-lite arm)."""
+              data_name: str = "face-like", msgpack: bool = False, platform_pid: int | None = None,
+              ) -> tuple[dict[str, object], object, np.ndarray, list[set[int]]]:
+    """The HTTP arm; returns the record, the dataset, exact top 10s and each probe's mates (for the milvus-lite arm).
+
+    The services' CPU is read from ``/proc`` on this machine: the children of ``platform_pid`` (``facedex up``) if
+    given, else every ``facedex serve`` process here."""
     n_probes = 200
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256), timeout=aiohttp.ClientTimeout(total=120)) as http:
         data, face_ids, list_id, auth, setup = await _setup(http, api, manager, admin_token, size, n_probes, seed, data_name)
@@ -160,10 +172,12 @@ async def run(api: str, manager: str, admin_token: str, size: int, levels: list[
                 break
             await asyncio.sleep(1)
         rows = []
+        groups = service_cpu.processes(platform_pid)  # after the warm-up above: the pools' connections are open
+        meter = service_cpu.CpuMeter(groups) if any(g in SERVICES for g in groups) else None
         for exact in (False, True):
             for c in levels:
                 await _run_level(http, api, auth, list_id, data.probes, exact, c, min(requests, 4 * c), msgpack)  # warm up
-                level, results = await _run_level(http, api, auth, list_id, data.probes, exact, c, requests, msgpack)
+                level, results = await _run_level(http, api, auth, list_id, data.probes, exact, c, requests, msgpack, meter)
                 recall = np.mean([len({row_of[f] for f in got} & set(exact_i[q].tolist())) / 10 for q, got in results.items()])
                 hits = total = 0
                 for q, got in results.items():
@@ -206,6 +220,7 @@ def markdown(record: dict[str, object], command: str) -> str:
                      f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['throughput_rps']:.0f} | {_opt(r.get('top1_agreement'))} | "
                      f"{r['recall_at_10']:.3f} | {_opt(r.get('mate_recall'))} | {_cpu(r)} |")
     lines += _hops_table(record["rows"])  # type: ignore[arg-type]
+    lines += _cpu_table(record["rows"], int(record["machine"].get("cores") or 1))  # type: ignore[arg-type,union-attr]
     lines += _floor_line(record)
     lines += ["", "\"auto\" lets the proxy route (indexed when the list's index is loaded and licensed); \"exact\" sets "
               "`candidates.exact` and is answered by the brute-force Matcher. Load generator CPU: the client process's "
@@ -236,6 +251,38 @@ def _hops_table(rows: list[dict[str, object]]) -> list[str]:
         cells = " | ".join(f"{got[h]:.2f}" if h in got else "—" for h in hops)
         lines.append(f"| {r['route_asked']} | {r['concurrency']} | {r['p50_ms']:.1f} | {cells} |")
     return lines
+
+
+CPU_COLUMNS = ("api", "proxy", "matcher", "bruteforce")  # the services a match crosses, in its order
+
+
+def _cpu_table(rows: list[dict[str, Any]], cores: int) -> list[str]:
+    """CPU milliseconds per request of each process (service_cpu): where the machine's time goes, and the ceiling it
+    puts on a closed loop's throughput (cores / the sum)."""
+    rows = [r for r in rows if r.get("cpu_ms")]
+    if not rows:
+        return []
+    lines = ["", "CPU per request (ms of CPU time per answered request, by process, read from `/proc` over the level; "
+             "`other services`: Index Manager, Indexer, Licenses, dashboard; redis and postgres are every such process "
+             f"on the machine; `ceiling`: {cores} cores / the sum, the most requests/s this CPU cost allows; `kernel share`: "
+             "the services' and engines' system time, of their CPU):", "",
+             "| route asked | concurrency | " + " | ".join(CPU_COLUMNS) + " | other services | redis | postgres | client | sum "
+             "| ceiling (req/s) | measured (req/s) | kernel share |", "|---|---|" + "---|" * (len(CPU_COLUMNS) + 8)]
+    for r in rows:
+        got: dict[str, float] = r["cpu_ms"]
+        other = sum(v for k, v in got.items() if k in SERVICES and k not in CPU_COLUMNS)
+        redis = got.get("redis-server", 0.0) + got.get("valkey-server", 0.0)
+        total = sum(got.values())
+        cells = [f"{got.get(c, 0.0):.2f}" for c in CPU_COLUMNS] + [f"{other:.2f}", f"{redis:.2f}", f"{got.get('postgres', 0.0):.2f}",
+                                                                      f"{got.get('client', 0.0):.2f}", f"**{total:.2f}**"]
+        lines.append(f"| {r['route_asked']} | {r['concurrency']} | " + " | ".join(cells)
+                     + f" | {cores * 1000 / total:.0f} | {r['throughput_rps']:.0f} | {_kernel_share(r)} |")
+    return lines
+
+
+def _kernel_share(r: dict[str, Any]) -> str:
+    services = sum(v for k, v in r["cpu_ms"].items() if k != "client")
+    return f"{r['cpu_system_ms'] / services:.0%}" if "cpu_system_ms" in r and services > 0 else "—"
 
 
 def _floor_line(record: dict[str, object]) -> list[str]:
@@ -294,12 +341,13 @@ def _setup_line(setup: dict[str, object] | None) -> list[str]:
 def main(api: str, manager: str, admin_token: str, size: int, levels: list[int], requests: int, seed: int,
          data: str = "face-like", milvus: str | None = None, milvus_m: int = 24, milvus_efc: int = 96,
          milvus_knob: int = 128, milvus_requests: int | None = None, log=print,  # type: ignore[no-untyped-def]
-         msgpack: bool = False) -> dict[str, object]:
+         msgpack: bool = False, platform_pid: int | None = None) -> dict[str, object]:
     """The HTTP arm, then (``milvus`` = flat/ivf/hnsw) the milvus-lite arm on the same faces and probes.
 
     A milvus-lite arm that cannot run leaves its reason in ``record["milvus"]["error"]``; the HTTP rows stand.
     """
-    record, ds, exact_i, mates = asyncio.run(run(api, manager, admin_token, size, levels, requests, seed, data, msgpack))
+    record, ds, exact_i, mates = asyncio.run(run(api, manager, admin_token, size, levels, requests, seed, data, msgpack,
+                                                 platform_pid))
     try:  # a failed floor must not cost the run it sits beside
         record["floor"] = hop_floor.measure(requests=min(requests, 2000), levels=tuple(levels))
         log(f"  bare HTTP hops on this machine: p50 {record['floor']['1']:.2f} ms for one, {record['floor']['3']:.2f} ms for three chained")

@@ -37,6 +37,7 @@ class Platform:
     api: str
     manager: str
     admin_token: str
+    pid: int  # of its ``facedex up``: the services are its children
 
 
 def _free_port() -> int:
@@ -101,7 +102,7 @@ def own_platform(log=print) -> Iterator[Platform]:  # type: ignore[no-untyped-de
             if time.monotonic() > deadline:
                 raise RuntimeError("the platform did not come up in 5 minutes")
             time.sleep(0.5)
-        yield Platform(api, f"http://127.0.0.1:{ports['manager']}", env["FACEDEX_ADMIN_TOKEN"])
+        yield Platform(api, f"http://127.0.0.1:{ports['manager']}", env["FACEDEX_ADMIN_TOKEN"], proc.pid)
     finally:
         interrupt(proc, 60)
         if local_pg:

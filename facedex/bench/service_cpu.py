@@ -1,0 +1,97 @@
+"""CPU time of the platform's processes, read from ``/proc``: what one answer costs each service.
+
+Why: latency per hop (``Server-Timing``) says where a request waits; CPU per request says what each service
+*spends* on it. On a machine of few cores the second bounds the first: a closed loop of callers cannot get more
+than ``cores / (CPU seconds per request, all processes)`` answers per second, so the sum is the throughput ceiling
+and each service's share is what a cut there can win. Linux only (``/proc``); elsewhere nothing is measured.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from facedex.services import SERVICES
+
+PROC = Path("/proc")
+SHARED = ("redis-server", "valkey-server", "postgres")  # the platform's engines: every such process on the machine
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return (PROC / str(pid) / "cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of ``/proc/<pid>/stat`` after the command name (which may hold spaces), or None if gone."""
+    try:
+        text = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()
+
+
+def processes(parent: int | None = None) -> dict[str, list[int]]:
+    """``facedex serve <service>`` processes by service (only ``parent``'s children if given), and the engines'.
+
+    Engines (Redis, PostgreSQL) are matched by name machine-wide: with a shared server, other users' work shows too.
+    """
+    found: dict[str, list[int]] = {}
+    if not PROC.is_dir():
+        return found
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        argv = _cmdline(pid)
+        stat = _stat(pid)
+        if not argv or stat is None:
+            continue
+        try:
+            comm = (PROC / str(pid) / "comm").read_text().strip()
+        except OSError:
+            continue
+        name = next((s for s in SHARED if comm.startswith(s)), None)
+        if name is None and "serve" in argv and any("facedex" in a for a in argv):
+            service = argv[argv.index("serve") + 1] if argv.index("serve") + 1 < len(argv) else ""
+            if service in SERVICES and (parent is None or int(stat[1]) == parent):
+                name = service
+        if name is not None:
+            found.setdefault(name, []).append(pid)
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pids``, threads included; a process that has gone counts 0."""
+    tick = os.sysconf("SC_CLK_TCK")
+    user = system = 0
+    for pid in pids:
+        stat = _stat(pid)
+        if stat is not None:
+            user += int(stat[11])  # utime and stime: fields 14 and 15 of the whole line
+            system += int(stat[12])
+    return user / tick, system / tick
+
+
+class CpuMeter:
+    """CPU seconds of each process group between :meth:`start` and :meth:`per_request`."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.groups = groups
+        self._before: dict[str, tuple[float, float]] = {}
+
+    def start(self) -> None:
+        self._before = {name: cpu_seconds(pids) for name, pids in self.groups.items()}
+
+    def per_request(self, requests: int) -> tuple[dict[str, float], float]:
+        """Milliseconds of CPU per request of each group since :meth:`start`, and how many of all of them were the
+        kernel's (system time: sockets, wake-ups, page faults)."""
+        total: dict[str, float] = {}
+        system = 0.0
+        for name, pids in self.groups.items():
+            (u0, s0), (u1, s1) = self._before.get(name, (0.0, 0.0)), cpu_seconds(pids)
+            total[name] = ((u1 - u0) + (s1 - s0)) * 1000 / max(requests, 1)
+            system += (s1 - s0) * 1000 / max(requests, 1)
+        return total, system
