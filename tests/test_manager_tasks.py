@@ -20,7 +20,7 @@ import redis.asyncio as aredis
 from facedex.config import ManagerSettings, Settings
 from facedex.errors import Errors
 from facedex.manager.master import Master
-from facedex.manager.tasks import CANCELLED, INDEXING, PENDING, SUCCESS, TaskRepo
+from facedex.manager.tasks import CANCELLED, INDEXING, PENDING, SUCCESS, Task, TaskRepo
 from facedex.redis.keys import Keys
 from facedex.storage.base import IndexMeta
 
@@ -152,15 +152,21 @@ class OneList:
         return seen
 
 
+async def _planned_and_taken(rig: Rig) -> tuple[OneList, Task]:
+    """The master plans from one list (12,500 faces, no index yet) whose background task it has taken."""
+    lst = OneList(uuid.uuid4(), seq=12_500)
+    rig.master.store, rig.master.storage = lst, lst  # type: ignore[assignment]
+    rig.master.s = rig.master.s.model_copy(update={"indexing_lists": ["dynamic"], "min_indexing_list_size": 1})
+    task = await rig.repo.create(str(lst.list_id), 1, "background")
+    assert await rig.repo.take_next(rig.master.lock) == task.task_id
+    return lst, task
+
+
 async def test_a_build_that_ends_while_planning_reads_storage_is_not_planned_again(rig: Rig) -> None:
     """The list's build stores its index and its task ends just after planning listed the storage: the list is not
     behind its index, so no second build of unchanged faces is queued (nor listed as if it were the next change's)."""
-    lst = OneList(uuid.uuid4(), seq=12_500)
+    lst, running = await _planned_and_taken(rig)
     master = rig.master
-    master.store, master.storage = lst, lst  # type: ignore[assignment]
-    master.s = master.s.model_copy(update={"indexing_lists": ["dynamic"], "min_indexing_list_size": 1})
-    running = await rig.repo.create(str(lst.list_id), 1, "background")
-    assert await rig.repo.take_next(master.lock) == running.task_id
     index_id = str(uuid.uuid4())
     await rig.repo.dispatched(master.lock, running, INDEXER, index_id)
     loop = asyncio.get_running_loop()
@@ -183,12 +189,8 @@ async def test_a_build_that_ends_while_planning_reads_storage_is_not_planned_aga
 async def test_a_stale_task_marker_does_not_keep_a_changed_list_from_being_planned(rig: Rig, marker: str) -> None:
     """The list's marker still names a task that ended (or whose record expired): planning reads the list as free
     and queues the build its change needs, taking the marker over."""
-    lst = OneList(uuid.uuid4(), seq=12_500)
+    lst, old = await _planned_and_taken(rig)
     master = rig.master
-    master.store, master.storage = lst, lst  # type: ignore[assignment]
-    master.s = master.s.model_copy(update={"indexing_lists": ["dynamic"], "min_indexing_list_size": 1})
-    old = await rig.repo.create(str(lst.list_id), 1, "background")
-    assert await rig.repo.take_next(master.lock) == old.task_id
     if marker == "ended":  # finishing releases the marker; one left behind anyway (a writer that died between)
         await rig.repo.master_finish(master.lock, await rig.repo.get(old.task_id), SUCCESS, count=10)
         await rig.redis.set(rig.keys.active(str(lst.list_id)), old.task_id)

@@ -276,7 +276,7 @@ def _cpu_table(rows: list[dict[str, Any]], cores: int) -> list[str]:
         cells = [f"{got.get(c, 0.0):.2f}" for c in CPU_COLUMNS] + [f"{other:.2f}", f"{redis:.2f}", f"{got.get('postgres', 0.0):.2f}",
                                                                       f"{got.get('client', 0.0):.2f}", f"**{total:.2f}**"]
         lines.append(f"| {r['route_asked']} | {r['concurrency']} | " + " | ".join(cells)
-                     + f" | {cores * 1000 / total:.0f} | {r['throughput_rps']:.0f} | {_kernel_share(r)} |")
+                     + f" | {cores * 1000 / max(total, 1e-9):.0f} | {r['throughput_rps']:.0f} | {_kernel_share(r)} |")
     return lines
 
 
