@@ -13,12 +13,13 @@ ranking by the float32 inner product, ties broken by key (row), as
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 import numkong
 import numpy as np
+
+from facedex.cores import default_ways
 
 MARGIN = 8  # extra fp16 winners scored again in fp32, so a near-tie at the k-th place cannot drop a face
 
@@ -37,11 +38,11 @@ def rerank(queries: np.ndarray, cands: np.ndarray, rows16: Rows, rows32: Rows, k
            threads: int = 1) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per query: (keys (k',) int64, float32 inner products (k',)), best first; ``cands`` (m, r) with -1 = none.
 
-    ``threads`` > 1 (0: every core) spreads a batch of at least ``PARALLEL_FROM`` queries over that many threads,
+    ``threads`` > 1 (0: every core this process may use) spreads a batch of at least ``PARALLEL_FROM`` queries over that many threads,
     as the Indexed Matcher answers many waiting requests at once; each query's answer is the same either way."""
     m = queries.shape[0]
     step = max(1, GATHER_ROWS // max(1, cands.shape[1]))
-    threads = threads or os.cpu_count() or 1
+    threads = threads or default_ways()
     parts: Iterable[tuple[list[np.ndarray], list[np.ndarray]]]
     run = lambda s: _chunk(queries[s : s + step], cands[s : s + step], rows16, rows32, k)  # noqa: E731
     if threads > 1 and m >= PARALLEL_FROM:
