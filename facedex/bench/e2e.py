@@ -172,8 +172,9 @@ async def run(api: str, manager: str, admin_token: str, size: int, levels: list[
                 break
             await asyncio.sleep(1)
         rows = []
-        groups = service_cpu.processes(platform_pid)  # after the warm-up above: the pools' connections are open
-        meter = service_cpu.CpuMeter(groups) if any(g in SERVICES for g in groups) else None
+        meter = service_cpu.CpuMeter(platform_pid)
+        if not any(g in SERVICES for g in meter.found()):  # not on this machine (or not Linux): no CPU columns
+            meter = None
         for exact in (False, True):
             for c in levels:
                 await _run_level(http, api, auth, list_id, data.probes, exact, c, min(requests, 4 * c), msgpack)  # warm up

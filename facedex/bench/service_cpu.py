@@ -76,22 +76,33 @@ def cpu_seconds(pids: list[int]) -> tuple[float, float]:
 
 
 class CpuMeter:
-    """CPU seconds of each process group between :meth:`start` and :meth:`per_request`."""
+    """CPU seconds of each process group between :meth:`start` and :meth:`per_request`, pid by pid.
 
-    def __init__(self, groups: dict[str, list[int]]) -> None:
-        self.groups = groups
-        self._before: dict[str, tuple[float, float]] = {}
+    The processes are found again at both reads (:func:`processes`), so a backend or worker that appears during the
+    level counts from zero, and one that ends during it counts nothing (its last seconds are lost, never subtracted).
+    """
+
+    def __init__(self, parent: int | None) -> None:
+        self.parent = parent
+        self._before: dict[int, tuple[float, float]] = {}
+
+    def found(self) -> dict[str, list[int]]:
+        return processes(self.parent)
 
     def start(self) -> None:
-        self._before = {name: cpu_seconds(pids) for name, pids in self.groups.items()}
+        self._before = {pid: cpu_seconds([pid]) for pids in self.found().values() for pid in pids}
 
     def per_request(self, requests: int) -> tuple[dict[str, float], float]:
         """Milliseconds of CPU per request of each group since :meth:`start`, and how many of all of them were the
         kernel's (system time: sockets, wake-ups, page faults)."""
         total: dict[str, float] = {}
         system = 0.0
-        for name, pids in self.groups.items():
-            (u0, s0), (u1, s1) = self._before.get(name, (0.0, 0.0)), cpu_seconds(pids)
-            total[name] = ((u1 - u0) + (s1 - s0)) * 1000 / max(requests, 1)
-            system += (s1 - s0) * 1000 / max(requests, 1)
+        for name, pids in self.found().items():
+            for pid in pids:
+                (u0, s0), (u1, s1) = self._before.get(pid, (0.0, 0.0)), cpu_seconds([pid])
+                if (u1, s1) == (0.0, 0.0):  # ended between the listing and this read
+                    continue
+                user, sys_ = max(u1 - u0, 0.0), max(s1 - s0, 0.0)
+                total[name] = total.get(name, 0.0) + (user + sys_) * 1000 / max(requests, 1)
+                system += sys_ * 1000 / max(requests, 1)
         return total, system

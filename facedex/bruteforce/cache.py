@@ -163,7 +163,8 @@ class ListMatrix:
         subset = self.select(face_ids, filters)
         if subset is None:
             m, n = queries.shape[0], self.n
-            half = self.half is not None and half_fits(queries, self.max_norm) and self.scans.use_half(m, n)
+            choosing = self.half is not None and half_fits(queries, self.max_norm)  # else fp32, nothing to learn
+            half = choosing and self.scans.use_half(m, n)
             started = time.perf_counter()
             if half:
                 scores, rows = half_topk(queries, self.vectors[:n], self.half[:n], self.max_norm, k)  # type: ignore[index]
@@ -172,7 +173,7 @@ class ListMatrix:
                 # scored like the fp16 scan's answer (float64, ties by row): it must not depend on the scan chosen
                 for j in range(m):
                     scores[j], rows[j] = ranked(queries[j], self.vectors, rows[j], rows.shape[1])
-            self.scans.record(m, n, half, time.perf_counter() - started)
+            self.scans.record(m, n, half, time.perf_counter() - started, learn=choosing)
             return scores, self.ids[rows], n
         scores, sub_rows = topk(queries, self.vectors, k, rows=subset)  # the kept rows only, gathered in cache-sized blocks
         return scores, self.ids[subset[sub_rows]], len(subset)

@@ -71,11 +71,14 @@ class ScanChoice:
         c.searches += 1
         return c.serving != (c.searches % PROBE_EVERY == 0)
 
-    def record(self, queries: int, rows: int, half: bool, seconds: float) -> None:
-        """A search's scan time (``half``: it scanned the fp16 copy)."""
+    def record(self, queries: int, rows: int, half: bool, seconds: float, learn: bool = True) -> None:
+        """A search's scan time (``half``: it scanned the fp16 copy); ``learn``: the search had the choice (not a
+        reference fp16 cannot hold, not a list without an fp16 copy), so its time counts in its class."""
         _SERIES[half].inc()
+        if not learn or self.only is not None or not rows or not 1 <= queries <= HALF_MAX_QUERIES:
+            return  # (17-31 references share class 16's bit length but always scan fp32: not its samples)
         c = self._classes.get(queries.bit_length())
-        if c is None or self.only is not None or not rows:
+        if c is None:
             return
         (c.half if half else c.full).append(seconds / (rows * queries))
         if len(c.half) < SAMPLES or len(c.full) < SAMPLES:
