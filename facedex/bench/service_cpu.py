@@ -24,13 +24,14 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
-def _stat(pid: int) -> list[str] | None:
-    """Fields of ``/proc/<pid>/stat`` after the command name (which may hold spaces), or None if gone."""
+def _stat(pid: int) -> tuple[str, list[str]] | None:
+    """``/proc/<pid>/stat``: the command name (in parentheses, may hold spaces) and the fields after it; None if gone."""
     try:
         text = (PROC / str(pid) / "stat").read_text()
     except OSError:
         return None
-    return text[text.rindex(")") + 2 :].split()
+    end = text.rindex(")")
+    return text[text.index("(") + 1 : end], text[end + 2 :].split()
 
 
 def processes(parent: int | None = None) -> dict[str, list[int]]:
@@ -45,18 +46,15 @@ def processes(parent: int | None = None) -> dict[str, list[int]]:
         if not entry.name.isdigit():
             continue
         pid = int(entry.name)
-        argv = _cmdline(pid)
         stat = _stat(pid)
-        if not argv or stat is None:
+        if stat is None:
             continue
-        try:
-            comm = (PROC / str(pid) / "comm").read_text().strip()
-        except OSError:
-            continue
+        comm, fields = stat
         name = next((s for s in SHARED if comm.startswith(s)), None)
-        if name is None and "serve" in argv and any("facedex" in a for a in argv):
+        argv = _cmdline(pid) if name is None else []
+        if "serve" in argv and any("facedex" in a for a in argv):
             service = argv[argv.index("serve") + 1] if argv.index("serve") + 1 < len(argv) else ""
-            if service in SERVICES and (parent is None or int(stat[1]) == parent):
+            if service in SERVICES and (parent is None or int(fields[1]) == parent):
                 name = service
         if name is not None:
             found.setdefault(name, []).append(pid)
@@ -70,8 +68,8 @@ def cpu_seconds(pids: list[int]) -> tuple[float, float]:
     for pid in pids:
         stat = _stat(pid)
         if stat is not None:
-            user += int(stat[11])  # utime and stime: fields 14 and 15 of the whole line
-            system += int(stat[12])
+            user += int(stat[1][11])  # utime and stime: fields 14 and 15 of the whole line
+            system += int(stat[1][12])
     return user / tick, system / tick
 
 
