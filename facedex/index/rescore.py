@@ -38,8 +38,9 @@ def rerank(queries: np.ndarray, cands: np.ndarray, rows16: Rows, rows32: Rows, k
            threads: int = 1) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per query: (keys (k',) int64, float32 inner products (k',)), best first; ``cands`` (m, r) with -1 = none.
 
-    ``threads`` > 1 (0: :func:`facedex.cores.default_ways`, the cores this process may use, at most four) spreads a batch of at least ``PARALLEL_FROM`` queries over that many threads,
-    as the Indexed Matcher answers many waiting requests at once; each query's answer is the same either way."""
+    ``threads`` > 1 (0: :func:`facedex.cores.default_ways`, the cores this process may use, at most four) spreads
+    a batch of at least ``PARALLEL_FROM`` queries over that many threads, as the Indexed Matcher answers many
+    waiting requests at once; each query's answer is the same either way."""
     m = queries.shape[0]
     step = max(1, GATHER_ROWS // max(1, cands.shape[1]))
     threads = threads or default_ways()
