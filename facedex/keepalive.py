@@ -31,26 +31,49 @@ class ProtocolError(ConnectionError):
 
 
 class _Answer:
-    """httptools callbacks: the body of one response, whether it is whole, and whether the connection stays open
-    (known once the headers are read: llhttp forgets it when the message completes)."""
+    """httptools callbacks for one exchange: the final answer's status and body, whether it is whole, and whether the
+    connection stays open (known once its headers are read: llhttp forgets it when the message completes). Interim
+    (1xx) answers before it, in the same read or not, are parsed and dropped."""
 
-    __slots__ = ("chunks", "complete", "keep_alive", "parser")
+    __slots__ = ("chunks", "complete", "keep_alive", "parser", "status")
 
     def __init__(self) -> None:
         self.chunks: list[bytes] = []
         self.complete = False
         self.keep_alive = False
+        self.status = 0
         self.parser: httptools.HttpResponseParser | None = None
+
+    def on_message_begin(self) -> None:
+        self.chunks = []
 
     def on_headers_complete(self) -> None:
         assert self.parser is not None
+        self.status = self.parser.get_status_code()
         self.keep_alive = self.parser.should_keep_alive()
 
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
 
     def on_message_complete(self) -> None:
-        self.complete = True
+        self.complete = self.status >= 200
+
+
+class _AnswerWithHeaders(_Answer):
+    """:class:`_Answer` that also keeps the final answer's headers (names lower-cased), for callers that read them."""
+
+    __slots__ = ("headers",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.headers: dict[str, str] = {}
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.headers = {}
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
 
 class _Connection:
@@ -65,22 +88,24 @@ class _Connection:
         return (not self.writer.is_closing() and not self.reader.at_eof()
                 and time.monotonic() - self.idle_since < keepalive_s)
 
-    async def exchange(self, request: bytes) -> tuple[int, bytes, bool]:
-        """Write one request, read its response: (status, body, whether the connection may be reused)."""
+    async def exchange(self, request: bytes, headers_out: dict[str, str] | None = None) -> tuple[int, bytes, bool]:
+        """Write one request, read its response: (status, body, whether the connection may be reused); the response's
+        headers go into ``headers_out`` if given."""
         self.writer.write(request)
-        while True:  # an interim (1xx) answer is followed by the real one
-            answer = _Answer()
-            parser = answer.parser = httptools.HttpResponseParser(answer)
-            while not answer.complete:
-                data = await self.reader.read(READ_BYTES)
-                if not data:
-                    raise ProtocolError("the connection closed before the answer was whole")
-                try:
-                    parser.feed_data(data)
-                except httptools.HttpParserError as exc:
-                    raise ProtocolError(f"not an HTTP answer: {exc}") from exc
-            if parser.get_status_code() >= 200:
-                return parser.get_status_code(), b"".join(answer.chunks), answer.keep_alive
+        answer = _Answer() if headers_out is None else _AnswerWithHeaders()
+        parser = answer.parser = httptools.HttpResponseParser(answer)
+        while not answer.complete:  # one parser for the exchange: an interim (1xx) answer and the final one may
+            data = await self.reader.read(READ_BYTES)  # come in one read
+            if not data:
+                raise ProtocolError("the connection closed before the answer was whole")
+            try:
+                parser.feed_data(data)
+            except httptools.HttpParserError as exc:
+                raise ProtocolError(f"not an HTTP answer: {exc}") from exc
+        if isinstance(answer, _AnswerWithHeaders):
+            assert headers_out is not None
+            headers_out.update(answer.headers)
+        return answer.status, b"".join(answer.chunks), answer.keep_alive
 
     def close(self) -> None:
         self.writer.close()
@@ -100,9 +125,11 @@ class KeepAlivePool:
         self._idle: deque[_Connection] = deque()  # the most recently used on the right
         self._slots = asyncio.Semaphore(limit)
 
-    async def request(self, method: str, path: str, headers: Iterable[tuple[str, str]], body: bytes = b"") -> tuple[int, bytes]:
-        """(status, body) of one request. Raises ``OSError`` (``ConnectionError``, ``ProtocolError``) when the server
-        could not be reached or did not answer whole; the caller bounds the time (``asyncio.timeout``)."""
+    async def request(self, method: str, path: str, headers: Iterable[tuple[str, str]], body: bytes = b"",
+                      headers_out: dict[str, str] | None = None) -> tuple[int, bytes]:
+        """(status, body) of one request; with ``headers_out``, the response's headers are put there (names lower-cased).
+        Raises ``OSError`` (``ConnectionError``, ``ProtocolError``) when the server could not be reached or did not
+        answer whole; the caller bounds the time (``asyncio.timeout``)."""
         head = [f"{method} {path} HTTP/1.1\r\n".encode(), b"Host: ", self._authority, b"\r\n",
                 b"Content-Length: ", str(len(body)).encode(), b"\r\n"]
         for name, value in headers:
@@ -117,7 +144,7 @@ class KeepAlivePool:
                 conn = _Connection(reader, writer)
             reusable = False
             try:
-                status, answer, reusable = await conn.exchange(b"".join(head))
+                status, answer, reusable = await conn.exchange(b"".join(head), headers_out)
                 return status, answer
             finally:
                 if reusable:

@@ -184,3 +184,44 @@ async def test_keepalive_pool_reads_interim_answers_and_sweeps_expired_connectio
         pool.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_load_client_reads_the_answers_headers_past_an_interim_one() -> None:
+    """The bench's load client (facedex.bench.loadgen, over facedex.keepalive) returns the final answer's headers
+    (names lower-cased, a header split across reads whole), not the interim 1xx's, and nothing leaks into the next
+    answer on the same connection."""
+    from facedex.bench.loadgen import LoadClient
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        n = 0
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+            await reader.readexactly(length)
+            n += 1
+            if n == 1:
+                writer.write(b"HTTP/1.1 100 Continue\r\nX-Interim: yes\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nServer-Timing: search;dur=0.")
+                await writer.drain()
+                await asyncio.sleep(0.05)  # the rest of the header in a later read
+                writer.write(b"250, total;dur=1.5\r\nContent-Length: 2\r\n\r\nok")
+            else:
+                writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with LoadClient(f"http://127.0.0.1:{port}") as client:
+            status, headers, body = await client.post("/1/matcher/faces", b"{}", {"Content-Type": "application/json"})
+            assert (status, body) == (200, b"ok")
+            assert headers["server-timing"] == "search;dur=0.250, total;dur=1.5" and "x-interim" not in headers
+            status, headers, body = await client.post("/1/matcher/faces", b"{}", {})
+            assert (status, body) == (404, b"nope") and "server-timing" not in headers
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import time
 import uuid
 from typing import Any
@@ -25,9 +26,11 @@ from typing import Any
 import aiohttp
 import msgspec
 import numpy as np
+import orjson
 
 from facedex import timing
 from facedex.bench import hop_floor, milvus_e2e, service_cpu
+from facedex.bench.loadgen import LoadClient
 from facedex.bench.common import machine, machine_line
 from facedex.bench.peers import MilvusUnavailable
 from facedex.bench.regimes import make
@@ -90,10 +93,17 @@ def _body(probe: np.ndarray, list_id: str, exact: bool, msgpack: bool) -> dict[s
     return {"data": msgspec.msgpack.encode(body), "headers": {"Content-Type": MSGPACK, "Accept": MSGPACK}}
 
 
-async def _answer(r: aiohttp.ClientResponse, msgpack: bool) -> dict:  # type: ignore[type-arg]
-    if not msgpack or r.status != 200:
-        return await r.json(content_type=None)  # type: ignore[no-any-return]
-    payload = msgspec.msgpack.decode(await r.read())
+def _encoded(kwargs: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+    """What :func:`_body` describes, as the bytes and headers the load client sends."""
+    if "json" in kwargs:
+        return orjson.dumps(kwargs["json"]), {"Content-Type": "application/json"}
+    return kwargs["data"], kwargs["headers"]
+
+
+def _answer(status: int, body: bytes, msgpack: bool) -> dict:  # type: ignore[type-arg]
+    if not msgpack or status != 200:
+        return orjson.loads(body)  # type: ignore[no-any-return]
+    payload = msgspec.msgpack.decode(body)
     for m in payload["matches"]:
         for res in m["results"]:
             res["face_id"] = str(uuid.UUID(bytes=res["face_id"]))
@@ -105,7 +115,7 @@ def _hop_medians(hops: list[dict[str, float]]) -> dict[str, float]:
     return {h: float(np.median([t[h] for t in hops if h in t])) for h in timing.HOPS if any(h in t for t in hops)}
 
 
-async def _run_level(http, api, auth, list_id, probes, exact: bool, concurrency: int, requests: int,  # type: ignore[no-untyped-def]
+async def _run_level(client: LoadClient, auth, list_id, probes, exact: bool, concurrency: int, requests: int,  # type: ignore[no-untyped-def]
                      msgpack: bool = False, meter: service_cpu.CpuMeter | None = None):
     latencies: list[float] = []
     routes: dict[str, int] = {}
@@ -117,16 +127,17 @@ async def _run_level(http, api, auth, list_id, probes, exact: bool, concurrency:
     async def worker() -> None:
         while queue:
             i = queue.pop()
-            kwargs = _body(probes[i % len(probes)], list_id, exact, msgpack)
-            headers = {**auth, **kwargs.pop("headers", {})}  # type: ignore[dict-item]
+            body, headers = _encoded(_body(probes[i % len(probes)], list_id, exact, msgpack))
+            headers.update(auth)
             started = time.perf_counter()
-            async with http.post(f"{api}/1/matcher/faces", headers=headers, **kwargs) as r:
-                payload = await _answer(r, msgpack)
+            async with asyncio.timeout(120):
+                status, answer_headers, answer = await client.post("/1/matcher/faces", body, headers)
+            payload = _answer(status, answer, msgpack)
             latencies.append(time.perf_counter() - started)
-            if r.status != 200:
+            if status != 200:
                 routes["error"] = routes.get("error", 0) + 1
                 continue
-            hops.append(timing.parse_header(r.headers.get(timing.HEADER, "")))
+            hops.append(timing.parse_header(answer_headers.get(timing.HEADER.lower(), "")))
             routes[payload["route"]] = routes.get(payload["route"], 0) + 1
             if reason := payload.get("fallback_reason"):  # "indexed: admission", "indexed: TimeoutError", ...
                 kind = ":".join(reason.split(":")[:2])
@@ -159,15 +170,18 @@ async def run(api: str, manager: str, admin_token: str, size: int, levels: list[
     The services' CPU is read from ``/proc`` on this machine: the children of ``platform_pid`` (``facedex up``) if
     given, else every ``facedex serve`` process here."""
     n_probes = 200
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256), timeout=aiohttp.ClientTimeout(total=120)) as http:
+    async with contextlib.AsyncExitStack() as stack:
+        http = await stack.enter_async_context(
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256), timeout=aiohttp.ClientTimeout(total=120)))
         data, face_ids, list_id, auth, setup = await _setup(http, api, manager, admin_token, size, n_probes, seed, data_name)
         print(f"  uploaded {size:,} faces in {setup['upload_s']:.0f} s; index built in {setup['build_s']:.0f} s, "
               f"calibrated: {setup['kind']}", flush=True)
         row_of = {f: i for i, f in enumerate(face_ids)}
+        client = await stack.enter_async_context(LoadClient(api))
         exact_s, exact_i = topk(data.probes, data.gallery, 10)
         # wait until the matcher serves the list
         for _ in range(120):
-            level, _ = await _run_level(http, api, auth, list_id, data.probes, False, 1, 1, msgpack)
+            level, _ = await _run_level(client, auth, list_id, data.probes, False, 1, 1, msgpack)
             if level["routes"].get("indexed"):
                 break
             await asyncio.sleep(1)
@@ -177,8 +191,8 @@ async def run(api: str, manager: str, admin_token: str, size: int, levels: list[
             meter = None
         for exact in (False, True):
             for c in levels:
-                await _run_level(http, api, auth, list_id, data.probes, exact, c, min(requests, 4 * c), msgpack)  # warm up
-                level, results = await _run_level(http, api, auth, list_id, data.probes, exact, c, requests, msgpack, meter)
+                await _run_level(client, auth, list_id, data.probes, exact, c, min(requests, 4 * c), msgpack)  # warm up
+                level, results = await _run_level(client, auth, list_id, data.probes, exact, c, requests, msgpack, meter)
                 recall = np.mean([len({row_of[f] for f in got} & set(exact_i[q].tolist())) / 10 for q, got in results.items()])
                 hits = total = 0
                 for q, got in results.items():

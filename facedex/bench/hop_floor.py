@@ -5,7 +5,7 @@ Redis stream on the indexed one. How much of a hop is this machine (loopback TCP
 loop) and how much is facedex is only known against the same hop with nothing in it. Each server here is a raw
 ASGI app on uvicorn with the services' own settings (uvloop, httptools, no access log) that reads the body and
 forwards it over the services' own keep-alive connections (:mod:`facedex.keepalive`) to the next one, or answers
-a small body; the client is the bench's (aiohttp), one request at a time and in a closed loop at each of the run's
+a small body; the client is the bench's (:mod:`facedex.bench.loadgen`), one request at a time and in a closed loop at each of the run's
 concurrency levels.
 """
 
@@ -89,17 +89,17 @@ async def _ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 20.
 async def _load(url: str, concurrency: int, requests: int) -> dict[str, float]:
     """p50 / p99 ms and requests/s of ``requests`` POSTs from ``concurrency`` callers in a closed loop (as ``bench e2e``
     drives the platform), after a tenth as many to warm up."""
-    import aiohttp
+    from facedex.bench.loadgen import LoadClient
 
     body = b"x" * BODY_BYTES
     times: list[float] = []
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as http:
+    async with LoadClient(url) as client:
         async def caller(left: list[int], into: list[float] | None) -> None:
             while left[0] > 0:
                 left[0] -= 1
                 started = time.perf_counter()
-                async with http.post(url, data=body) as r:
-                    await r.read()
+                async with asyncio.timeout(60):
+                    await client.post("/", body, {"Content-Type": "application/json"})
                 if into is not None:
                     into.append(time.perf_counter() - started)
 
