@@ -8,6 +8,7 @@ leaves no Faces DB pool behind.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
@@ -30,9 +31,23 @@ def service_lifespan(body: Body) -> Callable[[FastAPI], AbstractAsyncContextMana
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack, scoped(app, stack):
+            freeze_startup_objects()
             yield
 
     return lifespan
+
+
+def freeze_startup_objects() -> None:
+    """Leave what exists once a service has started (modules, the app, its clients: most of its objects, for good) out of
+    every later garbage collection.
+
+    Why: a full collection walks every tracked object, and a started service holds about a million of them. Under
+    load (bench e2e, 10k faces, 32 requests in flight) the API paused 11-76 ms in each of its full collections and the
+    proxy up to 65 ms: every request in flight waited, and those pauses were the p99. Frozen objects are still freed
+    when their last reference goes (reference counting); only cycles among them are left to the process's end.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _settings(app: FastAPI) -> Settings:
