@@ -163,6 +163,32 @@ def test_a_scan_answers_at_most_its_size_in_int64_keys(kind: str, params: dict) 
     assert empty.search(x[:2], 10).shape == (2, 0)
 
 
+def test_pq_fast_scan_serves_with_the_batch_kernel_and_finds_what_faiss_default_finds(tmp_path: Path, monkeypatch) -> None:
+    """PQ fast-scan searches with faiss's kernel 15 (cheaper per batched query), built, split and loaded (faiss does
+    not save the choice); its candidates are those of faiss's default kernel (ties at the R-th aside)."""
+    import faiss
+
+    from facedex.index.quantized import PQFastScan
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((6000, 512)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q = x[:16] + 0.05 * rng.standard_normal((16, 512)).astype(np.float32)
+    scan = PQFastScan.build(x, {"m": 64})
+    assert [p.implem for p in scan.codes.parts] == [15]
+    default = faiss.clone_index(scan.codes.whole())
+    default.implem = 0
+    want = default.search(q, 256)[1]
+    scan.save(tmp_path)
+    monkeypatch.setattr(parts, "SPLIT_FROM", 1000)
+    loaded = PQFastScan.load(tmp_path, 512, {"m": 64}, writable=False)
+    assert len(loaded.codes.parts) > 1 and all(p.implem == 15 for p in loaded.codes.parts)
+    for got in (scan.search(q, 256), loaded.search(q, 256)):
+        overlap = [len(set(a) & set(b)) / 256 for a, b in zip(got.tolist(), want.tolist(), strict=True)]
+        assert min(overlap) >= 0.99, overlap
+        assert (got[:, 0] == want[:, 0]).mean() >= 0.9
+
+
 def test_projected_sign_bits_for_128_d() -> None:
     """128 sign bits are too coarse for SFace-sized descriptors; 512 bits of a random projection are not."""
     d = face_like(20_000, dim=128, n_probes=400, seed=4)

@@ -100,9 +100,20 @@ class _FaissScan:
 
 
 class PQFastScan(_FaissScan):
-    """``m`` sub-quantizers of 4 bits each (``m`` must divide the dimension)."""
+    """``m`` sub-quantizers of 4 bits each (``m`` must divide the dimension).
+
+    Searched with faiss's fast-scan kernel 15 (the database in blocks, no query blocks, candidates kept in a
+    reservoir rather than a heap): the same candidates as faiss's default choice, cheaper for batches. Measured
+    (ad hoc, AMD EPYC 2-core VM, 1M x 32 B codes, R = 512, medians of 5 interleaved passes): 0.52 against 0.67 ms per
+    query in batches of 8-32 on two threads, 1.07 against 1.39 on one; a lone query alike (~1.5 ms); 100k faces,
+    R = 64-512, 15-25 % less per batched query, never more."""
 
     kind: ClassVar[str] = "pq_fastscan"
+    IMPLEM: ClassVar[int] = 15
+
+    def __init__(self, dim: int, params: dict[str, Any], index: faiss.Index, ways: int | None = None) -> None:
+        index.implem = self.IMPLEM  # a search-time choice faiss does not save; the parts are clones, which keep it
+        super().__init__(dim, params, index, ways)
 
     @classmethod
     def make(cls, dim: int, params: dict[str, Any]) -> faiss.Index:
