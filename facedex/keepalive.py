@@ -45,6 +45,8 @@ class _Answer:
         self.parser: httptools.HttpResponseParser | None = None
 
     def on_message_begin(self) -> None:
+        if self.complete:  # bytes past the final answer: the connection is out of step (raises, never reused)
+            raise ProtocolError("more than one answer to one request")
         self.chunks = []
 
     def on_headers_complete(self) -> None:
@@ -73,7 +75,8 @@ class _AnswerWithHeaders(_Answer):
         self.headers = {}
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+        self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text  # repeated: one list
 
 
 class _Connection:
@@ -100,7 +103,7 @@ class _Connection:
                 raise ProtocolError("the connection closed before the answer was whole")
             try:
                 parser.feed_data(data)
-            except httptools.HttpParserError as exc:
+            except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:  # (101: no protocol switch here)
                 raise ProtocolError(f"not an HTTP answer: {exc}") from exc
         if isinstance(answer, _AnswerWithHeaders):
             assert headers_out is not None

@@ -8,6 +8,7 @@ drops it at the end.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import secrets
 import socket
@@ -311,3 +312,11 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture(autouse=True)
+def _thaw_after_each_test() -> Iterator[None]:
+    """A service started in this process freezes what exists (facedex.lifespan): thawed after each test, so one test's
+    objects are not kept out of collection for the rest of the run."""
+    yield
+    gc.unfreeze()

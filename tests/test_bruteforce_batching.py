@@ -93,9 +93,10 @@ def test_a_face_id_filter_is_sized_by_its_faces_not_by_its_list() -> None:
 
 
 async def test_small_searches_run_on_the_event_loop_and_larger_ones_never_block_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A small list is searched on the event loop (a worker-thread hand-off cost more than its search); one above
-    INLINE_PRODUCTS (a reference times the list's floats) goes to a worker thread, so a long scan never stalls the
-    loop, and so does a batch whose references together pass the bound. The answers are the same either way."""
+    """A small list is searched on the event loop (a worker-thread hand-off cost more than its search). A list above
+    INLINE_PRODUCTS (a reference times the list's floats), a batch whose references together pass it, a filtered
+    request, and any search while another runs in a worker thread go to a worker thread: a long scan never stalls the
+    loop, nor does an inline BLAS call wait there for a busy one. The answers are the same either way."""
     rng = np.random.default_rng(2)
     version = version_of(512)
 
@@ -105,11 +106,15 @@ async def test_small_searches_run_on_the_event_loop_and_larger_ones_never_block_
 
     small, large = matrix(100), matrix(1000)
     monkeypatch.setattr(batching, "INLINE_PRODUCTS", 500 * 512)  # 100 faces x 1 reference inline; 1,000 faces not
-    threads: dict[str, list[int]] = {"small": [], "large": []}
+    threads: list[tuple[str, int]] = []
+    large_running, release = threading.Event(), threading.Event()
     search = batching.run_search
 
     def watched_search(m, reqs):  # type: ignore[no-untyped-def]
-        threads["small" if m is small else "large"].append(threading.get_ident())
+        threads.append(("small" if m is small else "large", threading.get_ident()))
+        if m is large and not release.is_set():  # the large scan holds its worker thread until released
+            large_running.set()
+            release.wait(10)
         return search(m, reqs)
 
     monkeypatch.setattr(batching, "run_search", watched_search)
@@ -119,15 +124,65 @@ async def test_small_searches_run_on_the_event_loop_and_larger_ones_never_block_
     with ThreadPoolExecutor(max_workers=2) as pool:
         batcher = Batcher(pool)
 
-        def ask(m, refs: np.ndarray):  # type: ignore[no-untyped-def]
-            return batcher.search(m, wire.MatchRequest(m.account_id.bytes, m.list_id.bytes, version, refs.tobytes(), limit=5))
+        def ask(m, refs: np.ndarray, **kw):  # type: ignore[no-untyped-def]
+            req = wire.MatchRequest(m.account_id.bytes, m.list_id.bytes, version, refs.tobytes(), limit=5, **kw)
+            return batcher.search(m, req)
 
-        one_small = await ask(small, q[0])  # alone (requests that arrive together on one list are searched together)
-        one_large, eight_small = await asyncio.gather(ask(large, q[0]), ask(small, q))
-    assert threads["small"][0] == loop_thread  # one reference over 100 faces: inline
-    assert threads["large"] == [threads["large"][0]] and threads["large"][0] != loop_thread
-    assert threads["small"][1] != loop_thread  # 8 references x 100 faces pass the bound: a worker thread
-    for m, resp, refs in ((small, one_small, q[:1]), (large, one_large, q[:1]), (small, eight_small, q)):
-        for j, got in enumerate(resp.results):
-            want = np.sort(m.vectors[: m.n] @ refs[j])[::-1][:5]
+        first50 = [small.ids[i].tobytes() for i in range(50)]
+        answers = [(small.vectors[:100], q[:1], await ask(small, q[0]))]  # alone: inline
+        answers.append((small.vectors[:100], q, await ask(small, q)))  # 8 references x 100 faces pass the bound
+        answers.append((small.vectors[:50], q[:1], await ask(small, q[0], face_ids=first50)))  # filtered
+        busy = asyncio.ensure_future(ask(large, q[0]))  # one reference over 1,000 faces: a worker thread
+        await asyncio.to_thread(large_running.wait, 10)
+        during = asyncio.ensure_future(ask(small, q[0]))  # small, but the large scan holds a worker thread
+        await asyncio.sleep(0.2)
+        release.set()
+        answers += [(large.vectors[:1000], q[:1], await busy), (small.vectors[:100], q[:1], await during)]
+    assert [who for who, thread in threads if thread == loop_thread] == ["small"], threads  # only the first inline
+    assert [who for who, _ in threads] == ["small", "small", "small", "large", "small"]
+    for rows, refs, resp in answers:
+        for ref, got in zip(refs, resp.results, strict=True):
+            want = np.sort(rows @ ref)[::-1][:5]
             assert np.allclose(np.frombuffer(got.similarities, np.float32), np.clip(want, 0, 1), atol=1e-6)
+
+
+async def test_an_inline_search_starts_after_its_head_read_has_sent_its_query(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The change-head read begun for a match is a chain of tasks (ListCache.head -> FacesStore.list_head ->
+    bounded -> the driver, each started a loop turn after the one before); an inline search lets those turns go by,
+    so the query is on its way before the search starts and the Faces DB round trip runs beside it."""
+    from facedex.bruteforce.app import match
+    from facedex.bruteforce.cache import ListCache
+    from facedex.config import MatchingSettings
+    from facedex.faces.store import bounded
+
+    rng = np.random.default_rng(3)
+    version = version_of(512)
+    x = rng.standard_normal((200, 512)).astype(np.float32)
+    m = cached_matrix(x / np.linalg.norm(x, axis=1, keepdims=True), version, rng)
+    events: list[str] = []
+
+    class Store:  # FacesStore.list_head's shape: the driver's call bounded by its own task
+        async def list_head(self, list_id, timeout=None):  # type: ignore[no-untyped-def]
+            async def query():  # type: ignore[no-untyped-def]
+                events.append("query sent")  # asyncpg writes the query in its call's first step
+                await asyncio.sleep(0.02)  # the round trip
+                return m.account_id, m.head, m.n
+
+            return await (query() if timeout is None else bounded(query(), timeout))
+
+    search = batching.run_search
+
+    def watched_search(matrix, reqs):  # type: ignore[no-untyped-def]
+        events.append("search")
+        return search(matrix, reqs)
+
+    monkeypatch.setattr(batching, "run_search", watched_search)
+    cache = ListCache(Store(), 1 << 30)  # type: ignore[arg-type]
+    cache._entries[(m.list_id, version)] = m
+    req = wire.MatchRequest(m.account_id.bytes, m.list_id.bytes, version, m.vectors[0].tobytes(), limit=3)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for settings in (MatchingSettings(), None):  # bounded (the services' default) and unbounded head reads
+            events.clear()
+            resp = await match(cache, Batcher(pool), req, settings)
+            assert events == ["query sent", "search"], (settings, events)
+            assert resp.results[0].face_ids[:16] == m.ids[0].tobytes()

@@ -188,12 +188,13 @@ async def test_keepalive_pool_reads_interim_answers_and_sweeps_expired_connectio
 
 async def test_load_client_reads_the_answers_headers_past_an_interim_one() -> None:
     """The bench's load client (facedex.bench.loadgen, over facedex.keepalive) returns the final answer's headers
-    (names lower-cased, a header split across reads whole), not the interim 1xx's, and nothing leaks into the next
-    answer on the same connection."""
+    (names lower-cased, a header split across reads whole, a repeated one joined), not the interim 1xx's, and
+    nothing leaks into the next answer on the same connection. Two answers to one request, or a 101, are refused
+    (ProtocolError) and that connection is not reused."""
     from facedex.bench.loadgen import LoadClient
+    from facedex.keepalive import ProtocolError
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        n = 0
         while True:
             try:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -201,13 +202,17 @@ async def test_load_client_reads_the_answers_headers_past_an_interim_one() -> No
                 break
             length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
             await reader.readexactly(length)
-            n += 1
-            if n == 1:
+            path = head.split(b" ")[1]
+            if path == b"/timed":
                 writer.write(b"HTTP/1.1 100 Continue\r\nX-Interim: yes\r\n\r\n")
                 writer.write(b"HTTP/1.1 200 OK\r\nServer-Timing: search;dur=0.")
                 await writer.drain()
                 await asyncio.sleep(0.05)  # the rest of the header in a later read
-                writer.write(b"250, total;dur=1.5\r\nContent-Length: 2\r\n\r\nok")
+                writer.write(b"250, total;dur=1.5\r\nVary: a\r\nVary: b\r\nContent-Length: 2\r\n\r\nok")
+            elif path == b"/double":
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\naHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb")
+            elif path == b"/upgrade":
+                writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
             else:
                 writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope")
             await writer.drain()
@@ -217,11 +222,17 @@ async def test_load_client_reads_the_answers_headers_past_an_interim_one() -> No
     port = server.sockets[0].getsockname()[1]
     try:
         async with LoadClient(f"http://127.0.0.1:{port}") as client:
-            status, headers, body = await client.post("/1/matcher/faces", b"{}", {"Content-Type": "application/json"})
-            assert (status, body) == (200, b"ok")
+            status, headers, body = await client.post("/timed", b"{}", {"Content-Type": "application/json"})
+            assert (status, body) == (200, b"ok") and headers["vary"] == "a, b"
             assert headers["server-timing"] == "search;dur=0.250, total;dur=1.5" and "x-interim" not in headers
-            status, headers, body = await client.post("/1/matcher/faces", b"{}", {})
+            status, headers, body = await client.post("/missing", b"{}", {})
             assert (status, body) == (404, b"nope") and "server-timing" not in headers
+            assert client.pool is not None and len(client.pool._idle) == 1  # one connection, reused
+            for path in ("/double", "/upgrade"):
+                with pytest.raises(ProtocolError):
+                    await client.post(path, b"{}", {})
+                assert not client.pool._idle  # that connection was closed
+            assert (await client.post("/missing", b"{}", {}))[0] == 404  # a new connection serves
     finally:
         server.close()
         await server.wait_closed()

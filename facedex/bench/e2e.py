@@ -133,11 +133,11 @@ async def _run_level(client: LoadClient, auth, list_id, probes, exact: bool, con
             started = time.perf_counter()
             async with asyncio.timeout(120):
                 status, answer_headers, answer = await client.post("/1/matcher/faces", body, headers)
-            payload = _answer(status, answer, msgpack)
             latencies.append(time.perf_counter() - started)
-            if status != 200:
+            if status != 200:  # (an error's body may be empty or not JSON: counted, not read)
                 routes["error"] = routes.get("error", 0) + 1
                 continue
+            payload = _answer(status, answer, msgpack)
             hops.append(timing.parse_header(answer_headers.get(timing.HEADER.lower(), "")))
             routes[payload["route"]] = routes.get(payload["route"], 0) + 1
             if reason := payload.get("fallback_reason"):  # "indexed: admission", "indexed: TimeoutError", ...

@@ -37,8 +37,14 @@ from facedex.rwlock import finish_in_thread
 HEAVY_FLOATS = 1 << 24  # searches reading at least this many floats (64 MB: ~32k faces at 512-d) run one at a time
 # searches of fewer products (rows x dim x references: one reference over 16k x 512 faces, well under a millisecond)
 # run on the event loop: handing one to a worker thread and back cost 0.1-0.2 ms of wake-ups (10k x 512, in process:
-# 0.13 ms beside a 0.3-0.6 ms search)
+# 0.13 ms beside a 0.3-0.6 ms search). Only unfiltered batches (a filter's own work is not counted here) and only
+# while no search of this process runs in a worker thread (an inline BLAS call could wait for one there, with the
+# loop stalled).
 INLINE_PRODUCTS = 1 << 23
+# loop turns an inline search lets go by first, so the change-head read begun for its requests has written its query
+# and runs beside the search: that read is a chain of tasks (ListCache.head -> FacesStore.list_head -> bounded ->
+# asyncpg), each started one turn after the one before; searching earlier puts the whole round trip after the search
+HEAD_READ_TURNS = 3  # two are needed today (tests/test_bruteforce_batching.py), one to spare
 
 # responses, perf_counter when the search began and ended, and the matrix's change head it searched
 Timed = tuple[list[wire.MatchResponse], float, float, int]
@@ -46,7 +52,8 @@ Timed1 = tuple[wire.MatchResponse, float, float, int]  # one waiter's share of a
 
 
 def run_search(matrix: ListMatrix, reqs: list[wire.MatchRequest]) -> list[wire.MatchResponse]:
-    """One exact search for several requests on one matrix (worker thread, under its read lock)."""
+    """One exact search for several requests on one matrix, under its read lock (on the event loop or in a worker
+    thread: :meth:`Batcher._run`)."""
     queries = [r.reference_matrix(matrix.dim) for r in reqs]
     face_ids, filters = (reqs[0].face_ids, reqs[0].filters) if len(reqs) == 1 else (None, None)
     scores, ids, size = matrix.search(np.vstack(queries), max(r.limit for r in reqs), face_ids, filters)
@@ -88,6 +95,7 @@ class Batcher:
         self.max_references = max_references
         self._queues: dict[int, _Queue] = {}  # by id() of the ListMatrix
         self._heavy = asyncio.Semaphore(1)  # one large scan at a time (module docstring)
+        self._threaded = 0  # searches running in worker threads now
 
     async def search(self, matrix: ListMatrix, req: wire.MatchRequest) -> wire.MatchResponse:
         return (await self.search_at(matrix, req))[0]
@@ -117,7 +125,7 @@ class Batcher:
                     refs += _count(item[0], matrix.dim)
                 BATCH_REQUESTS.observe(len(batch))
                 try:
-                    responses, started, ended, head = await self._run(matrix, [req for req, _ in batch])
+                    responses, started, ended, head = await self._run(matrix, [req for req, _ in batch], may_inline=True)
                 except Exception as exc:  # every waiter gets the error, none hangs
                     for _, future in batch:
                         if not future.done():
@@ -130,19 +138,24 @@ class Batcher:
             queue.running = False
             self._queues.pop(id(matrix), None)
 
-    async def _run(self, matrix: ListMatrix, reqs: list[wire.MatchRequest]) -> Timed:
+    async def _run(self, matrix: ListMatrix, reqs: list[wire.MatchRequest], may_inline: bool = False) -> Timed:
+        """``may_inline``: the requests carry no candidate filter (batches of plain requests)."""
         floats = _scanned_floats(matrix, reqs)
-        if floats * sum(_count(r, matrix.dim) for r in reqs) < INLINE_PRODUCTS:
-            await asyncio.sleep(0)  # one turn of the loop first: the head read begun for these requests goes out and
-            # runs beside the search (a task started just before this one sends its query only on the next turn)
+        if may_inline and not self._threaded and floats * sum(_count(r, matrix.dim) for r in reqs) < INLINE_PRODUCTS:
+            for _ in range(HEAD_READ_TURNS):
+                await asyncio.sleep(0)
             async with matrix.lock.read():
                 return _timed_search(matrix, reqs)
-        if floats < HEAVY_FLOATS:
-            async with matrix.lock.read():
+        self._threaded += 1
+        try:
+            if floats < HEAVY_FLOATS:
+                async with matrix.lock.read():
+                    return await finish_in_thread(_timed_search, matrix, reqs, executor=self.executor)
+            # the turn first, then the list's read lock: a change to this list is not held up while other lists scan
+            async with self._heavy, matrix.lock.read():
                 return await finish_in_thread(_timed_search, matrix, reqs, executor=self.executor)
-        # the turn first, then the list's read lock: a change to this list is not held up while other lists scan
-        async with self._heavy, matrix.lock.read():
-            return await finish_in_thread(_timed_search, matrix, reqs, executor=self.executor)
+        finally:
+            self._threaded -= 1
 
 
 def _scanned_floats(matrix: ListMatrix, reqs: list[wire.MatchRequest]) -> int:

@@ -112,7 +112,7 @@ class PQFastScan(_FaissScan):
     IMPLEM: ClassVar[int] = 15
 
     def __init__(self, dim: int, params: dict[str, Any], index: faiss.Index, ways: int | None = None) -> None:
-        index.implem = self.IMPLEM  # a search-time choice faiss does not save; the parts are clones, which keep it
+        index.implem = self.IMPLEM  # also for files written with the default (0); the parts are clones, which keep it
         super().__init__(dim, params, index, ways)
 
     @classmethod
