@@ -41,10 +41,6 @@ HEAVY_FLOATS = 1 << 24  # searches reading at least this many floats (64 MB: ~32
 # while no search of this process runs in a worker thread (an inline BLAS call could wait for one there, with the
 # loop stalled).
 INLINE_PRODUCTS = 1 << 23
-# loop turns an inline search lets go by first, so the change-head read begun for its requests has written its query
-# and runs beside the search: that read is a chain of tasks (ListCache.head -> FacesStore.list_head -> bounded ->
-# asyncpg), each started one turn after the one before; searching earlier puts the whole round trip after the search
-HEAD_READ_TURNS = 3  # two are needed today (tests/test_bruteforce_batching.py), one to spare
 
 # responses, perf_counter when the search began and ended, and the matrix's change head it searched
 Timed = tuple[list[wire.MatchResponse], float, float, int]
@@ -142,8 +138,10 @@ class Batcher:
         """``may_inline``: the requests carry no candidate filter (batches of plain requests)."""
         floats = _scanned_floats(matrix, reqs)
         if may_inline and not self._threaded and floats * sum(_count(r, matrix.dim) for r in reqs) < INLINE_PRODUCTS:
-            for _ in range(HEAD_READ_TURNS):
-                await asyncio.sleep(0)
+            # the change-head read begun for these requests (a chain of tasks: ListCache.head -> FacesStore.list_head
+            # -> bounded -> asyncpg) sends its query after this search, not beside it: letting two more loop turns go
+            # by for it to go out first made the end-to-end p50 worse in five interleaved pairs (10k: 2.60-2.97
+            # against 2.37-2.74 ms), its tasks' own work then lying in front of the search
             async with matrix.lock.read():
                 return _timed_search(matrix, reqs)
         self._threaded += 1
