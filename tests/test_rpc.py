@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import httpx
 import msgspec
@@ -139,51 +140,67 @@ async def test_connections_are_kept_alive_and_any_framing_is_read(echo_url: str)
         await client.close()
 
 
+async def _next_request(reader: asyncio.StreamReader) -> bytes | None:
+    """The head of the next request on a raw connection (its body read and dropped); None once the client is gone."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    await reader.readexactly(length)
+    return head
+
+
+@contextlib.asynccontextmanager
+async def _raw_server(answer: Callable[[bytes, asyncio.StreamWriter], Awaitable[bool]]) -> AsyncIterator[int]:
+    """A bare HTTP/1.1 server on a free port (yielded): ``answer(head, writer)`` writes each request's answer and says
+    whether the connection goes on."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (head := await _next_request(reader)) is not None and await answer(head, writer):
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_keepalive_pool_reads_interim_answers_and_sweeps_expired_connections() -> None:
     """facedex.keepalive against a raw server: a 1xx sent on its own is skipped for the real answer; an answer ended
     only by closing is refused as incomplete; idle connections past ``keepalive_s`` are closed on the next use."""
     from facedex.keepalive import KeepAlivePool, ProtocolError
 
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except (asyncio.IncompleteReadError, ConnectionError):
-                break
-            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
-            await reader.readexactly(length)
-            if head.startswith(b"POST /interim"):
-                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                await writer.drain()
-                await asyncio.sleep(0.05)  # the real answer in a later read
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal")
-            elif head.startswith(b"POST /unframed"):
-                writer.write(b"HTTP/1.1 200 OK\r\n\r\npartial")
-                await writer.drain()
-                writer.close()
-                return
-            else:
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    async def answer(head: bytes, writer: asyncio.StreamWriter) -> bool:
+        if head.startswith(b"POST /interim"):
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             await writer.drain()
-        writer.close()
+            await asyncio.sleep(0.05)  # the real answer in a later read
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal")
+        elif head.startswith(b"POST /unframed"):
+            writer.write(b"HTTP/1.1 200 OK\r\n\r\npartial")
+            await writer.drain()
+            return False  # ended by closing
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        return True
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    pool = KeepAlivePool("127.0.0.1", port, limit=16, keepalive_s=0.3)
-    try:
-        assert await pool.request("POST", "/interim", [], b"x") == (200, b"final")
-        assert await pool.request("POST", "/plain", [], b"x") == (200, b"ok")  # the same connection, nothing left over
-        with pytest.raises(ProtocolError):
-            await pool.request("POST", "/unframed", [], b"x")
-        await asyncio.gather(*(pool.request("POST", "/plain", [], b"x") for _ in range(8)))  # a burst opens several
-        assert len(pool._idle) > 1
-        await asyncio.sleep(0.4)  # all expired
-        assert await pool.request("POST", "/plain", [], b"x") == (200, b"ok")
-        assert len(pool._idle) == 1  # the expired ones were closed, the one just used is kept
-    finally:
-        pool.close()
-        server.close()
-        await server.wait_closed()
+    async with _raw_server(answer) as port:
+        pool = KeepAlivePool("127.0.0.1", port, limit=16, keepalive_s=0.3)
+        try:
+            assert await pool.request("POST", "/interim", [], b"x") == (200, b"final")
+            assert await pool.request("POST", "/plain", [], b"x") == (200, b"ok")  # the same connection, nothing left over
+            with pytest.raises(ProtocolError):
+                await pool.request("POST", "/unframed", [], b"x")
+            await asyncio.gather(*(pool.request("POST", "/plain", [], b"x") for _ in range(8)))  # a burst opens several
+            assert len(pool._idle) > 1
+            await asyncio.sleep(0.4)  # all expired
+            assert await pool.request("POST", "/plain", [], b"x") == (200, b"ok")
+            assert len(pool._idle) == 1  # the expired ones were closed, the one just used is kept
+        finally:
+            pool.close()
 
 
 async def test_load_client_reads_the_answers_headers_past_an_interim_one() -> None:
@@ -194,45 +211,31 @@ async def test_load_client_reads_the_answers_headers_past_an_interim_one() -> No
     from facedex.bench.loadgen import LoadClient
     from facedex.keepalive import ProtocolError
 
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except (asyncio.IncompleteReadError, ConnectionError):
-                break
-            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
-            await reader.readexactly(length)
-            path = head.split(b" ")[1]
-            if path == b"/timed":
-                writer.write(b"HTTP/1.1 100 Continue\r\nX-Interim: yes\r\n\r\n")
-                writer.write(b"HTTP/1.1 200 OK\r\nServer-Timing: search;dur=0.")
-                await writer.drain()
-                await asyncio.sleep(0.05)  # the rest of the header in a later read
-                writer.write(b"250, total;dur=1.5\r\nVary: a\r\nVary: b\r\nContent-Length: 2\r\n\r\nok")
-            elif path == b"/double":
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\naHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb")
-            elif path == b"/upgrade":
-                writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-            else:
-                writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope")
+    async def answer(head: bytes, writer: asyncio.StreamWriter) -> bool:
+        path = head.split(b" ")[1]
+        if path == b"/timed":
+            writer.write(b"HTTP/1.1 100 Continue\r\nX-Interim: yes\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nServer-Timing: search;dur=0.")
             await writer.drain()
-        writer.close()
+            await asyncio.sleep(0.05)  # the rest of the header in a later read
+            writer.write(b"250, total;dur=1.5\r\nVary: a\r\nVary: b\r\nContent-Length: 2\r\n\r\nok")
+        elif path == b"/double":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\naHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb")
+        elif path == b"/upgrade":
+            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope")
+        return True
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        async with LoadClient(f"http://127.0.0.1:{port}") as client:
-            status, headers, body = await client.post("/timed", b"{}", {"Content-Type": "application/json"})
-            assert (status, body) == (200, b"ok") and headers["vary"] == "a, b"
-            assert headers["server-timing"] == "search;dur=0.250, total;dur=1.5" and "x-interim" not in headers
-            status, headers, body = await client.post("/missing", b"{}", {})
-            assert (status, body) == (404, b"nope") and "server-timing" not in headers
-            assert client.pool is not None and len(client.pool._idle) == 1  # one connection, reused
-            for path in ("/double", "/upgrade"):
-                with pytest.raises(ProtocolError):
-                    await client.post(path, b"{}", {})
-                assert not client.pool._idle  # that connection was closed
-            assert (await client.post("/missing", b"{}", {}))[0] == 404  # a new connection serves
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with _raw_server(answer) as port, LoadClient(f"http://127.0.0.1:{port}") as client:
+        status, headers, body = await client.post("/timed", b"{}", {"Content-Type": "application/json"})
+        assert (status, body) == (200, b"ok") and headers["vary"] == "a, b"
+        assert headers["server-timing"] == "search;dur=0.250, total;dur=1.5" and "x-interim" not in headers
+        status, headers, body = await client.post("/missing", b"{}", {})
+        assert (status, body) == (404, b"nope") and "server-timing" not in headers
+        assert client.pool is not None and len(client.pool._idle) == 1  # one connection, reused
+        for path in ("/double", "/upgrade"):
+            with pytest.raises(ProtocolError):
+                await client.post(path, b"{}", {})
+            assert not client.pool._idle  # that connection was closed
+        assert (await client.post("/missing", b"{}", {}))[0] == 404  # a new connection serves
