@@ -336,7 +336,7 @@ def test_the_benchmarks_msgpack_body_is_what_the_api_reads() -> None:
 
     probe = unit(np.random.default_rng(24), 1)[0]
     list_id = str(uuid.uuid4())
-    as_msgpack = _body(probe, list_id, True, msgpack=True)
-    assert as_msgpack["headers"] == {"Content-Type": MSGPACK, "Accept": MSGPACK}
-    parsed = msgpack_body.parse(as_msgpack["data"], MatchingSettings())  # type: ignore[arg-type]
-    assert parsed == MatchRequestIn.model_validate(_body(probe, list_id, True, msgpack=False)["json"])
+    packed, headers = _body(probe, list_id, True, msgpack=True)
+    assert headers == {"Content-Type": MSGPACK, "Accept": MSGPACK}
+    parsed = msgpack_body.parse(packed, MatchingSettings())  # type: ignore[arg-type]
+    assert parsed == MatchRequestIn.model_validate_json(_body(probe, list_id, True, msgpack=False)[0])

@@ -30,8 +30,8 @@ import orjson
 
 from facedex import timing
 from facedex.bench import hop_floor, milvus_e2e, service_cpu
-from facedex.bench.loadgen import LoadClient
 from facedex.bench.common import machine, machine_line
+from facedex.bench.loadgen import LoadClient
 from facedex.bench.peers import MilvusUnavailable
 from facedex.bench.regimes import make
 from facedex.bruteforce.exact import topk
@@ -84,25 +84,20 @@ async def _setup(http: aiohttp.ClientSession, api: str, manager: str, admin_toke
     return data, face_ids, list_id, auth, setup
 
 
-def _body(probe: np.ndarray, list_id: str, exact: bool, msgpack: bool) -> dict[str, object]:
-    """aiohttp keyword arguments of one match: JSON, or msgpack (raw float32 reference, 16-byte list id)."""
+def _body(probe: np.ndarray, list_id: str, exact: bool, msgpack: bool) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of one match: JSON, or msgpack (raw float32 reference, 16-byte list id)."""
     if not msgpack:
-        return {"json": {"references": [{"descriptor": {"version": 1, "data": _b64(probe)}}],
-                         "candidates": {"list_id": list_id, "limit": 10, "exact": exact}}}
-    body = {"references": [{"descriptor": {"version": 1, "data": np.asarray(probe, "<f4").tobytes()}}],
-            "candidates": {"list_id": uuid.UUID(list_id).bytes, "limit": 10, "exact": exact}}
-    return {"data": msgspec.msgpack.encode(body), "headers": {"Content-Type": MSGPACK, "Accept": MSGPACK}}
+        body = {"references": [{"descriptor": {"version": 1, "data": _b64(probe)}}],
+                "candidates": {"list_id": list_id, "limit": 10, "exact": exact}}
+        return orjson.dumps(body), {"Content-Type": "application/json"}
+    packed = {"references": [{"descriptor": {"version": 1, "data": np.asarray(probe, "<f4").tobytes()}}],
+              "candidates": {"list_id": uuid.UUID(list_id).bytes, "limit": 10, "exact": exact}}
+    return msgspec.msgpack.encode(packed), {"Content-Type": MSGPACK, "Accept": MSGPACK}
 
 
-def _encoded(kwargs: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
-    """What :func:`_body` describes, as the bytes and headers the load client sends."""
-    if "json" in kwargs:
-        return orjson.dumps(kwargs["json"]), {"Content-Type": "application/json"}
-    return kwargs["data"], kwargs["headers"]
-
-
-def _answer(status: int, body: bytes, msgpack: bool) -> dict:  # type: ignore[type-arg]
-    if not msgpack or status != 200:
+def _answer(body: bytes, msgpack: bool) -> dict:  # type: ignore[type-arg]
+    """A 200 answer's payload, face ids as text either way."""
+    if not msgpack:
         return orjson.loads(body)  # type: ignore[no-any-return]
     payload = msgspec.msgpack.decode(body)
     for m in payload["matches"]:
@@ -128,7 +123,7 @@ async def _run_level(client: LoadClient, auth, list_id, probes, exact: bool, con
     async def worker() -> None:
         while queue:
             i = queue.pop()
-            body, headers = _encoded(_body(probes[i % len(probes)], list_id, exact, msgpack))
+            body, headers = _body(probes[i % len(probes)], list_id, exact, msgpack)
             headers.update(auth)
             started = time.perf_counter()
             async with asyncio.timeout(120):
@@ -137,7 +132,7 @@ async def _run_level(client: LoadClient, auth, list_id, probes, exact: bool, con
             if status != 200:  # (an error's body may be empty or not JSON: counted, not read)
                 routes["error"] = routes.get("error", 0) + 1
                 continue
-            payload = _answer(status, answer, msgpack)
+            payload = _answer(answer, msgpack)
             hops.append(timing.parse_header(answer_headers.get(timing.HEADER.lower(), "")))
             routes[payload["route"]] = routes.get(payload["route"], 0) + 1
             if reason := payload.get("fallback_reason"):  # "indexed: admission", "indexed: TimeoutError", ...
